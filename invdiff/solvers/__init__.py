@@ -1,0 +1,7 @@
+"""Posterior samplers and baselines behind one contract (:func:`invdiff.solve`).
+
+``available()`` lists registered solvers; each solver lives in its own module.
+"""
+from .base import Reconstruction, SolverOutput, available, get, register, solve
+
+__all__ = ["Reconstruction", "SolverOutput", "available", "get", "register", "solve"]

@@ -1,0 +1,164 @@
+"""The solver contract: :func:`solve` -> :class:`Reconstruction`, and the registry solvers plug into.
+
+A solver is a function ``fn(y, physics, prior, *, generator, n_samples, progress, **options) -> SolverOutput``
+registered with :func:`register`. Bookkeeping lives here, not in the solvers: seeding, NFE counting
+(the prior is wrapped in :class:`~invdiff.priors.base.CountingPrior`), timing, validation of ``y`` and
+result packing.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .._validate import check_tensor, fail, check_positive
+from ..priors.base import CountingPrior, Prior
+
+
+@dataclass
+class Reconstruction:
+    """Result of :func:`invdiff.solve`.
+
+    mean:    point estimate (posterior mean for samplers, the estimate for optimisers), same shape as x.
+    samples: (n_samples, *x.shape) or None.
+    std:     per-pixel standard deviation across samples (n_samples > 1), else None.
+    nfe:     denoiser evaluations actually made (batched calls), counted by wrapping the prior.
+    seconds: wall time of the solve.
+    info:    solver name, resolved options, and solver-specific diagnostics (ESS for SMC, mask for ADS, ...).
+    """
+
+    mean: torch.Tensor
+    samples: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+    nfe: int = 0
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class SolverOutput:
+    """What a registered solver function returns; :func:`solve` turns it into a Reconstruction."""
+
+    mean: torch.Tensor | None = None
+    samples: torch.Tensor | None = None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    name: str
+    fn: Callable[..., SolverOutput]
+    needs_prior: bool
+    sampler: bool  # True if independent runs give posterior samples
+    doc: str
+
+
+_REGISTRY: dict[str, SolverSpec] = {}
+
+
+def register(name: str, *, needs_prior: bool = True, sampler: bool = True):
+    """Decorator: register ``fn`` as solver ``name``."""
+
+    def deco(fn):
+        if name in _REGISTRY:
+            raise RuntimeError(f"solver {name!r} registered twice")
+        _REGISTRY[name] = SolverSpec(name, fn, needs_prior, sampler, (fn.__doc__ or "").strip())
+        return fn
+
+    return deco
+
+
+def available() -> list[str]:
+    """Names of all registered solvers."""
+    from . import _load_all  # noqa: F401  (import side effect: registration)
+
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> SolverSpec:
+    available()
+    if not isinstance(name, str) or name not in _REGISTRY:
+        fail("solver", f"one of {sorted(_REGISTRY)}", repr(name))
+    return _REGISTRY[name]
+
+
+def make_generator(seed: int | None, device) -> torch.Generator:
+    """A torch.Generator seeded with ``seed`` (seed=0 is a seed, unlike deepinv's ``if seed:``)."""
+    g = torch.Generator(device=device)
+    if seed is None:
+        g.seed()
+    else:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            fail("seed", "an int or None", seed, TypeError)
+        g.manual_seed(seed)
+    return g
+
+
+def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "dds", *, seed: int | None = 0,
+          n_samples: int = 1, progress: bool | None = None, **options: Any) -> Reconstruction:
+    """Reconstruct x from y = A x + n with ``solver``.
+
+    Args:
+        y: measurements, as produced by ``physics(x)``.
+        physics: a deepinv ``LinearPhysics`` (every invdiff operator is one).
+        prior: an invdiff prior (see :func:`invdiff.priors.load`); optional for classical solvers.
+        solver: a name from :func:`invdiff.solvers.available`.
+        seed: seeds the solver's own ``torch.Generator`` (results do not depend on global RNG state).
+        n_samples: number of posterior samples (independent runs, or particles/draws for SMC).
+        progress: show a progress bar (default: only on an interactive terminal).
+        **options: solver-specific options (see the solver's docstring).
+
+    Example:
+        >>> import torch, invdiff
+        >>> from invdiff.operators import MatrixOperator
+        >>> A = torch.eye(3)[:2]; op = MatrixOperator(A, sigma=0.1)
+        >>> rec = invdiff.solve(op.A(torch.ones(1, 3)), op, solver="cg")
+        >>> rec.mean.shape
+        torch.Size([1, 3])
+    """
+    spec = get(solver)
+    check_tensor("y", y, finite=True)
+    check_positive("n_samples", n_samples, integer=True)
+    if spec.needs_prior and prior is None:
+        fail("prior", f"a prior for solver {solver!r} (see invdiff.priors.available())", "None")
+    if prior is not None and not isinstance(prior, Prior):
+        fail("prior", "an invdiff Prior (invdiff.priors.load(...) or GaussianMixture)", prior, TypeError)
+    if n_samples > 1 and not spec.sampler:
+        fail("n_samples", f"1 for the deterministic solver {solver!r}", n_samples)
+    if progress is None:
+        import sys
+
+        progress = sys.stderr.isatty()
+    counted = CountingPrior(prior) if prior is not None else None
+    gen = make_generator(seed, y.device)
+    t0 = time.perf_counter()
+    out = spec.fn(y, physics, counted, generator=gen, n_samples=n_samples, progress=progress, **options)
+    seconds = time.perf_counter() - t0
+    samples = out.samples
+    mean = out.mean if out.mean is not None else samples.mean(0)
+    std = samples.std(0) if samples is not None and samples.shape[0] > 1 else None
+    info = {"solver": solver, "seed": seed, "n_samples": n_samples, "options": dict(options)}
+    if counted is not None:
+        info["nfe_images"] = counted.nfe_images
+    info.update(out.info)
+    return Reconstruction(mean=mean, samples=samples, std=std, nfe=counted.nfe if counted is not None else 0,
+                          seconds=seconds, info=info)
+
+
+def repeat_runs(run_once: Callable[[torch.Generator], torch.Tensor], n_samples: int,
+                generator: torch.Generator) -> SolverOutput:
+    """Posterior samples as independent runs of a single-sample solver (all sharing one generator)."""
+    draws = [run_once(generator) for _ in range(n_samples)]
+    samples = torch.stack(draws, 0)
+    return SolverOutput(mean=samples.mean(0), samples=samples if n_samples > 1 else samples)
+
+
+def progress_bar(iterable, enabled: bool, desc: str, total: int | None = None):
+    """The one progress bar used by every solver (tqdm)."""
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False)
