@@ -5,6 +5,7 @@
 """
 from .base import CountingPrior, Prior
 from .gmm import GaussianMixture
+from .neural import NeuralPrior
 from .registry import available, load
 
-__all__ = ["Prior", "CountingPrior", "GaussianMixture", "available", "load"]
+__all__ = ["Prior", "CountingPrior", "GaussianMixture", "NeuralPrior", "available", "load"]

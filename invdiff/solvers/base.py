@@ -120,6 +120,8 @@ def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "d
     """
     spec = get(solver)
     check_tensor("y", y, finite=True)
+    if hasattr(physics, "check_y"):
+        physics.check_y(y)  # invdiff operators: shape / channel / dtype checks with one clear message
     check_positive("n_samples", n_samples, integer=True)
     if spec.needs_prior and prior is None:
         fail("prior", f"a prior for solver {solver!r} (see invdiff.priors.available())", "None")
@@ -147,12 +149,15 @@ def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "d
                           seconds=seconds, info=info)
 
 
-def repeat_runs(run_once: Callable[[torch.Generator], torch.Tensor], n_samples: int,
-                generator: torch.Generator) -> SolverOutput:
-    """Posterior samples as independent runs of a single-sample solver (all sharing one generator)."""
-    draws = [run_once(generator) for _ in range(n_samples)]
-    samples = torch.stack(draws, 0)
-    return SolverOutput(mean=samples.mean(0), samples=samples if n_samples > 1 else samples)
+def chains_batch(y: torch.Tensor, n_samples: int) -> torch.Tensor:
+    """Stack ``n_samples`` copies of each measurement along the batch (item-major): independent chains run
+    through the prior in one batched call. Operators with batch-1 parameters broadcast over them."""
+    return y.repeat_interleave(n_samples, 0) if n_samples > 1 else y
+
+
+def chains_unbatch(x: torch.Tensor, n_samples: int) -> torch.Tensor:
+    """Inverse of :func:`chains_batch` on the result: (B * n, ...) -> (n, B, ...)."""
+    return x.reshape(x.shape[0] // n_samples, n_samples, *x.shape[1:]).transpose(0, 1).contiguous()
 
 
 def progress_bar(iterable, enabled: bool, desc: str, total: int | None = None):

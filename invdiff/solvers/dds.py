@@ -37,7 +37,7 @@ import torch
 
 from .._validate import check_choice, check_in_range, check_positive
 from ..schedules import VPSchedule
-from .base import SolverOutput, progress_bar, register
+from .base import SolverOutput, chains_batch, chains_unbatch, progress_bar, register
 from .primitives import conjugate_gradient, noise_sigma
 
 #: paper's eta per step budget (Sec. 5, "eta = 0.15 / 0.5 / 0.8 for 19 / 49 / 99 NFE")
@@ -88,8 +88,7 @@ def dds(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps:
     def ab(t: int) -> float:
         return 1.0 if t < 0 else float(alpha_bars[t])
 
-    B = y.shape[0]
-    yy = y.repeat_interleave(n_samples, 0) if n_samples > 1 else y  # chains batched: sample-major within each item
+    yy = chains_batch(y, n_samples)
     with torch.no_grad():
         shape = physics.A_adjoint(yy).shape
     x = torch.randn(shape, generator=generator, device=y.device, dtype=y.dtype)
@@ -108,6 +107,6 @@ def dds(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps:
                 break
             z = torch.randn(shape, generator=generator, device=y.device, dtype=y.dtype)
             x = a_prev ** 0.5 * x0_dc + (1 - a_prev) ** 0.5 * (eta * z + (1 - eta ** 2) ** 0.5 * eps_hat)  # Eq. 17
-    samples = x.reshape(B, n_samples, *shape[1:]).transpose(0, 1).contiguous()
+    samples = chains_unbatch(x, n_samples)
     return SolverOutput(mean=samples.mean(0), samples=samples,
                         info={"num_steps": num_steps, "eta": eta, "cg_iters": cg_iters, "gamma": gamma, "dc": dc})

@@ -19,7 +19,7 @@ import torch
 
 from .._validate import check_positive, fail
 from ..priors.base import Prior
-from .base import SolverOutput, register
+from .base import SolverOutput, chains_batch, chains_unbatch, register
 from .primitives import noise_sigma, preserve_solver_settings
 
 
@@ -38,9 +38,23 @@ class _UnitRangeDenoiser(torch.nn.Module):
         return ((out - self.lo) / self.w).to(dtype)
 
 
+def _effective_range(prior) -> tuple[float, float]:
+    """The prior's value range; for unbounded priors (Gaussian mixtures) an envelope of mean +- 6 std per pixel.
+
+    deepinv's DPS and DiffPIR clip x0-estimates to the range, so it must contain (practically) all prior mass.
+    """
+    if prior.value_range is not None:
+        return tuple(float(v) for v in prior.value_range)
+    inner = getattr(prior, "inner", prior)
+    if hasattr(inner, "mean") and hasattr(inner, "std"):
+        m, s = torch.as_tensor(inner.mean, dtype=torch.float64), torch.as_tensor(inner.std, dtype=torch.float64)
+        return float((m - 6 * s).min()), float((m + 6 * s).max())
+    return 0.0, 1.0
+
+
 def _unit_range_problem(y, physics, prior):
     """Return (y', physics', denoiser, to_x) for the [0,1] change of variables (identity when already [0,1])."""
-    lo, hi = prior.value_range if prior.value_range is not None else (0.0, 1.0)
+    lo, hi = _effective_range(prior)
     w = hi - lo
     if (lo, hi) == (0.0, 1.0):
         return y, physics, _UnitRangeDenoiser(prior, 0.0, 1.0), (lambda u: u)
@@ -68,9 +82,13 @@ def _seeded(generator: torch.Generator):
         np.random.set_state(np_state)
 
 
-def _samples(run_once, n_samples):
-    draws = torch.stack([run_once() for _ in range(n_samples)], 0)
-    return SolverOutput(mean=draws.mean(0), samples=draws)
+def _run_chains(run, y, physics, prior, n_samples):
+    """Run a deepinv sampler on ``n_samples`` chains batched along the batch axis, in [0, 1] variables."""
+    y_u, phys_u, den, to_x = _unit_range_problem(chains_batch(y, n_samples), physics, prior)
+    with preserve_solver_settings(phys_u):
+        u = run(y_u, phys_u, den)
+    samples = chains_unbatch(to_x(u.detach()), n_samples)
+    return SolverOutput(mean=samples.mean(0), samples=samples)
 
 
 @register("dps")
@@ -85,17 +103,16 @@ def dps(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps:
 
     check_positive("num_steps", num_steps, integer=True)
     check_positive("weight", weight, strict=False)
-    y_u, phys_u, den, to_x = _unit_range_problem(y, physics, prior)
-    sampler = dinv.sampling.DPS(den, schedule=schedule, solver=ode_solver, num_steps=num_steps, weight=weight,
-                                guidance=guidance, device=y.device, dtype=y.dtype, rng=generator, verbose=progress)
 
-    def once():
-        x_shape = physics.A_adjoint(y).shape
-        with preserve_solver_settings(phys_u):
-            u = sampler(y_u, phys_u, x_init=x_shape)
-        return to_x(u.detach())
+    def run(y_u, phys_u, den):
+        sampler = dinv.sampling.DPS(den, schedule=schedule, solver=ode_solver, num_steps=num_steps, weight=weight,
+                                    guidance=guidance, device=y.device, dtype=y.dtype, rng=generator,
+                                    verbose=progress)
+        with torch.no_grad():
+            x_shape = phys_u.A_adjoint(y_u).shape  # deepinv would call A_dagger just to learn the shape
+        return sampler(y_u, phys_u, x_init=x_shape)
 
-    return _samples(once, n_samples)
+    return _run_chains(run, y, physics, prior, n_samples)
 
 
 @register("ddrm")
@@ -112,15 +129,13 @@ def ddrm(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps
     if not isinstance(physics, dinv.physics.DecomposablePhysics):
         fail("physics", "an SVD-decomposable operator for 'ddrm' (inpainting, single-coil MRI, FFT blur)",
              type(physics).__name__, TypeError)
-    y_u, phys_u, den, to_x = _unit_range_problem(y, physics, prior)
-    sampler = dinv.sampling.DDRM(den, sigmas=np.linspace(1, 0, num_steps), eta=eta, etab=etab, verbose=progress)
 
-    def once():
-        with _seeded(generator) as seed, preserve_solver_settings(phys_u):
-            u = sampler(y_u, phys_u, seed=seed)
-        return to_x(u.detach())
+    def run(y_u, phys_u, den):
+        sampler = dinv.sampling.DDRM(den, sigmas=np.linspace(1, 0, num_steps), eta=eta, etab=etab, verbose=progress)
+        with _seeded(generator) as seed:
+            return sampler(y_u, phys_u, seed=seed)
 
-    return _samples(once, n_samples)
+    return _run_chains(run, y, physics, prior, n_samples)
 
 
 @register("diffpir")
@@ -133,14 +148,16 @@ def diffpir(y, physics, prior, *, generator, n_samples=1, progress=False, num_st
     import deepinv as dinv
 
     check_positive("num_steps", num_steps, integer=True)
-    y_u, phys_u, den, to_x = _unit_range_problem(y, physics, prior)
-    sigma = max(noise_sigma(phys_u), 1e-3)  # DiffPIR divides by sigma^2 (rho_t = lambda sigma^2 / sigma_t^2)
-    sampler = dinv.sampling.DiffPIR(den, dinv.optim.data_fidelity.L2(), sigma=sigma, max_iter=num_steps, zeta=zeta,
-                                    lambda_=lambda_, verbose=progress, device=y.device)
 
-    def once():
-        with _seeded(generator) as seed, preserve_solver_settings(phys_u):
-            u = sampler(y_u, phys_u, seed=seed)
-        return to_x(u.detach())
+    def run(y_u, phys_u, den):
+        if noise_sigma(phys_u) < 1e-3:
+            # DiffPIR reads physics.noise_model.sigma and divides by it (rho_t = lambda sigma^2 / sigma_t^2)
+            phys_u = copy.deepcopy(phys_u)
+            phys_u.noise_model = dinv.physics.GaussianNoise(1e-3)
+        sampler = dinv.sampling.DiffPIR(den, dinv.optim.data_fidelity.L2(), sigma=max(noise_sigma(phys_u), 1e-3),
+                                        max_iter=num_steps, zeta=zeta, lambda_=lambda_, verbose=progress,
+                                        device=y.device)
+        with _seeded(generator) as seed:
+            return sampler(y_u, phys_u, seed=seed)
 
-    return _samples(once, n_samples)
+    return _run_chains(run, y, physics, prior, n_samples)

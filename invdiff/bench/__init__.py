@@ -1,0 +1,6 @@
+"""Benchmark helpers: measurement (time, peak memory), result tables. Benchmarks compose these; scripts live in
+``benchmarks/``."""
+from .measure import PeakMemory, measure
+from .tables import write_results
+
+__all__ = ["PeakMemory", "measure", "write_results"]

@@ -1,0 +1,244 @@
+r"""Computed tomography: 2D parallel/fan-beam Radon transform (deepinv ``Tomography``) and 3D slice stacks.
+
+Conventions:
+
+- images ``(B, C, N, N)`` (square; usually C = 1, attenuation on the [0, 1] image scale);
+- sinograms ``(B, C, n_detectors, n_views)`` (deepinv's order: detector bins, then angles);
+- angles in **degrees**; ``n_views`` views evenly spread over ``[0, angle_range)``: full view = many
+  views over 180°, sparse view = few views over 180°, limited angle = ``angle_range < 180``;
+- geometry (measured, see ``tests/test_operators.py``): a point at column/row offsets (u, v) from the
+  image centre lands on detector bin :math:`s_0 + u\cos\theta - v\sin\theta` (parallel beam, one bin
+  per pixel); deepinv's fan beam is turned by 90°: :math:`s_0 + v\cos\theta + u\sin\theta` (with the
+  invdiff default fan geometry, about one bin per pixel);
+- the adjoint is exact (autograd through deepinv's ``grid_sample`` projector,
+  ``adjoint_via_backprop=True``), not the approximate interpolating back-projector;
+- ``normalize=True`` (default) scales :math:`A` so that :math:`\|A\|_2 = 1` (power iteration at
+  construction, 100 iterations);
+- :meth:`CT.fbp` is the ramp-filtered back-projection, an approximate inverse for full-view data.
+"""
+from __future__ import annotations
+
+import math
+
+import deepinv as dinv
+import torch
+
+from .._validate import check_tensor, fail
+from .base import InvdiffPhysics, gaussian_noise
+from .stack import SliceWise
+
+
+def _ct_img_size(img_size, allow_3d: bool = False) -> tuple[int, ...]:
+    forms = "N, (N, N) or (C, N, N)" + (" or (C, D, N, N)" if allow_3d else "")
+    if isinstance(img_size, int) and not isinstance(img_size, bool):
+        img_size = (1, img_size, img_size)
+    if isinstance(img_size, torch.Size):
+        img_size = tuple(img_size)
+    if not (isinstance(img_size, (tuple, list)) and all(isinstance(s, int) and not isinstance(s, bool)
+                                                          for s in img_size)):
+        fail("img_size", forms, img_size, TypeError)
+    img_size = tuple(img_size)
+    ok_lens = (2, 3, 4) if allow_3d else (2, 3)
+    if len(img_size) not in ok_lens or any(s < 1 for s in img_size):
+        fail("img_size", forms, img_size)
+    if len(img_size) == 2:
+        img_size = (1,) + img_size
+    if img_size[-1] != img_size[-2]:
+        fail("img_size", f"a square image (N, N): deepinv's Radon transform needs H == W", img_size)
+    if img_size[-1] < 2:
+        fail("img_size", "an image of at least 2x2 pixels", img_size)
+    return img_size
+
+
+def _angles(n_views, angles, angle_range, N) -> torch.Tensor:
+    if isinstance(angle_range, bool) or not isinstance(angle_range, (int, float)):
+        fail("angle_range", "a number of degrees in (0, 360]", angle_range, TypeError)
+    if not 0 < angle_range <= 360:
+        fail("angle_range", "a number of degrees in (0, 360]", angle_range)
+    if angles is not None:
+        if n_views is not None:
+            fail("n_views", "None when explicit angles are given (n_views = len(angles))", n_views)
+        a = torch.as_tensor(angles, dtype=torch.float32) if not isinstance(angles, torch.Tensor) else angles
+        check_tensor("angles", a, ndim=1, finite=True)
+        if a.numel() < 1:
+            fail("angles", "at least one angle (degrees)", angles)
+        return a.detach().to(torch.float32).cpu().clone()
+    if n_views is None:
+        n_views = N
+    if isinstance(n_views, bool) or not isinstance(n_views, int):
+        fail("n_views", "an int >= 1", n_views, TypeError)
+    if n_views < 1:
+        fail("n_views", "an int >= 1", n_views)
+    return torch.arange(n_views, dtype=torch.float64).mul(angle_range / n_views).to(torch.float32)
+
+
+def _fan_parameters(fan_parameters, N) -> dict:
+    r"""invdiff defaults for fan beam: the detector just covers the image's circumscribed circle.
+
+    deepinv's defaults (258 bins of 0.077 cm, image 0.5 cm wide) leave most bins empty at small N;
+    here the detector spacing equals the magnified pixel size :math:`M \cdot` ``pixel_spacing``
+    (:math:`M = (R_s + R_d)/R_s`) and the number of bins covers the fan through the circle of radius
+    :math:`\sqrt2 N/2` pixels (+1 bin margin on each side). Keys given by the user win.
+    """
+    fp = dict(fan_parameters or {})
+    known = {"pixel_spacing", "source_radius", "detector_radius", "n_detector_pixels", "detector_spacing"}
+    bad = set(fp) - known
+    if bad:
+        fail("fan_parameters", f"keys among {sorted(known)}", f"unknown keys {sorted(bad)}")
+    for k, v in fp.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            fail("fan_parameters", f"a positive number for '{k}'", v)
+    ps = float(fp.setdefault("pixel_spacing", 0.5 / N))
+    rs = float(fp.setdefault("source_radius", 57.5))
+    rd = float(fp.setdefault("detector_radius", 57.5))
+    R = math.sqrt(2) * N / 2 * ps
+    if R >= rs:
+        fail("fan_parameters", f"source_radius > image half-diagonal {R:g}", fp)
+    mag = (rs + rd) / rs
+    ds = float(fp.setdefault("detector_spacing", mag * ps))
+    half = (rs + rd) * math.tan(math.asin(R / rs))
+    fp.setdefault("n_detector_pixels", 2 * math.ceil(half / ds) + 2)
+    if not isinstance(fp["n_detector_pixels"], int):
+        fail("fan_parameters", "an int for 'n_detector_pixels'", fp["n_detector_pixels"], TypeError)
+    return fp
+
+
+def _n_detectors(N: int, circle: bool, fan_beam: bool, fp: dict | None) -> int:
+    if fan_beam:
+        return int(fp["n_detector_pixels"])
+    if circle:
+        return N
+    return int(((2 * torch.ones(1)).sqrt() * N).ceil())  # deepinv Radon: ceil(sqrt(2) N) in float32
+
+
+class CT(InvdiffPhysics, dinv.physics.Tomography):
+    r"""2D X-ray CT: the (normalised) Radon transform plus Gaussian noise.
+
+    .. math::  y = \frac{R_\theta x}{\|R_\theta\|_2} + n, \qquad n \sim \mathcal{N}(0, \sigma^2 I)
+
+    :math:`R_\theta` integrates the image along parallel (or fan-beam) rays at the view angles
+    :math:`\theta_j = j \cdot` ``angle_range`` / ``n_views`` degrees, :math:`j = 0..n_{views}-1`.
+    Sparse view: small ``n_views`` over 180°; limited angle: ``angle_range < 180``.
+
+    Args:
+        img_size: N, ``(N, N)`` or ``(C, N, N)`` (square).
+        n_views: number of views (default N when ``angles`` is not given); at most the number of
+            detector bins.
+        angles: explicit view angles in degrees (then leave ``n_views`` None).
+        angle_range: degrees covered by the evenly spaced views, in (0, 360].
+        fan_beam: fan-beam geometry instead of parallel beam.
+        fan_parameters: deepinv fan-beam keys (``pixel_spacing``, ``source_radius``, ``detector_radius``,
+            ``n_detector_pixels``, ``detector_spacing``); missing keys get invdiff defaults that fit the
+            detector to the image (see :func:`_fan_parameters`).
+        sigma: noise standard deviation on the (normalised) sinogram.
+        normalize: divide by :math:`\|R_\theta\|_2` (computed at construction).
+        circle: parallel beam only: the image is supported in the inscribed disc; N detector bins
+            instead of :math:`\lceil\sqrt2 N\rceil`.
+        rng: optional noise generator.
+
+    Shapes: ``x`` is ``(B, C, N, N)``, ``y`` is ``(B, C, n_detectors, n_views)``; float32.
+
+    Example:
+        >>> import torch
+        >>> from invdiff.operators import CT
+        >>> op = CT(16, n_views=8)                          # sparse view, 8 views over 180 degrees
+        >>> op.angles.tolist()
+        [0.0, 22.5, 45.0, 67.5, 90.0, 112.5, 135.0, 157.5]
+        >>> op.A(torch.ones(1, 1, 16, 16)).shape            # 23 = ceil(sqrt(2) * 16) detector bins
+        torch.Size([1, 1, 23, 8])
+        >>> CT(16, n_views=4, angle_range=90.).angles.tolist()   # limited angle
+        [0.0, 22.5, 45.0, 67.5]
+    """
+
+    def __init__(self, img_size, n_views: int | None = None, angles=None, angle_range: float = 180.0,
+                 fan_beam: bool = False, fan_parameters: dict | None = None, sigma: float = 0.0,
+                 normalize: bool = True, circle: bool = False, *, rng: torch.Generator | None = None):
+        x_shape = _ct_img_size(img_size)
+        N = x_shape[-1]
+        for nm, v in (("fan_beam", fan_beam), ("normalize", normalize), ("circle", circle)):
+            if not isinstance(v, bool):
+                fail(nm, "True or False", v, TypeError)
+        if circle and fan_beam:
+            fail("circle", "False for fan beam (circle=True is a parallel-beam option)", circle)
+        if fan_parameters is not None and not fan_beam:
+            fail("fan_parameters", "None for parallel beam (set fan_beam=True)", fan_parameters)
+        theta = _angles(n_views, angles, angle_range, N)
+        fp = _fan_parameters(fan_parameters, N) if fan_beam else None
+        n_det = _n_detectors(N, circle, fan_beam, fp)
+        if theta.numel() > n_det:
+            fail("angles" if angles is not None else "n_views",
+                 f"at most {n_det} views (the number of detector bins at N = {N}); more views than detector "
+                 "bins usually means swapped arguments", f"{theta.numel()} views")
+        noise = gaussian_noise(sigma, rng)
+        super().__init__(angles=theta, img_width=N, circle=circle, adjoint_via_backprop=True,
+                         normalize=normalize, fan_beam=fan_beam, fan_parameters=fp, noise_model=noise)
+        self.angle_range = float(angle_range)
+        self._setup_shapes(x_shape, (x_shape[0], n_det, int(theta.numel())), is_complex=False)
+
+    @property
+    def n_views(self) -> int:
+        return int(self.angles.numel())
+
+    @property
+    def n_detectors(self) -> int:
+        return self.y_shape[1]
+
+    def A(self, x, **kwargs):
+        self._check_x_shape(x)
+        return super().A(x, **kwargs)
+
+    def A_adjoint(self, y, **kwargs):
+        self._check_y_shape(y)
+        return super().A_adjoint(y, **kwargs)
+
+    def fbp(self, y, **kwargs):
+        """Filtered back-projection (ramp filter), an approximate inverse, ``(B, C, N, N)``."""
+        self._check_y_shape(y)
+        return super().fbp(y, **kwargs)
+
+    def A_dagger(self, y, fbp: bool = False, **kwargs):
+        """Least-squares solution by deepinv's iterative solver, or FBP with ``fbp=True``."""
+        self._check_y_shape(y)
+        return super().A_dagger(y, fbp=fbp, **kwargs)
+
+
+class CT3D(SliceWise):
+    r"""3D CT as a stack of 2D CT slices (axial slices along D, each reconstructed independently).
+
+    .. math::  y_{:, :, d} = A_{2D}\, x_{:, :, d} + n, \qquad d = 1..D
+
+    Args: as :class:`CT`, with ``img_size = (C, D, N, N)``.
+
+    Shapes: ``x`` is ``(B, C, D, N, N)``, ``y`` is ``(B, C, D, n_detectors, n_views)``.
+
+    Example:
+        >>> import torch
+        >>> from invdiff.operators import CT3D
+        >>> op = CT3D((1, 3, 16, 16), n_views=6)
+        >>> y = op.A(torch.ones(2, 1, 3, 16, 16)); y.shape
+        torch.Size([2, 1, 3, 23, 6])
+        >>> op.fbp(y).shape
+        torch.Size([2, 1, 3, 16, 16])
+    """
+
+    def __init__(self, img_size, n_views: int | None = None, angles=None, angle_range: float = 180.0,
+                 fan_beam: bool = False, fan_parameters: dict | None = None, sigma: float = 0.0,
+                 normalize: bool = True, circle: bool = False, *, rng: torch.Generator | None = None):
+        shape = _ct_img_size(img_size, allow_3d=True)
+        if len(shape) != 4:
+            fail("img_size", "(C, D, N, N) for a volume (use CT for 2D images)", img_size)
+        C, D, N, _ = shape
+        op = CT((C, N, N), n_views=n_views, angles=angles, angle_range=angle_range, fan_beam=fan_beam,
+                fan_parameters=fan_parameters, sigma=sigma, normalize=normalize, circle=circle, rng=rng)
+        super().__init__(op, D)
+
+    @property
+    def angles(self) -> torch.Tensor:
+        return self.op2d.angles
+
+    def fbp(self, y, **kwargs):
+        """Slice-by-slice filtered back-projection, ``(B, C, D, N, N)``."""
+        return self.apply_to_slices(self.op2d.fbp, y, **kwargs)
+
+
+__all__ = ["CT", "CT3D"]

@@ -1,0 +1,231 @@
+r"""Cartesian MRI forward models (thin subclasses of deepinv ``MRI`` / ``MultiCoilMRI``), 2D and 3D.
+
+Conventions (deepinv's, which are fastMRI's):
+
+- images are complex, stored as **2 real channels** (real, imaginary): ``(B, 2, H, W)``, or
+  ``(B, 2, D, H, W)`` for volumes;
+- k-space uses the **centred orthonormal FFT** :math:`F = \mathrm{fftshift} \circ \mathrm{FFT}_{\text{ortho}}
+  \circ \mathrm{ifftshift}` (fastMRI ``fft2c``), so :math:`\|F x\| = \|x\|`;
+- single-coil k-space is ``(B, 2, H, W)``; multi-coil k-space is ``(B, 2, N, H, W)`` (``(B, 2, N, D, H, W)``
+  for volumes); coil maps are **complex dtype** ``(N, H, W)`` (or ``(B, N, ...)``);
+- masks are 0/1 with 1 = sampled (see :mod:`invdiff.operators.masks`); noise is added only on sampled
+  k-space entries, unsampled entries of ``y`` are exactly 0.
+
+Volumes: ``three_d=True`` applies a 3D FFT over (D, H, W) (3D Cartesian acquisition, mask ``(D, H, W)``
+over the two phase-encoding axes and readout); ``three_d=False`` with a 4-entry ``img_size`` applies a
+2D FFT to every slice (slice-by-slice 2D acquisition, mask ``(H, W)`` shared by all slices or
+``(D, H, W)`` one per slice).
+"""
+from __future__ import annotations
+
+import deepinv as dinv
+import torch
+
+from .._validate import check_tensor, fail
+from .base import InvdiffPhysics, format_mask, gaussian_noise, parse_img_size
+
+
+def _mri_img_size(img_size, mask, coil_maps=None) -> tuple[int, ...]:
+    """(2, *spatial) from img_size, or from a 2D (H, W) mask / (N, H, W) coil maps when img_size is None."""
+    if img_size is None:
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            return (2,) + tuple(mask.shape)
+        if mask is None and isinstance(coil_maps, torch.Tensor) and coil_maps.dim() == 3:
+            return (2,) + tuple(coil_maps.shape[-2:])
+        fail("img_size", "(2, H, W) or (2, D, H, W) (it can be left out only for an (H, W) mask or, "
+                         "without a mask, (N, H, W) coil maps)", "None")
+    return parse_img_size(img_size, channels=2, spatial_dims=(2, 3))
+
+
+def _mri_mask(mask, spatial) -> torch.Tensor:
+    """0/1 mask to deepinv's MRI layout ``(B_m, 2, *spatial)`` (same mask for real and imaginary parts)."""
+    return format_mask(mask, spatial, channels=(1, 2)).expand(-1, 2, *spatial).contiguous()
+
+
+def _check_three_d(three_d, x_shape):
+    if not isinstance(three_d, bool):
+        fail("three_d", "True or False", three_d, TypeError)
+    if three_d and len(x_shape) != 4:
+        fail("img_size", "(2, D, H, W) for three_d=True", x_shape)
+
+
+class MRI(InvdiffPhysics, dinv.physics.MRI):
+    r"""Single-coil Cartesian MRI: :math:`y = M F x + M n`, :math:`n \sim \mathcal{N}(0, \sigma^2 I)`.
+
+    :math:`F` is the centred orthonormal 2D FFT (3D with ``three_d=True``), :math:`M` the 0/1 sampling
+    mask. A decomposable operator (:math:`V = F^{-1}`, singular values = mask), so DDRM and exact
+    ``prox_l2`` / ``A_dagger`` (zero-filled inverse FFT) apply.
+
+    Args:
+        mask: 0/1 tensor ``(H, W)``, ``(1|2, H, W)`` or per-sample ``(B, 1|2, H, W)``; for volumes
+            ``(D, H, W)`` or ``(H, W)`` repeated over slices. ``None`` = fully sampled.
+        img_size: ``(2, H, W)`` or ``(2, D, H, W)``; may be left out for an ``(H, W)`` mask.
+        sigma: noise standard deviation in k-space (per real component).
+        three_d: 3D FFT over (D, H, W) instead of slice-wise 2D FFTs (volumes only).
+        rng: optional ``torch.Generator`` for the noise.
+
+    Shapes: ``x`` and ``y`` are ``(B, 2, H, W)`` (``(B, 2, D, H, W)`` for volumes).
+
+    Example:
+        >>> import torch
+        >>> from invdiff.operators import MRI, equispaced_mask
+        >>> op = MRI(equispaced_mask((32, 32), acceleration=4), sigma=0.0)
+        >>> x = torch.randn(1, 2, 32, 32)
+        >>> y = op.A(x); y.shape
+        torch.Size([1, 2, 32, 32])
+        >>> bool(torch.allclose(MRI(None, (2, 32, 32)).A_dagger(MRI(None, (2, 32, 32)).A(x)), x, atol=1e-5))
+        True
+    """
+
+    def __init__(self, mask: torch.Tensor | None = None, img_size=None, sigma: float = 0.0, *,
+                 three_d: bool = False, rng: torch.Generator | None = None):
+        x_shape = _mri_img_size(img_size, mask)
+        _check_three_d(three_d, x_shape)
+        if mask is None:
+            mask = torch.ones(x_shape[1:])
+        elif not isinstance(mask, torch.Tensor):
+            fail("mask", "a 0/1 torch.Tensor (see invdiff.operators.masks) or None", mask, TypeError)
+        m = _mri_mask(mask, x_shape[1:])
+        super().__init__(mask=m, img_size=x_shape, three_d=three_d, noise_model=gaussian_noise(sigma, rng))
+        self._setup_shapes(x_shape, x_shape, is_complex=True)
+
+    def update_parameters(self, mask=None, **kwargs):
+        if mask is not None and getattr(self, "_invdiff_ready", False):
+            mask = _mri_mask(mask, self.x_shape[1:])
+        super().update_parameters(mask=mask, **kwargs)
+
+    def _param_batch(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def acceleration(self) -> float:
+        """Realised acceleration: number of k-space locations / number sampled (first mask in the batch)."""
+        m = self.mask[0, 0]
+        return float(m.numel() / m.sum().clamp_min(1))
+
+    def A(self, x, mask=None, **kwargs):
+        self.update_parameters(mask=mask, **kwargs)
+        self._check_x_shape(x)
+        return super().A(x)
+
+    def A_adjoint(self, y, mask=None, **kwargs):
+        self.update_parameters(mask=mask)
+        self._check_y_shape(y)
+        return super().A_adjoint(y, **kwargs)
+
+
+class MultiCoilMRI(InvdiffPhysics, dinv.physics.MultiCoilMRI):
+    r"""Multi-coil (parallel imaging / SENSE) Cartesian MRI.
+
+    .. math::  y_n = M F (s_n \odot x) + M n_n, \qquad n = 1..N, \quad n_n \sim \mathcal{N}(0, \sigma^2 I)
+
+    with coil sensitivities :math:`s_n` (complex), centred orthonormal FFT :math:`F` and 0/1 mask
+    :math:`M`. The adjoint is :math:`\sum_n \bar s_n \odot F^{-1} M y_n` (exact).
+
+    Args:
+        mask: 0/1 tensor as for :class:`MRI`; ``None`` = fully sampled.
+        coil_maps: **complex** tensor ``(N, H, W)`` or per-sample ``(B, N, H, W)`` (volumes:
+            ``(N, D, H, W)``, or ``(N, H, W)`` repeated over slices), e.g. from :func:`espirit_maps`;
+            or an int N to simulate :func:`birdcage_maps` (normalised so :math:`\sum_n |s_n|^2 = 1`).
+        img_size: ``(2, H, W)`` or ``(2, D, H, W)``; may be left out when ``mask`` is ``(H, W)``, or
+            when ``mask`` is None and ``coil_maps`` is ``(N, H, W)``.
+        sigma: noise standard deviation in k-space (per real component, per coil).
+        three_d: 3D FFT for volumes (else slice-wise 2D FFTs).
+        rng: optional noise generator.
+
+    Shapes: ``x`` is ``(B, 2, H, W)``; ``y`` is ``(B, 2, N, H, W)`` (volumes ``(B, 2, N, D, H, W)``).
+
+    Example:
+        >>> import torch
+        >>> from invdiff.operators import MultiCoilMRI, random_mask_1d
+        >>> op = MultiCoilMRI(random_mask_1d((32, 32), 4, seed=0), coil_maps=4)
+        >>> op.A(torch.randn(1, 2, 32, 32)).shape, op.n_coils
+        (torch.Size([1, 2, 4, 32, 32]), 4)
+    """
+
+    def __init__(self, mask: torch.Tensor | None = None, coil_maps: torch.Tensor | int | None = None, img_size=None,
+                 sigma: float = 0.0, *, three_d: bool = False, rng: torch.Generator | None = None):
+        x_shape = _mri_img_size(img_size, mask, coil_maps)
+        _check_three_d(three_d, x_shape)
+        if mask is None:
+            mask = torch.ones(x_shape[1:])
+        elif not isinstance(mask, torch.Tensor):
+            fail("mask", "a 0/1 torch.Tensor (see invdiff.operators.masks) or None", mask, TypeError)
+        m = _mri_mask(mask, x_shape[1:])
+        if coil_maps is None:
+            coil_maps = torch.ones((1,) + x_shape[1:], dtype=torch.complex64)
+        elif isinstance(coil_maps, int) and not isinstance(coil_maps, bool):
+            from .coils import birdcage_maps
+
+            if coil_maps < 1:
+                fail("coil_maps", "a number of coils >= 1, or a complex tensor", coil_maps)
+            coil_maps = birdcage_maps(coil_maps, x_shape)
+        maps = format_coil_maps(coil_maps, x_shape[1:])
+        super().__init__(mask=m, coil_maps=maps, img_size=x_shape, three_d=three_d,
+                         noise_model=gaussian_noise(sigma, rng))
+        self._setup_shapes(x_shape, (2, int(maps.shape[1])) + x_shape[1:], is_complex=True)
+
+    @property
+    def n_coils(self) -> int:
+        return int(self.coil_maps.shape[1])
+
+    @property
+    def acceleration(self) -> float:
+        m = self.mask[0, 0]
+        return float(m.numel() / m.sum().clamp_min(1))
+
+    def update_parameters(self, mask=None, coil_maps=None, **kwargs):
+        if getattr(self, "_invdiff_ready", False):
+            if mask is not None:
+                mask = _mri_mask(mask, self.x_shape[1:])
+            if coil_maps is not None:
+                coil_maps = format_coil_maps(coil_maps, self.x_shape[1:])
+                if coil_maps.shape[1] != self.n_coils:
+                    fail("coil_maps", f"{self.n_coils} coils (the operator's measurement shape)", coil_maps)
+        super().update_parameters(mask=mask, coil_maps=coil_maps, **kwargs)
+
+    def _param_batch(self) -> int:
+        return max(int(self.mask.shape[0]), int(self.coil_maps.shape[0]))
+
+    def A(self, x, mask=None, coil_maps=None, **kwargs):
+        self.update_parameters(mask=mask, coil_maps=coil_maps)
+        self._check_x_shape(x)
+        return super().A(x, **kwargs)
+
+    def A_adjoint(self, y, mask=None, coil_maps=None, **kwargs):
+        self.update_parameters(mask=mask, coil_maps=coil_maps)
+        self._check_y_shape(y)
+        return super().A_adjoint(y, **kwargs)
+
+    def A_dagger(self, y, mask=None, coil_maps=None, **kwargs):
+        self.update_parameters(mask=mask, coil_maps=coil_maps)
+        self._check_y_shape(y)
+        return super().A_dagger(y, **kwargs)
+
+
+def format_coil_maps(coil_maps, spatial: tuple[int, ...], name: str = "coil_maps") -> torch.Tensor:
+    """Complex coil maps to ``(B_m, N, *spatial)``; a 2D ``(N, H, W)`` set is repeated over D slices."""
+    if not isinstance(coil_maps, torch.Tensor):
+        fail(name, "a complex torch.Tensor (N, H, W) or an int number of coils", coil_maps, TypeError)
+    if not coil_maps.is_complex():
+        fail(name, "a complex-dtype tensor (N, H, W) (e.g. torch.complex(re, im)); coil maps are not "
+                   "stored as 2 real channels", coil_maps, TypeError)
+    check_tensor(name, torch.view_as_real(coil_maps), finite=True)
+    nsp = len(spatial)
+    c = coil_maps
+    if c.dim() >= nsp + 1 and tuple(c.shape[-nsp:]) == tuple(spatial):
+        lead = tuple(c.shape[:-nsp])
+    elif nsp == 3 and c.dim() in (3, 4) and tuple(c.shape[-2:]) == tuple(spatial[-2:]):
+        lead = tuple(c.shape[:-2])
+        c = c.unsqueeze(-3).expand(*c.shape[:-2], spatial[0], *spatial[-2:])
+    else:
+        fail(name, f"shape (N, {', '.join(map(str, spatial))}) or (B, N, {', '.join(map(str, spatial))}) "
+                   "matching the image size", coil_maps)
+    if len(lead) == 1:
+        c = c.reshape(1, lead[0], *spatial)
+    elif len(lead) != 2:
+        fail(name, "shape (N, *spatial) or (B, N, *spatial)", coil_maps)
+    return c.to(torch.complex64 if c.dtype != torch.complex128 else c.dtype).contiguous().clone()
+
+
+__all__ = ["MRI", "MultiCoilMRI", "format_coil_maps"]

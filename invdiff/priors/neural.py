@@ -1,0 +1,205 @@
+r"""Neural priors: a time-conditioned network with EDM preconditioning, stored as self-describing safetensors.
+
+The denoiser is EDM's preconditioned network (Karras et al. 2022, Eq. 7 and Table 1, "Ours" column)
+
+.. math::
+    D_\theta(x, \sigma) = \mu + c_{skip}(\sigma)\,(x-\mu) + c_{out}(\sigma)\,F_\theta\big(c_{in}(\sigma)(x-\mu),\ c_{noise}(\sigma)\big),
+
+    c_{skip} = \frac{\sigma_d^2}{\sigma^2+\sigma_d^2},\quad c_{out} = \frac{\sigma\,\sigma_d}{\sqrt{\sigma^2+\sigma_d^2}},\quad
+    c_{in} = \frac{1}{\sqrt{\sigma^2+\sigma_d^2}},\quad c_{noise} = \tfrac14 \ln\sigma,
+
+where :math:`\sigma_d` (``sigma_data``) is the standard deviation of the training images and :math:`\mu`
+(``data_shift``) their mean: EDM assumes zero-mean data, and because :math:`E[x_0 + \mu \mid x_0+\mu+\sigma n]`
+is :math:`\mu + E[x_0\mid x_0 + \sigma n]` the shift is exact. As :math:`\sigma\to 0`, :math:`c_{skip}\to 1` and
+:math:`c_{out}\to 0`, so :math:`D(x,\sigma)\to x`.
+
+File format: a safetensors file whose tensors are the network's ``state_dict`` and whose header
+metadata key ``"invdiff"`` holds JSON: ``format``, ``arch`` + ``net_config`` (constructor arguments),
+``precond`` (``type``, ``sigma_data``, ``data_shift``), ``channels``, ``resolution``, ``value_range``,
+``name`` and free-form ``info`` (training provenance). :meth:`NeuralPrior.load` rebuilds the prior from
+that header alone; no pickle is involved.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._validate import check_positive, fail
+from .base import Prior, as_sigma_tensor
+from .networks import build_network
+
+FORMAT = "invdiff-neural-prior/1"
+META_KEY = "invdiff"
+
+
+def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
+    """(c_skip, c_out, c_in, c_noise) of EDM (Karras et al. 2022, Table 1) for a (B,) sigma tensor."""
+    s2, d2 = sigma ** 2, sigma_data ** 2
+    c_skip = d2 / (s2 + d2)
+    c_out = sigma * sigma_data / (s2 + d2).sqrt()
+    c_in = 1.0 / (s2 + d2).sqrt()
+    c_noise = sigma.clamp_min(1e-20).log() / 4
+    return c_skip, c_out, c_in, c_noise
+
+
+class NeuralPrior(Prior):
+    """A trained network ``F`` wrapped as an invdiff :class:`Prior` with EDM preconditioning.
+
+    Parameters
+    ----------
+    net : the raw network ``F(x_in, c_noise[, cond])`` (e.g. :class:`~invdiff.priors.networks.CompactUNet`).
+    sigma_data, data_shift : data standard deviation and mean used by the preconditioning.
+    channels : image channels (1 real, 2 complex as real/imag).
+    resolution : spatial size it was trained at, or None when the network is fully convolutional
+        and may be applied to any size (``trained_resolution`` keeps the training size for reference).
+    value_range : range of the training images (documentation and checks).
+    arch, net_config : class name and constructor arguments of ``net`` (needed for :meth:`save`).
+    info : free-form provenance (training data, steps, ...) saved in the file header.
+    """
+
+    def __init__(self, net: nn.Module, *, sigma_data: float, data_shift: float = 0.0, channels: int,
+                 resolution: tuple[int, int] | None = None, value_range=(0.0, 1.0), name: str | None = None,
+                 arch: str | None = None, net_config: dict | None = None, trained_resolution=None,
+                 info: dict | None = None):
+        super().__init__()
+        check_positive("sigma_data", float(sigma_data))
+        check_positive("channels", channels, integer=True)
+        self.net = net
+        self.sigma_data = float(sigma_data)
+        self.data_shift = float(data_shift)
+        self.channels = channels
+        self.resolution = tuple(resolution) if resolution is not None else None
+        self.trained_resolution = tuple(trained_resolution) if trained_resolution is not None else self.resolution
+        self.value_range = tuple(value_range) if value_range is not None else None
+        self.arch = arch or type(net).__name__
+        self.net_config = dict(net_config if net_config is not None else getattr(net, "config", {}))
+        self.cond_channels = int(self.net_config.get("cond_channels", 0))
+        self.info = dict(info or {})
+        if name:
+            self._name = name
+
+    # -- the denoiser ------------------------------------------------------------------------------
+    def denoise(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_input(x)
+        return self.precond(x, as_sigma_tensor(sigma, x), cond)
+
+    def precond(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """EDM Eq. 7 without input checks (used by training); ``sigma`` is a (B,) tensor."""
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma.to(x.dtype), self.sigma_data)
+        bc = lambda c: c.reshape(-1, *([1] * (x.dim() - 1)))  # noqa: E731
+        xc = x - self.data_shift
+        args = (bc(c_in) * xc, c_noise) if cond is None else (bc(c_in) * xc, c_noise, cond)
+        f = self.net(*args)
+        return self.data_shift + bc(c_skip) * xc + bc(c_out) * f.to(x.dtype)
+
+    # -- metadata and files ------------------------------------------------------------------------
+    def metadata(self) -> dict:
+        return {
+            "format": FORMAT, "name": self.name, "arch": self.arch, "net_config": self.net_config,
+            "precond": {"type": "edm", "sigma_data": self.sigma_data, "data_shift": self.data_shift},
+            "channels": self.channels, "complex": self.channels == 2,
+            "resolution": list(self.resolution) if self.resolution else None,
+            "trained_resolution": list(self.trained_resolution) if self.trained_resolution else None,
+            "value_range": list(self.value_range) if self.value_range else None,
+            "info": self.info,
+        }
+
+    def save(self, path, *, dtype: torch.dtype = torch.float32) -> Path:
+        """Write the network weights (cast to ``dtype``) and the JSON header, atomically (tmp + rename)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+                   for k, v in self.net.state_dict().items()}
+        tmp = path.with_name(path.name + ".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(self.metadata())})
+        os.chmod(tmp, 0o644)  # safetensors creates files readable by the owner only
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path, *, device="cpu") -> "NeuralPrior":
+        """Rebuild a prior from an invdiff safetensors file. Any defect gives one ``ValueError`` naming the file."""
+        meta, tensors = read_checkpoint(path)
+        return cls.from_state(meta, tensors, device=device, source=str(path))
+
+    @classmethod
+    def from_state(cls, meta: dict, tensors: dict, *, device="cpu", source: str = "state") -> "NeuralPrior":
+        def bad(why):
+            fail("path", "a valid invdiff neural-prior checkpoint", f"{source!r}: {why}")
+
+        for key in ("arch", "net_config", "precond", "channels"):
+            if key not in meta:
+                bad(f"header is missing {key!r}")
+        pre = meta["precond"]
+        if not isinstance(pre, dict) or pre.get("type") != "edm" or "sigma_data" not in pre:
+            bad(f"unsupported preconditioning {pre!r} (expected type 'edm' with sigma_data)")
+        try:
+            net = build_network(meta["arch"], meta["net_config"])
+        except (ValueError, TypeError) as e:
+            bad(f"cannot rebuild the network ({e})")
+        expected = net.state_dict()
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            bad(f"weights do not match the architecture: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        wrong = [k for k in expected if tuple(expected[k].shape) != tuple(tensors[k].shape)]
+        if wrong:
+            bad(f"tensor shapes do not match the architecture for {wrong[:5]}")
+        net.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True)
+        prior = cls(net, sigma_data=pre["sigma_data"], data_shift=pre.get("data_shift", 0.0),
+                    channels=int(meta["channels"]), resolution=meta.get("resolution"),
+                    value_range=meta.get("value_range"), name=meta.get("name"), arch=meta["arch"],
+                    net_config=meta["net_config"], trained_resolution=meta.get("trained_resolution"),
+                    info=meta.get("info"))
+        return prior.to(device).eval()
+
+
+def read_checkpoint(path) -> tuple[dict, dict]:
+    """Read (header JSON, tensors) from an invdiff safetensors file, with one clear error for any defect."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        fail("path", "an existing invdiff safetensors checkpoint file", str(path))
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises SafetensorError / OSError on corrupt or truncated files
+        fail("path", "a readable safetensors file", f"{str(path)!r}: corrupt or truncated ({type(e).__name__}: {e})")
+    if META_KEY not in header:
+        fail("path", f"a safetensors file with invdiff metadata (header key {META_KEY!r})",
+             f"{str(path)!r} (header keys: {sorted(header)})")
+    try:
+        meta = json.loads(header[META_KEY])
+    except json.JSONDecodeError as e:
+        fail("path", "valid JSON in the invdiff header", f"{str(path)!r}: {e}")
+    if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("invdiff-neural-prior/"):
+        fail("path", f"an invdiff neural-prior header (format {FORMAT!r})", f"{str(path)!r}: format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    return meta, tensors
+
+
+def is_invdiff_checkpoint(path) -> bool:
+    """True if ``path`` is a safetensors file carrying an invdiff header (cheap: reads the header only)."""
+    p = Path(path)
+    if not p.is_file() or p.suffix != ".safetensors":
+        return False
+    try:
+        with open(p, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if n <= 0 or n > 100_000_000:
+                return False
+            head = json.loads(fh.read(n))
+        return META_KEY in head.get("__metadata__", {})
+    except (OSError, ValueError):
+        return False
+
+
+__all__ = ["NeuralPrior", "edm_coefficients", "read_checkpoint", "is_invdiff_checkpoint", "FORMAT"]

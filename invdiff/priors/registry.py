@@ -1,0 +1,53 @@
+"""Shipped priors and loading by name or path.
+
+- :func:`available` lists the shipped priors whose weights are present in ``invdiff/priors/weights/``.
+- :func:`load` takes a shipped name, a local invdiff safetensors checkpoint (self-describing header, see
+  :mod:`invdiff.priors.neural`), or another local checkpoint format handled by
+  :func:`invdiff.priors.checkpoints.load_checkpoint` (loaded safely, no pickle code execution).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .._validate import fail
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+#: shipped priors: name -> one-line description (listed by available() only when the weights exist)
+SHIPPED = {
+    "ct-phantom-64": "1-channel CT-like ellipse phantoms in [0, 1], trained at 64x64 (fully convolutional)",
+    "mri-brainphantom-64": "2-channel (complex) brain phantoms, max magnitude 1, trained at 64x64 (fully convolutional)",
+}
+
+
+def available() -> list[str]:
+    """Names of the shipped priors whose weights are installed."""
+    return [n for n in SHIPPED if (WEIGHTS_DIR / f"{n}.safetensors").is_file()]
+
+
+def load(name_or_path, *, device="cpu", **kwargs):
+    """A prior by shipped name (see :func:`available`) or from a local checkpoint path."""
+    from .neural import NeuralPrior, is_invdiff_checkpoint
+
+    if not isinstance(name_or_path, (str, Path)):
+        fail("name_or_path", "a shipped prior name or a checkpoint path (str or Path)", name_or_path, TypeError)
+    key = str(name_or_path)
+    if key in SHIPPED and not isinstance(name_or_path, Path):
+        path = WEIGHTS_DIR / f"{key}.safetensors"
+        if not path.is_file():
+            fail("name_or_path", f"a shipped prior whose weights are installed (available: {available()})",
+                 f"{key!r} (missing {path})")
+        prior = NeuralPrior.load(path, device=device)
+        prior._name = key
+        return prior
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if is_invdiff_checkpoint(path):
+            return NeuralPrior.load(path, device=device)
+        from .checkpoints import load_checkpoint
+
+        return load_checkpoint(path, device=device, **kwargs)
+    fail("name_or_path", f"one of the shipped priors {available()} or an existing checkpoint path", key)
+
+
+__all__ = ["available", "load", "SHIPPED", "WEIGHTS_DIR"]
