@@ -5,7 +5,8 @@
 """
 from .base import CountingPrior, Prior
 from .gmm import GaussianMixture
+from .empirical import EmpiricalPrior
 from .neural import NeuralPrior
 from .registry import available, load
 
-__all__ = ["Prior", "CountingPrior", "GaussianMixture", "NeuralPrior", "available", "load"]
+__all__ = ["Prior", "CountingPrior", "GaussianMixture", "EmpiricalPrior", "NeuralPrior", "available", "load"]
