@@ -76,6 +76,10 @@ SOLVERS = [
     ("dps", {"num_steps": 500, "weight": 1.0}),
     ("diffpir", {"num_steps": 100}),
     ("ddrm", {"num_steps": 100}),
+    # RED-Diff is a mode-seeking optimiser: its "samples" are independent runs, so expect SW far above the floor and
+    # cov90 far below 0.9; what it converges to is in benchmarks/red_diff_images.py --parts gmm (red_diff_gmm.md)
+    ("red-diff", {"num_steps": 100}),
+    ("red-diff", {"num_steps": 1000}),
 ]
 
 

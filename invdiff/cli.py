@@ -22,9 +22,23 @@ def _train_prior(argv):
     return train_prior_main(argv)
 
 
+def _reconstruct(argv):
+    from .reconstruct import main as reconstruct_main
+
+    return reconstruct_main(argv)
+
+
+def _bench(argv):
+    from .bench.cli import main as bench_main
+
+    return bench_main(argv)
+
+
 COMMANDS = {
     "demo": (_demo, "run the embedded offline demo (MRI + CT + inpainting, metrics table, figure)"),
     "train-prior": (_train_prior, "train a diffusion prior (EDM denoising score matching, resumable)"),
+    "reconstruct": (_reconstruct, "reconstruct files/folders (fastMRI h5, NIfTI/DICOM, sinograms, images); resumable"),
+    "bench": (_bench, "benchmark solvers on standard tasks: results.json + CSV/markdown tables + PSNR-vs-NFE plot"),
 }
 
 

@@ -22,7 +22,7 @@ launch() {  # name data [extra flags]
   local name=$1 data=$2; shift 2; local extra="$*"
   mkdir -p "$OUT/$name"
   # training and export are separate processes, so the export uses the code present when training ends
-  nohup nice -n 10 bash -c "OMP_NUM_THREADS=1 $PY -m invdiff.priors.train --name $name --data $data ${COMMON[*]} $extra --export never \
+  setsid nohup nice -n 10 bash -c "OMP_NUM_THREADS=1 $PY -m invdiff.priors.train --name $name --data $data ${COMMON[*]} $extra --export never \
     && OMP_NUM_THREADS=1 $PY -m invdiff.priors.train --name $name --data $data ${COMMON[*]} $extra --export only" \
     >> "$OUT/$name/train.log" 2>&1 &
   echo "launched $name (pid $!), log: $OUT/$name/train.log"

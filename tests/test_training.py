@@ -211,3 +211,31 @@ def test_tensor_and_folder_sources(tmp_path):
     assert b.shape == (2, 1, 8, 8) and float(b.min()) >= 0 and float(b.max()) <= 1
     with pytest.raises(ValueError, match="folder"):
         make_source(_cfg(tmp_path, data=f"folder:{tmp_path / 'nothing'}"))
+
+
+def test_cli_help_documents_every_flag(capsys):
+    import dataclasses
+
+    from invdiff.priors.train import _HELP, TrainConfig
+
+    with pytest.raises(SystemExit) as e:
+        train_prior_main(["--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for f in dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in out, f.name
+        assert len(_HELP.get(f.name, "")) > 15, f"{f.name} has no help text"
+    for flag in ("--config", "--set", "--export", "--checkpoint", "--fresh", "--dims", "--nproc", "--dist-backend"):
+        assert flag in out
+    assert "torch.distributed.run" in out and "--data ct3d --dims 3" in out
+
+
+def test_cli_bad_sizes_and_dims_one_clear_error(tmp_path, capsys):
+    base = ["--out", str(tmp_path), "--steps", "2"]
+    for extra, needle in ((["--size", "36"], "multiple of 8"), (["--dims", "1"], "dims"),
+                          (["--data", "folder:x", "--dims", "3"], "volumes for dims=3"),
+                          (["--batch-size", "6", "--nproc", "4"], "multiple of nproc=4")):
+        assert train_prior_main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err  # one line, no traceback
+    assert not list(tmp_path.iterdir())

@@ -15,10 +15,18 @@ Conditional variant: ``cond_channels > 0`` adds input channels for a measurement
 (e.g. the zero-filled / back-projected reconstruction), concatenated to the noisy input; the output
 still has ``out_channels`` channels.
 
+Native volumes: ``dims=3`` builds the same network from ``Conv3d`` (3x3x3 kernels, stride-2 3x3x3
+down-sampling, nearest up-sampling), GroupNorm and the same noise embedding; it takes (B, C, D, H, W).
+``dims`` is stored in :attr:`CompactUNet.config` only when it is 3, so 2D configs (and the files of
+every 2D prior) are unchanged from before ``dims`` existed.
+
 >>> import torch
 >>> net = CompactUNet(in_channels=2, base_channels=8, channel_mult=(1, 2))
 >>> net(torch.zeros(3, 2, 20, 18), torch.zeros(3)).shape
 torch.Size([3, 2, 20, 18])
+>>> vol = CompactUNet(in_channels=1, base_channels=8, channel_mult=(1, 2), dims=3)
+>>> vol(torch.zeros(2, 1, 6, 8, 10), torch.zeros(2)).shape
+torch.Size([2, 1, 6, 8, 10])
 """
 from __future__ import annotations
 
@@ -30,6 +38,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validate import check_positive, fail
+
+
+def _conv(dims: int):
+    """``nn.Conv2d`` or ``nn.Conv3d``."""
+    return nn.Conv3d if dims == 3 else nn.Conv2d
 
 
 def _groups(channels: int, max_groups: int = 8) -> int:
@@ -57,42 +70,43 @@ class SinusoidalEmbedding(nn.Module):
 class ResBlock(nn.Module):
     """GN -> SiLU -> conv -> GN -> FiLM(emb) -> SiLU -> dropout -> conv, plus a (1x1) skip."""
 
-    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0):
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0, dims: int = 2):
         super().__init__()
+        conv = _conv(dims)
         self.norm1 = nn.GroupNorm(_groups(cin), cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv1 = conv(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * cout)
         self.norm2 = nn.GroupNorm(_groups(cout), cout)
         self.drop = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv2 = conv(cout, cout, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
-        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.skip = conv(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        scale, shift = self.emb(emb).reshape(*emb.shape[:1], -1, *([1] * (x.dim() - 2))).chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(self.drop(F.silu(h)))
         return self.skip(x) + h
 
 
 class SelfAttention(nn.Module):
-    """Single-head self-attention over pixels (used only where ``attn_levels`` asks for it)."""
+    """Single-head self-attention over pixels / voxels (used only where ``attn_levels`` asks for it)."""
 
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, dims: int = 2):
         super().__init__()
         self.norm = nn.GroupNorm(_groups(ch), ch)
-        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
-        self.proj = nn.Conv2d(ch, ch, 1)
+        self.qkv = _conv(dims)(ch, 3 * ch, 1)
+        self.proj = _conv(dims)(ch, ch, 1)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
+        b, c, *spatial = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, -1).unbind(1)
         a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return x + self.proj(a.transpose(1, 2).reshape(b, c, h, w))
+        return x + self.proj(a.transpose(1, 2).reshape(b, c, *spatial))
 
 
 class CompactUNet(nn.Module):
@@ -108,12 +122,15 @@ class CompactUNet(nn.Module):
     attn_levels : indices of levels that get a self-attention block after their residual blocks.
     emb_dim : width of the noise embedding.
     dropout : dropout inside residual blocks.
+    dims : 2 for images (B, C, H, W), 3 for volumes (B, C, D, H, W) (``Conv3d`` throughout).
     """
 
     def __init__(self, in_channels: int = 1, cond_channels: int = 0, base_channels: int = 32,
                  channel_mult: Sequence[int] = (1, 2, 4), num_blocks: int = 1,
-                 attn_levels: Sequence[int] = (), emb_dim: int = 128, dropout: float = 0.0):
+                 attn_levels: Sequence[int] = (), emb_dim: int = 128, dropout: float = 0.0, dims: int = 2):
         super().__init__()
+        if dims not in (2, 3) or isinstance(dims, bool):
+            fail("dims", "2 (images) or 3 (volumes)", dims)
         check_positive("in_channels", in_channels, integer=True)
         check_positive("cond_channels", cond_channels, strict=False, integer=True)
         check_positive("base_channels", base_channels, integer=True)
@@ -125,13 +142,16 @@ class CompactUNet(nn.Module):
         self.config = dict(in_channels=in_channels, cond_channels=cond_channels, base_channels=base_channels,
                            channel_mult=list(channel_mult), num_blocks=num_blocks,
                            attn_levels=list(attn_levels), emb_dim=emb_dim, dropout=dropout)
-        self.in_channels, self.cond_channels = in_channels, cond_channels
+        if dims != 2:  # 2D configs stay exactly as before ``dims`` existed (old files, old readers)
+            self.config["dims"] = dims
+        self.in_channels, self.cond_channels, self.dims = in_channels, cond_channels, dims
         self.levels = len(channel_mult)
+        conv = _conv(dims)
         widths = [base_channels * m for m in channel_mult]
 
         self.embed = nn.Sequential(SinusoidalEmbedding(emb_dim), nn.Linear(emb_dim, emb_dim), nn.SiLU(),
                                    nn.Linear(emb_dim, emb_dim), nn.SiLU())
-        self.conv_in = nn.Conv2d(in_channels + cond_channels, widths[0], 3, padding=1)
+        self.conv_in = conv(in_channels + cond_channels, widths[0], 3, padding=1)
 
         self.enc = nn.ModuleList()
         self.down = nn.ModuleList()
@@ -139,15 +159,15 @@ class CompactUNet(nn.Module):
         for i, w in enumerate(widths):
             blocks = nn.ModuleList()
             for _ in range(num_blocks):
-                blocks.append(ResBlock(ch, w, emb_dim, dropout))
+                blocks.append(ResBlock(ch, w, emb_dim, dropout, dims))
                 ch = w
             self.enc.append(blocks)
-            self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1) if i < self.levels - 1 else nn.Identity())
-        self.enc_attn = nn.ModuleList([SelfAttention(w) if i in attn_levels else nn.Identity()
+            self.down.append(conv(ch, ch, 3, stride=2, padding=1) if i < self.levels - 1 else nn.Identity())
+        self.enc_attn = nn.ModuleList([SelfAttention(w, dims) if i in attn_levels else nn.Identity()
                                        for i, w in enumerate(widths)])
 
-        self.mid1 = ResBlock(ch, ch, emb_dim, dropout)
-        self.mid2 = ResBlock(ch, ch, emb_dim, dropout)
+        self.mid1 = ResBlock(ch, ch, emb_dim, dropout, dims)
+        self.mid2 = ResBlock(ch, ch, emb_dim, dropout, dims)
 
         self.dec = nn.ModuleList()
         self.up = nn.ModuleList()
@@ -155,33 +175,43 @@ class CompactUNet(nn.Module):
             w = widths[i]
             blocks = nn.ModuleList()
             for j in range(num_blocks):
-                blocks.append(ResBlock(ch + (w if j == 0 else 0), w, emb_dim, dropout))
+                blocks.append(ResBlock(ch + (w if j == 0 else 0), w, emb_dim, dropout, dims))
                 ch = w
             self.dec.append(blocks)
-            self.up.append(nn.Conv2d(ch, widths[i - 1], 3, padding=1) if i > 0 else nn.Identity())
+            self.up.append(conv(ch, widths[i - 1], 3, padding=1) if i > 0 else nn.Identity())
             if i > 0:
                 ch = widths[i - 1]
-        self.dec_attn = nn.ModuleList([SelfAttention(widths[i]) if i in attn_levels else nn.Identity()
+        self.dec_attn = nn.ModuleList([SelfAttention(widths[i], dims) if i in attn_levels else nn.Identity()
                                        for i in reversed(range(self.levels))])
         self.norm_out = nn.GroupNorm(_groups(ch), ch)
-        self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
+        self.conv_out = conv(ch, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
+    @property
+    def downsampling_factor(self) -> int:
+        """Spatial sizes that are multiples of this run without padding (``2 ** (levels - 1)``)."""
+        return 2 ** (self.levels - 1)
+
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` (B, in_channels, H, W) already scaled by c_in; ``c_noise`` (B,); ``cond`` (B, cond_channels, H, W)."""
+        """``x`` (B, in_channels, *spatial) already scaled by c_in, spatial = (H, W) or (D, H, W) for ``dims=3``;
+        ``c_noise`` (B,); ``cond`` (B, cond_channels, *spatial)."""
+        if x.dim() != 2 + self.dims:
+            fail("x", f"a {2 + self.dims}-D tensor (B, C, {'D, ' if self.dims == 3 else ''}H, W) for this "
+                      f"{self.dims}D network", x)
+        spatial = tuple(x.shape[2:])
         if self.cond_channels:
-            if cond is None or cond.shape[1] != self.cond_channels or cond.shape[-2:] != x.shape[-2:]:
-                fail("cond", f"a (B, {self.cond_channels}, {x.shape[-2]}, {x.shape[-1]}) conditioning image", 
+            if cond is None or cond.dim() != x.dim() or cond.shape[1] != self.cond_channels or tuple(cond.shape[2:]) != spatial:
+                fail("cond", f"a (B, {self.cond_channels}, {', '.join(map(str, spatial))}) conditioning image",
                      cond if cond is not None else "None")
             x = torch.cat([x, cond.to(x.dtype)], dim=1)
         elif cond is not None:
             fail("cond", "None (this network was built with cond_channels=0)", cond)
-        h0, w0 = x.shape[-2:]
-        m = 2 ** (self.levels - 1)
-        ph, pw = (-h0) % m, (-w0) % m
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h0, w0) > max(ph, pw) else "replicate")
+        m = self.downsampling_factor
+        pads = [(-n) % m for n in spatial]
+        if any(pads):
+            pad_arg = [v for p in reversed(pads) for v in (0, p)]  # F.pad lists the last dimension first
+            x = F.pad(x, pad_arg, mode="reflect" if min(spatial) > max(pads) else "replicate")
         emb = self.embed(c_noise.reshape(-1).expand(x.shape[0]))
         h = self.conv_in(x)
         skips = []
@@ -194,8 +224,8 @@ class CompactUNet(nn.Module):
         h = self.mid2(self.mid1(h, emb), emb)
         for blocks, attn, up in zip(self.dec, self.dec_attn, self.up):
             skip = skips.pop()
-            if h.shape[-2:] != skip.shape[-2:]:
-                h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
+            if h.shape[2:] != skip.shape[2:]:
+                h = F.interpolate(h, size=skip.shape[2:], mode="nearest")
             h = blocks[0](torch.cat([h, skip], dim=1), emb)
             for blk in blocks[1:]:
                 h = blk(h, emb)
@@ -203,7 +233,7 @@ class CompactUNet(nn.Module):
             if not isinstance(up, nn.Identity):
                 h = up(F.interpolate(h, scale_factor=2, mode="nearest"))
         out = self.conv_out(F.silu(self.norm_out(h)))
-        return out[..., :h0, :w0]
+        return out[(..., *(slice(0, n) for n in spatial))]
 
 
 ARCHITECTURES = {"CompactUNet": CompactUNet}

@@ -15,9 +15,19 @@ is :math:`\mu + E[x_0\mid x_0 + \sigma n]` the shift is exact. As :math:`\sigma\
 
 File format: a safetensors file whose tensors are the network's ``state_dict`` and whose header
 metadata key ``"invdiff"`` holds JSON: ``format``, ``arch`` + ``net_config`` (constructor arguments),
-``precond`` (``type``, ``sigma_data``, ``data_shift``), ``channels``, ``resolution``, ``value_range``,
-``name`` and free-form ``info`` (training provenance). :meth:`NeuralPrior.load` rebuilds the prior from
-that header alone; no pickle is involved.
+``precond`` (``type``, ``sigma_data``, ``data_shift``), ``channels``, ``spatial_dims``, ``resolution``,
+``value_range``, ``name`` and free-form ``info`` (training provenance). :meth:`NeuralPrior.load` rebuilds
+the prior from that header alone; no pickle is involved.
+
+Volumes: a prior whose network was built with ``dims=3`` (``net_config["dims"] == 3``) is a native 3D
+prior: ``spatial_dims == 3``, it denoises (B, C, D, H, W) volumes, and ``resolution`` (when not None) is a
+(D, H, W) triple. Files written before ``spatial_dims`` existed have no such key and are 2D.
+
+>>> import torch
+>>> from invdiff.priors.networks import CompactUNet
+>>> p = NeuralPrior(CompactUNet(1, base_channels=8, channel_mult=(1, 2), dims=3), sigma_data=0.2, channels=1)
+>>> p.spatial_dims, p(torch.zeros(2, 1, 8, 8, 8), 0.1).shape
+(3, torch.Size([2, 1, 8, 8, 8]))
 """
 from __future__ import annotations
 
@@ -54,20 +64,33 @@ class NeuralPrior(Prior):
     net : the raw network ``F(x_in, c_noise[, cond])`` (e.g. :class:`~invdiff.priors.networks.CompactUNet`).
     sigma_data, data_shift : data standard deviation and mean used by the preconditioning.
     channels : image channels (1 real, 2 complex as real/imag).
-    resolution : spatial size it was trained at, or None when the network is fully convolutional
-        and may be applied to any size (``trained_resolution`` keeps the training size for reference).
+    resolution : spatial size it was trained at ((H, W), or (D, H, W) for a 3D prior), or None when the
+        network is fully convolutional and may be applied to any size (``trained_resolution`` keeps the
+        training size for reference).
     value_range : range of the training images (documentation and checks).
     arch, net_config : class name and constructor arguments of ``net`` (needed for :meth:`save`).
     info : free-form provenance (training data, steps, ...) saved in the file header.
+    spatial_dims : 2 (images) or 3 (volumes); None takes it from the network (``net.dims`` or
+        ``net_config["dims"]``, default 2).
     """
 
     def __init__(self, net: nn.Module, *, sigma_data: float, data_shift: float = 0.0, channels: int,
                  resolution: tuple[int, int] | None = None, value_range=(0.0, 1.0), name: str | None = None,
                  arch: str | None = None, net_config: dict | None = None, trained_resolution=None,
-                 info: dict | None = None):
+                 info: dict | None = None, spatial_dims: int | None = None):
         super().__init__()
         check_positive("sigma_data", float(sigma_data))
         check_positive("channels", channels, integer=True)
+        net_dims = int(getattr(net, "dims", (net_config or getattr(net, "config", {}) or {}).get("dims", 2)))
+        if spatial_dims is None:
+            spatial_dims = net_dims
+        if spatial_dims not in (2, 3) or spatial_dims != net_dims:
+            fail("spatial_dims", f"{net_dims} (the network's number of spatial dimensions)", spatial_dims)
+        self.spatial_dims = int(spatial_dims)
+        for key, res in (("resolution", resolution), ("trained_resolution", trained_resolution)):
+            if res is not None and len(tuple(res)) != self.spatial_dims:
+                fail(key, f"{self.spatial_dims} sizes ({'D, ' if self.spatial_dims == 3 else ''}H, W) for a "
+                          f"{self.spatial_dims}D prior", tuple(res))
         self.net = net
         self.sigma_data = float(sigma_data)
         self.data_shift = float(data_shift)
@@ -101,7 +124,7 @@ class NeuralPrior(Prior):
         return {
             "format": FORMAT, "name": self.name, "arch": self.arch, "net_config": self.net_config,
             "precond": {"type": "edm", "sigma_data": self.sigma_data, "data_shift": self.data_shift},
-            "channels": self.channels, "complex": self.channels == 2,
+            "channels": self.channels, "complex": self.channels == 2, "spatial_dims": self.spatial_dims,
             "resolution": list(self.resolution) if self.resolution else None,
             "trained_resolution": list(self.trained_resolution) if self.trained_resolution else None,
             "value_range": list(self.value_range) if self.value_range else None,
@@ -153,11 +176,14 @@ class NeuralPrior(Prior):
         if wrong:
             bad(f"tensor shapes do not match the architecture for {wrong[:5]}")
         net.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True)
-        prior = cls(net, sigma_data=pre["sigma_data"], data_shift=pre.get("data_shift", 0.0),
-                    channels=int(meta["channels"]), resolution=meta.get("resolution"),
-                    value_range=meta.get("value_range"), name=meta.get("name"), arch=meta["arch"],
-                    net_config=meta["net_config"], trained_resolution=meta.get("trained_resolution"),
-                    info=meta.get("info"))
+        try:
+            prior = cls(net, sigma_data=pre["sigma_data"], data_shift=pre.get("data_shift", 0.0),
+                        channels=int(meta["channels"]), resolution=meta.get("resolution"),
+                        value_range=meta.get("value_range"), name=meta.get("name"), arch=meta["arch"],
+                        net_config=meta["net_config"], trained_resolution=meta.get("trained_resolution"),
+                        info=meta.get("info"), spatial_dims=meta.get("spatial_dims"))
+        except (ValueError, TypeError) as e:
+            bad(f"inconsistent header ({e})")
         return prior.to(device).eval()
 
 

@@ -13,18 +13,43 @@ so the noise distribution scales with the data. Weights are averaged with an EMA
 
 Design:
 
-- :func:`train_step` is the whole per-step algorithm on one batch (DDP-ready: wrap ``state.model.net``
-  in ``DistributedDataParallel`` and give each rank its shard of the batch).
+- :func:`train_step` is the whole per-step algorithm on one batch.
 - Data sources are callables ``source(step, batch_size)`` returning ``x0`` or ``(x0, cond)``; the batch
   at step k depends only on k, and the noise at step k only on (seed, k), so a resumed run reproduces an
-  uninterrupted one exactly.
+  uninterrupted one exactly. A source may also offer ``source.part(step, batch_size, start, stop)``: rows
+  ``[start, stop)`` of that batch, generated or read alone (the phantom streams do); otherwise
+  :func:`batch_part` slices the whole batch.
 - Checkpoints (model + EMA + Adam moments + step + RNG state) are safetensors with a JSON header (no pickle),
   written atomically (tmp + ``os.replace``) every ``ckpt_every`` steps; re-running the same command resumes.
 - :func:`export` turns any checkpoint (final or intermediate) into shipped artefacts: EMA weights,
   model card with held-out denoising PSNR, loss curve CSV and a grid of samples from a deterministic
   EDM Heun sampler (:func:`edm_heun_sampler`, Karras et al. 2022, Algorithm 1).
 
-CLI: :func:`train_prior_main` (``invdiff train-prior``; ``python -m invdiff.priors.train``).
+Data-parallel training (``torch.distributed``, one process per rank, launched by torchrun). Rank r of W
+takes rows ``[r B/W, (r+1) B/W)`` of the global batch of B images (``batch_size``, which W must divide):
+its images (:func:`batch_part`) and the same rows of the step's noise levels and noise, which every rank
+draws for the whole batch from the (seed, step) generator. So the union over ranks is exactly the
+single-process batch. The loss runs through ``DistributedDataParallel`` wrapped around :class:`EDMLoss`,
+which averages the gradients over ranks; with equal shards the average of per-rank means is the
+single-process mean, so W processes follow the single-process trajectory up to floating-point summation
+order (GroupNorm has no cross-sample statistics). Clipping, Adam and the EMA then act on identical
+gradients on every rank. Rank 0 alone writes ``config.json``, ``loss.csv`` (the loss averaged over ranks)
+and the checkpoints (atomically); every rank reads the checkpoint on resume, so a run can be resumed with
+another number of processes (the global batch, not the world size, defines the run). Dropout masks are
+drawn per rank (not bitwise equal to one process, equal in distribution).
+
+3D priors: ``--dims 3`` trains a :class:`~invdiff.priors.networks.CompactUNet` with ``Conv3d`` on volumes
+(B, C, D, H, W), e.g. on the CT-like ellipsoid volumes of :mod:`invdiff.datasets.phantoms3d` (``--data
+ct3d``); the exported prior has ``spatial_dims == 3``. A real one (about 1.3 M parameters, 0.9 s/step at
+32^3, batch 4, 1 thread per process; run it when the CPU is free)::
+
+    invdiff train-prior --name ct-ellipsoid-32 --data ct3d --dims 3 --size 32 --base-channels 16 \
+        --channel-mult 1,2,4 --batch-size 4 --steps 20000 --lr 3e-4 --ckpt-every 250 --keep-every 2000 \
+        --nproc 2 --threads 1 --eval-images 16 --n-samples 8
+
+CLI: :func:`train_prior_main` (``invdiff train-prior``; ``python -m invdiff.priors.train``). ``--nproc N``
+re-launches the command under ``python -m torch.distributed.run --standalone --nproc_per_node N -m
+invdiff.priors.train``; launching that way (or with ``torchrun``) directly works the same.
 """
 from __future__ import annotations
 
@@ -41,6 +66,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 
 from .._validate import check_choice, check_positive, fail
 from .neural import NeuralPrior
@@ -57,8 +83,9 @@ class TrainConfig:
     """Every setting of a training run (the resolved config is saved as ``config.json`` in the run dir)."""
 
     name: str = "prior"                 # run / prior name (artefacts are weights_dir/<name>.*)
-    data: str = "ct"                    # "ct" | "mri" phantoms, "tensor:FILE.safetensors|.pt|.npy", "folder:DIR"
+    data: str = "ct"                    # "ct" | "mri" phantoms, "ct3d" volumes, "tensor:FILE.safetensors|.pt|.npy", "folder:DIR"
     size: int = 64                      # image size (phantoms are generated at this size; files are resized)
+    dims: int = 2                       # spatial dimensions: 2 images (B, C, H, W), 3 volumes (B, C, D, H, W)
     steps: int = 10000                  # total optimisation steps
     batch_size: int = 16
     lr: float = 2e-4                    # Adam learning rate
@@ -66,7 +93,9 @@ class TrainConfig:
     ema_decay: float = 0.999            # EMA decay (with warm-up min(decay, (1+t)/(10+t)))
     grad_clip: float = 1.0              # max global gradient norm (0 = off)
     seed: int = 0                       # seed of noise levels / noise / dropout (data has its own seeds)
-    threads: int = 1                    # torch.set_num_threads
+    threads: int = 1                    # torch.set_num_threads (per process)
+    nproc: int = 1                      # data-parallel processes (torch.distributed); batch_size is the global batch
+    dist_backend: str = "gloo"          # torch.distributed backend for nproc > 1 (CPU training: gloo)
     channels_last: bool = True          # NHWC memory format (about 20 % faster convolutions on CPU)
     # architecture (invdiff.priors.networks)
     arch: str = "CompactUNet"
@@ -167,10 +196,35 @@ def make_config(overrides: dict | None = None) -> TrainConfig:
     return cfg
 
 
+#: data kinds generated on the fly, and their number of spatial dimensions
+PHANTOM_KINDS = {"ct": 2, "mri": 2, "ct3d": 3}
+#: torch.distributed backends that can train here (training runs on CPU tensors: nccl needs CUDA ones)
+CPU_BACKENDS = ("gloo", "mpi")
+
+
+def _backend_available(name: str) -> bool:
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return False
+    return {"gloo": dist.is_gloo_available, "mpi": dist.is_mpi_available}.get(name, lambda: False)()
+
+
 def validate_config(cfg: TrainConfig) -> None:
     for k in ("size", "steps", "batch_size", "threads", "base_channels", "num_blocks", "emb_dim",
-              "ckpt_every", "log_every", "sample_steps", "n_samples", "eval_images"):
+              "ckpt_every", "log_every", "sample_steps", "n_samples", "eval_images", "nproc"):
         check_positive(k, getattr(cfg, k), integer=True)
+    if cfg.dims not in (2, 3) or isinstance(cfg.dims, bool):
+        fail("dims", "2 (images) or 3 (volumes)", cfg.dims)
+    if cfg.dist_backend not in CPU_BACKENDS:
+        fail("dist_backend", f"one of {list(CPU_BACKENDS)} (training runs on the CPU; nccl needs CUDA tensors)",
+             repr(cfg.dist_backend))
+    if cfg.nproc > 1 and not _backend_available(cfg.dist_backend):
+        fail("dist_backend", f"a torch.distributed backend built into this torch for nproc={cfg.nproc} "
+                             f"(available: {[b for b in CPU_BACKENDS if _backend_available(b)]})", repr(cfg.dist_backend))
+    if cfg.batch_size % cfg.nproc:
+        fail("batch_size", f"a multiple of nproc={cfg.nproc} (the global batch is split evenly over the processes)",
+             cfg.batch_size)
     for k in ("warmup", "keep_every", "cond_channels", "seed"):
         check_positive(k, getattr(cfg, k), strict=False, integer=True)
     check_positive("lr", float(cfg.lr))
@@ -180,27 +234,59 @@ def validate_config(cfg: TrainConfig) -> None:
     if not cfg.name or any(c in cfg.name for c in "/\\ "):
         fail("name", "a non-empty name without slashes or spaces", cfg.name)
     check_choice("export_dtype", cfg.export_dtype, ("float16", "float32"))
-    if not (cfg.data in ("ct", "mri") or cfg.data.startswith(("tensor:", "folder:"))):
-        fail("data", "'ct', 'mri', 'tensor:FILE' or 'folder:DIR'", cfg.data)
+    if not (cfg.data in PHANTOM_KINDS or cfg.data.startswith(("tensor:", "folder:"))):
+        fail("data", "'ct', 'mri', 'ct3d', 'tensor:FILE' or 'folder:DIR'", cfg.data)
+    data_dims = PHANTOM_KINDS.get(cfg.data, 2 if cfg.data.startswith("folder:") else None)
+    if data_dims is not None and data_dims != cfg.dims:
+        if cfg.dims == 3:
+            fail("data", "volumes for dims=3: 'ct3d' or 'tensor:FILE' with an (N, C, D, H, W) tensor", repr(cfg.data))
+        fail("dims", f"3 for the volume data {cfg.data!r} (add --dims 3)", cfg.dims)
     if cfg.size % (2 ** (len(cfg.channel_mult) - 1)):
-        fail("size", f"a multiple of {2 ** (len(cfg.channel_mult) - 1)} (2^(levels-1) for channel_mult={cfg.channel_mult})", cfg.size)
+        fail("size", f"a multiple of {2 ** (len(cfg.channel_mult) - 1)}, the network's down-sampling factor "
+                     f"(2^(levels-1) for channel_mult={cfg.channel_mult})", cfg.size)
 
 
 # ================================================================================================
 # data sources: callables (step, batch_size) -> x0 or (x0, cond)
 # ================================================================================================
 class TensorSource:
-    """Random minibatches from an image tensor (N, C, H, W); indices drawn from a per-step generator."""
+    """Random minibatches from an image tensor (N, C, H, W) or volume tensor (N, C, D, H, W); indices drawn
+    from a per-step generator."""
 
     def __init__(self, images: torch.Tensor, seed: int = 0):
-        if not isinstance(images, torch.Tensor) or images.dim() != 4:
-            fail("images", "a tensor (N, C, H, W)", images)
+        if not isinstance(images, torch.Tensor) or images.dim() not in (4, 5):
+            fail("images", "a tensor (N, C, H, W) or (N, C, D, H, W)", images)
         self.images, self.seed = images.float(), seed
         self.channels = images.shape[1]
 
-    def __call__(self, step: int, batch_size: int):
+    def _indices(self, step: int, batch_size: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        return self.images[torch.randint(len(self.images), (batch_size,), generator=g)]
+        return torch.randint(len(self.images), (batch_size,), generator=g)
+
+    def __call__(self, step: int, batch_size: int):
+        return self.images[self._indices(step, batch_size)]
+
+    def part(self, step: int, batch_size: int, start: int, stop: int):
+        """Rows ``[start, stop)`` of ``self(step, batch_size)``."""
+        return self.images[self._indices(step, batch_size)[start:stop]]
+
+
+def batch_part(source: Callable, step: int, batch_size: int, start: int, stop: int):
+    """Rows ``[start, stop)`` of ``source(step, batch_size)`` (x0 or (x0, cond)): a data-parallel rank's shard.
+
+    Uses ``source.part`` when the source has one, generates only those seeds for a
+    :class:`~invdiff.datasets.PhantomStream` (batch k holds seeds ``offset + k*B + i``), else slices the batch.
+    """
+    from ..datasets.phantoms import PhantomStream
+
+    if start == 0 and stop == batch_size:
+        return source(step, batch_size)
+    if hasattr(source, "part"):
+        return source.part(step, batch_size, start, stop)
+    if type(source) is PhantomStream:
+        return PhantomStream(source.kind, source.size, source.seed_offset + step * batch_size + start)(0, stop - start)
+    x0, cond = _split(source(step, batch_size))
+    return x0[start:stop] if cond is None else (x0[start:stop], cond[start:stop])
 
 
 def _load_tensor_file(path: str) -> torch.Tensor:
@@ -240,15 +326,21 @@ def _load_folder(path: str, size: int) -> torch.Tensor:
 
 
 def make_source(cfg: TrainConfig) -> Callable:
-    """Data source of a config: a phantom stream or random minibatches of a tensor / image folder."""
+    """Data source of a config: a phantom / volume stream or random minibatches of a tensor / image folder."""
     from ..datasets.phantoms import PhantomStream
+    from ..datasets.phantoms3d import VolumeStream
 
     if cfg.data in ("ct", "mri"):
         return PhantomStream(cfg.data, cfg.size)
+    if cfg.data == "ct3d":
+        return VolumeStream(cfg.data, cfg.size)
     if cfg.data.startswith("tensor:"):
         x = _load_tensor_file(cfg.data[len("tensor:"):])
-        if x.dim() == 3:
+        if x.dim() == cfg.dims + 1:
             x = x[:, None]
+        if x.dim() != cfg.dims + 2:
+            want = "(N, C, D, H, W) or (N, D, H, W)" if cfg.dims == 3 else "(N, C, H, W) or (N, H, W)"
+            fail("data", f"a tensor {want} for dims={cfg.dims}", f"{cfg.data}: shape {tuple(x.shape)}")
         return TensorSource(x, cfg.seed)
     return TensorSource(_load_folder(cfg.data[len("folder:"):], cfg.size), cfg.seed)
 
@@ -267,6 +359,34 @@ def estimate_data_stats(source: Callable, n: int = 256) -> tuple[int, float, flo
 # model, state, one training step
 # ================================================================================================
 @dataclass
+class DistContext:
+    """This process's place in a data-parallel run: rank ``rank`` of ``world`` (1 process: 0 of 1)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def rows(self, batch_size: int) -> tuple[int, int]:
+        """This rank's rows ``[start, stop)`` of a global batch (``batch_size`` divisible by ``world``)."""
+        if batch_size % self.world:
+            fail("batch_size", f"a multiple of the number of processes ({self.world})", batch_size)
+        b = batch_size // self.world
+        return self.rank * b, (self.rank + 1) * b
+
+
+def dist_context() -> DistContext:
+    """Rank and world size of the initialised default process group, or a single-process context."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size())
+    return DistContext()
+
+
+@dataclass
 class TrainState:
     model: NeuralPrior
     ema: NeuralPrior
@@ -274,18 +394,30 @@ class TrainState:
     cfg: TrainConfig
     step: int = 0
     losses: list = field(default_factory=list)   # (step, loss) since the last log line
+    dist: DistContext = field(default_factory=DistContext)
+    ddp: nn.Module | None = None                 # DistributedDataParallel(EDMLoss(model)) when dist.world > 1
+
+
+def memory_format(cfg: TrainConfig) -> torch.memory_format:
+    """Channels-last (NHWC / NDHWC) when ``cfg.channels_last``; both are faster for CPU convolutions."""
+    if not cfg.channels_last:
+        return torch.contiguous_format
+    return torch.channels_last_3d if cfg.dims == 3 else torch.channels_last
 
 
 def build_prior(cfg: TrainConfig, channels: int) -> NeuralPrior:
     net_config = dict(in_channels=channels, cond_channels=cfg.cond_channels, base_channels=cfg.base_channels,
                       channel_mult=list(cfg.channel_mult), num_blocks=cfg.num_blocks,
                       attn_levels=list(cfg.attn_levels), emb_dim=cfg.emb_dim, dropout=cfg.dropout)
+    if cfg.dims != 2:  # 2D configs stay as before dims existed (see CompactUNet.config)
+        net_config["dims"] = cfg.dims
     net = build_network(cfg.arch, net_config)
     value_range = (0.0, 1.0) if channels == 1 else (-1.0, 1.0)
+    size = (cfg.size,) * cfg.dims
     return NeuralPrior(net, sigma_data=cfg.sigma_data, data_shift=cfg.data_shift, channels=channels,
-                       resolution=None if cfg.fully_convolutional else (cfg.size, cfg.size),
-                       trained_resolution=(cfg.size, cfg.size), value_range=value_range, name=cfg.name,
-                       arch=cfg.arch, net_config=net_config)
+                       resolution=None if cfg.fully_convolutional else size,
+                       trained_resolution=size, value_range=value_range, name=cfg.name,
+                       arch=cfg.arch, net_config=net_config, spatial_dims=cfg.dims)
 
 
 def init_state(cfg: TrainConfig, channels: int) -> TrainState:
@@ -295,19 +427,32 @@ def init_state(cfg: TrainConfig, channels: int) -> TrainState:
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False).eval()
     if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-        ema.to(memory_format=torch.channels_last)
+        model.to(memory_format=memory_format(cfg))
+        ema.to(memory_format=memory_format(cfg))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     return TrainState(model, ema, opt, cfg)
 
 
 def edm_loss(prior: NeuralPrior, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
              cond: torch.Tensor | None = None) -> torch.Tensor:
-    """EDM loss (Karras et al. 2022, Eq. 2 with lambda of Table 1), mean over batch and pixels."""
-    d = prior.precond(x0 + sigma.reshape(-1, 1, 1, 1) * noise, sigma, cond)
+    """EDM loss (Karras et al. 2022, Eq. 2 with lambda of Table 1), mean over batch and pixels (or voxels)."""
+    bc = (-1,) + (1,) * (x0.dim() - 1)
+    d = prior.precond(x0 + sigma.reshape(bc) * noise, sigma, cond)
     sd = prior.sigma_data
     weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
-    return (weight.reshape(-1, 1, 1, 1) * (d - x0) ** 2).mean()
+    return (weight.reshape(bc) * (d - x0) ** 2).mean()
+
+
+class EDMLoss(nn.Module):
+    """:func:`edm_loss` as a module whose parameters are the prior's, so ``DistributedDataParallel`` can wrap it
+    (its forward is the one DDP hooks; the prior and its checkpoint keys stay unwrapped)."""
+
+    def __init__(self, prior: NeuralPrior):
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, x0, sigma, noise, cond=None):
+        return edm_loss(self.prior, x0, sigma, noise, cond)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -315,19 +460,26 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def train_step(state: TrainState, batch) -> float:
-    """One optimisation step on ``batch`` (x0 or (x0, cond)); the randomness depends only on (seed, step)."""
-    cfg, step = state.cfg, state.step
+    """One optimisation step on ``batch`` (x0 or (x0, cond)); the randomness depends only on (seed, step).
+
+    Data parallel (``state.dist.world`` W > 1): ``batch`` is this rank's shard, rows ``[r b, (r+1) b)`` of the
+    global batch of ``W b`` images; the noise levels and noise are drawn for the global batch and sliced the
+    same way, and ``state.ddp`` averages the gradients over ranks. Returns the loss of the global batch."""
+    cfg, step, ctx = state.cfg, state.step, state.dist
     x0, cond = _split(batch)
+    fmt = memory_format(cfg)
     if cfg.channels_last:
-        x0 = x0.contiguous(memory_format=torch.channels_last)
+        x0 = x0.contiguous(memory_format=fmt)
+    start, stop = ctx.rank * x0.shape[0], (ctx.rank + 1) * x0.shape[0]
+    n_global = x0.shape[0] * ctx.world
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    torch.manual_seed(cfg.seed * 1_000_003 + step + 7)  # dropout
-    sigma = (torch.randn(x0.shape[0], generator=g) * cfg.p_std + cfg.p_mean).exp()     # ln sigma ~ N(P_mean, P_std^2)
-    noise = torch.randn(x0.shape, generator=g).to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    torch.manual_seed(cfg.seed * 1_000_003 + step + 7 + 7919 * ctx.rank)  # dropout (its own masks on each rank)
+    sigma = (torch.randn(n_global, generator=g) * cfg.p_std + cfg.p_mean).exp()[start:stop]  # ln sigma ~ N(P_mean, P_std^2)
+    noise = torch.randn((n_global, *x0.shape[1:]), generator=g)[start:stop].contiguous(memory_format=fmt)
     state.model.train()
-    loss = edm_loss(state.model, x0, sigma, noise, cond)
+    loss = edm_loss(state.model, x0, sigma, noise, cond) if state.ddp is None else state.ddp(x0, sigma, noise, cond)
     state.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.backward()  # with DDP: gradients all-reduced (averaged over ranks) during backward
     for group in state.opt.param_groups:
         group["lr"] = lr_at(cfg, step)
     if cfg.grad_clip > 0:
@@ -340,7 +492,12 @@ def train_step(state: TrainState, batch) -> float:
         for be, bm in zip(state.ema.buffers(), state.model.buffers()):
             be.copy_(bm)
     state.step += 1
-    return float(loss.detach())
+    value = loss.detach().clone()
+    if ctx.world > 1:  # log the global-batch loss: the mean of the per-rank means
+        import torch.distributed as dist
+        dist.all_reduce(value)
+        value /= ctx.world
+    return float(value)
 
 
 # ================================================================================================
@@ -405,14 +562,16 @@ def load_checkpoint_into(state: TrainState, path) -> None:
     if meta.get("n_params") != len(params):
         fail("checkpoint", f"{len(params)} optimiser parameter slots", f"{meta.get('n_params')} in {path}")
     state.opt.state.clear()
+
+    def like(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:  # conv weights: Adam moments channels-last too
+        return t.clone().to(memory_format=memory_format(state.cfg)) if p.dim() == state.cfg.dims + 2 else t.clone()
+
     for i, p in enumerate(params):
         if f"optim.{i}.exp_avg" in tensors:
             state.opt.state[p] = {
                 "step": tensors[f"optim.{i}.step"].reshape(()).clone(),
-                "exp_avg": tensors[f"optim.{i}.exp_avg"].clone().to(memory_format=torch.channels_last)
-                if p.dim() == 4 and state.cfg.channels_last else tensors[f"optim.{i}.exp_avg"].clone(),
-                "exp_avg_sq": tensors[f"optim.{i}.exp_avg_sq"].clone().to(memory_format=torch.channels_last)
-                if p.dim() == 4 and state.cfg.channels_last else tensors[f"optim.{i}.exp_avg_sq"].clone(),
+                "exp_avg": like(tensors[f"optim.{i}.exp_avg"], p),
+                "exp_avg_sq": like(tensors[f"optim.{i}.exp_avg_sq"], p),
             }
     torch.set_rng_state(tensors["rng.torch"])
     state.step = int(meta["step"])
@@ -438,16 +597,24 @@ def resolve_config(cfg: TrainConfig, source: Callable) -> tuple[TrainConfig, int
     return cfg, channels
 
 
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _log_rows(path: Path, rows: list, upto_step: int | None = None, header=("step", "loss", "lr", "sec_per_step", "wall_s")):
-    """Append rows to the loss CSV; on resume first drop rows past the checkpoint step."""
+    """Append rows to the loss CSV; on resume first drop rows past the checkpoint step (atomically rewritten)."""
     if upto_step is not None and path.exists():
         with open(path) as f:
             kept = [r for r in csv.reader(f)][1:]
         kept = [r for r in kept if r and int(r[0]) <= upto_step]
-        with open(path, "w", newline="") as f:
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(header)
             w.writerows(kept)
+        os.replace(tmp, path)
     new = not path.exists()
     with open(path, "a", newline="") as f:
         w = csv.writer(f)
@@ -456,16 +623,41 @@ def _log_rows(path: Path, rows: list, upto_step: int | None = None, header=("ste
         w.writerows(rows)
 
 
-def train(cfg: TrainConfig, source: Callable | None = None, *, resume: bool = True) -> TrainState:
-    """Train (or resume) a prior; checkpoints, ``config.json`` and ``loss.csv`` go to ``cfg.run_dir()``."""
-    torch.set_num_threads(cfg.threads)
-    source = source if source is not None else make_source(cfg)
+def _on_main(ctx: DistContext, fn: Callable):
+    """Run ``fn()`` on rank 0 and hand its result to every rank; an error on rank 0 is raised on every rank
+    (instead of leaving the other ranks waiting in the next collective)."""
+    if ctx.world == 1:
+        return fn()
+    import torch.distributed as dist
+
+    payload = [None]
+    if ctx.is_main:
+        try:
+            payload = [("ok", fn())]
+        except (ValueError, TypeError, OSError) as e:
+            payload = [("error", (type(e).__name__, str(e)))]
+    dist.broadcast_object_list(payload, src=0)
+    status, value = payload[0]
+    if status == "error":
+        kind, msg = value
+        err = {"TypeError": TypeError, "OSError": OSError}.get(kind, ValueError)(msg)
+        err.echo_of_rank0 = True  # rank 0 reports it; the CLI does not print it again
+        raise err
+    return value
+
+
+def _prepare_run(cfg: TrainConfig, source: Callable, resume: bool) -> tuple[dict, int, bool]:
+    """Rank 0's start of a run: resolve the config (from the checkpoint being resumed, or from the data), write
+    ``config.json``, trim ``loss.csv``. Returns (resolved config as JSON, channels, whether to resume)."""
     run = cfg.run_dir()
-    ckpt_dir = run / "ckpt"
-    latest = ckpt_dir / "latest.safetensors"
-    if resume and latest.exists():
+    latest = run / "ckpt" / "latest.safetensors"
+    resumed = resume and latest.exists()
+    if resumed:
         meta, _ = read_train_checkpoint(latest)
         saved = meta["config"]
+        saved_dims = int(meta["prior"].get("spatial_dims", 2))
+        if saved_dims != cfg.dims:
+            fail("dims", f"{saved_dims} (the value of the run being resumed, {latest}); use --fresh to restart", cfg.dims)
         for k in ("sigma_data", "data_shift", "p_mean"):  # the preconditioning must not change mid-run
             if getattr(cfg, k) is None:
                 setattr(cfg, k, saved[k])
@@ -476,23 +668,56 @@ def train(cfg: TrainConfig, source: Callable | None = None, *, resume: bool = Tr
     else:
         cfg, channels = resolve_config(cfg, source)
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(config_to_json(cfg), indent=2) + "\n")
-    state = init_state(cfg, channels)
-    if resume and latest.exists():
-        load_checkpoint_into(state, latest)
-        _log_rows(run / "loss.csv", [], upto_step=state.step)
-        print(f"[invdiff] resumed {cfg.name} at step {state.step} from {latest}", file=sys.stderr, flush=True)
-    elif not resume and (run / "loss.csv").exists():
+    _atomic_write_text(run / "config.json", json.dumps(config_to_json(cfg), indent=2) + "\n")
+    if resumed:
+        _log_rows(run / "loss.csv", [], upto_step=int(meta["step"]))
+    elif (run / "loss.csv").exists():
         (run / "loss.csv").unlink()
+    return config_to_json(cfg), channels, resumed
+
+
+def train(cfg: TrainConfig, source: Callable | None = None, *, resume: bool = True) -> TrainState:
+    """Train (or resume) a prior; checkpoints, ``config.json`` and ``loss.csv`` go to ``cfg.run_dir()``.
+
+    Inside an initialised ``torch.distributed`` process group (torchrun, or ``--nproc``) every rank calls this
+    with the same ``cfg``: each trains on its shard of the global batch (module docstring) and rank 0 writes."""
+    ctx = dist_context()
+    torch.set_num_threads(cfg.threads)
+    if cfg.nproc != ctx.world:
+        if ctx.world == 1:
+            print(f"[invdiff] nproc={cfg.nproc} but no process group is initialised: training in 1 process (launch "
+                  "with torchrun or 'invdiff train-prior --nproc N' for data-parallel training)", file=sys.stderr)
+        cfg.nproc = ctx.world  # the config records how this run was actually executed
+    ctx.rows(cfg.batch_size)  # one clear error when the world size does not divide the global batch
+    source = source if source is not None else make_source(cfg)
+    run = cfg.run_dir()
+    ckpt_dir = run / "ckpt"
+    latest = ckpt_dir / "latest.safetensors"
+    resolved, channels, resumed = _on_main(ctx, lambda: _prepare_run(cfg, source, resume))
+    for k in ("sigma_data", "data_shift", "p_mean"):
+        setattr(cfg, k, resolved[k])
+    state = init_state(cfg, channels)
+    state.dist = ctx
+    if resumed:
+        load_checkpoint_into(state, latest)
+        if ctx.is_main:
+            print(f"[invdiff] resumed {cfg.name} at step {state.step} from {latest}", file=sys.stderr, flush=True)
+    if ctx.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # every rank built the same initial weights (same seed) or read the same checkpoint; DDP checks the shapes,
+        # broadcasts rank 0's parameters and from then on averages the gradients in backward.
+        state.ddp = DistributedDataParallel(EDMLoss(state.model))
     try:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.steps, initial=state.step, desc=cfg.name, disable=not cfg.progress,
+        bar = tqdm(total=cfg.steps, initial=state.step, desc=cfg.name, disable=not (cfg.progress and ctx.is_main),
                    mininterval=30 if not sys.stderr.isatty() else 0.5, dynamic_ncols=True)
     except ImportError:  # pragma: no cover
         bar = None
+    start, stop = ctx.rows(cfg.batch_size)
     t_last, t0, rows = time.time(), time.time(), []
     while state.step < cfg.steps:
-        batch = source(state.step, cfg.batch_size)
+        batch = batch_part(source, state.step, cfg.batch_size, start, stop)
         loss = train_step(state, batch)
         state.losses.append(loss)
         if bar is not None:
@@ -505,16 +730,19 @@ def train(cfg: TrainConfig, source: Callable | None = None, *, resume: bool = Tr
                 bar.set_postfix(loss=f"{sum(state.losses) / len(state.losses):.4f}", refresh=False)
             state.losses.clear()
             t_last = now
-        if state.step % cfg.ckpt_every == 0 or state.step == cfg.steps:
+        if ctx.is_main and (state.step % cfg.ckpt_every == 0 or state.step == cfg.steps):
             _log_rows(run / "loss.csv", rows)
             rows = []
             save_checkpoint(state, latest)
             if cfg.keep_every and state.step % cfg.keep_every == 0:
                 save_checkpoint(state, ckpt_dir / f"step_{state.step:07d}.safetensors")
-    if rows:
+    if rows and ctx.is_main:
         _log_rows(run / "loss.csv", rows)
     if bar is not None:
         bar.close()
+    if ctx.world > 1:
+        import torch.distributed as dist
+        dist.barrier()  # the final checkpoint is on disk before any rank returns
     return state
 
 
@@ -559,8 +787,8 @@ def _tv_denoise(y: torch.Tensor, weight: float) -> torch.Tensor:
     from skimage.restoration import denoise_tv_chambolle
     import numpy as np
 
-    out = [denoise_tv_chambolle(img.permute(1, 2, 0).double().numpy(), weight=weight, channel_axis=-1) for img in y]
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float()
+    out = [denoise_tv_chambolle(img.movedim(0, -1).double().numpy(), weight=weight, channel_axis=-1) for img in y]
+    return torch.from_numpy(np.stack(out)).movedim(-1, 1).float()  # (B, C, H, W) or (B, C, D, H, W)
 
 
 _TV_WEIGHTS = (0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5)
@@ -576,13 +804,14 @@ def tv_baseline(y_tune, x_tune, y, *, weights=_TV_WEIGHTS):
 def evaluate_denoising(prior, kind: str, *, size: int = 64, n_images: int = 64, sigmas=(0.05, 0.1, 0.2, 0.5),
                        seed: int = 1234, baseline: bool = True) -> dict:
     """Held-out denoising PSNR (mean over images) for the prior, the noisy input and a tuned TV baseline,
-    on phantoms from held-out seeds and on Shepp-Logan (out of distribution)."""
+    on phantoms (or volumes, kind 'ct3d') from held-out seeds and on Shepp-Logan (out of distribution)."""
     from ..datasets.phantoms import GENERATORS, shepp_logan, split_seeds
+    from ..datasets.phantoms3d import GENERATORS3D, shepp_logan_3d
 
-    gen = GENERATORS[kind]
+    gen = GENERATORS[kind] if kind in GENERATORS else GENERATORS3D[kind]
     x = gen(split_seeds("heldout", n_images), size)
     x_tune = gen(split_seeds("heldout", 8, start=500_000), size)
-    sl = shepp_logan(size, complex=(kind == "mri"))
+    sl = shepp_logan_3d(size) if kind in GENERATORS3D else shepp_logan(size, complex=(kind == "mri"))
     g = torch.Generator().manual_seed(seed)
     rows = []
     for s in sigmas:
@@ -601,13 +830,27 @@ def evaluate_denoising(prior, kind: str, *, size: int = 64, n_images: int = 64, 
             "rows": rows}
 
 
-def save_sample_grid(samples: torch.Tensor, path, title: str = "") -> None:
+def central_slices(volumes: torch.Tensor) -> torch.Tensor:
+    """(N, C, D, H, W) -> (3N, C, S, S): the central axial, coronal and sagittal slices of each volume (cubic volumes)."""
+    d, h, w = volumes.shape[-3:]
+    if not d == h == w:
+        fail("volumes", "cubic volumes (D = H = W)", volumes)
+    views = [volumes[:, :, d // 2], volumes[:, :, :, h // 2], volumes[:, :, :, :, w // 2]]
+    return torch.stack(views, 1).flatten(0, 1)
+
+
+def save_sample_grid(samples: torch.Tensor, path, title: str = "", cols: int | None = None) -> None:
+    """Save a grid of 2D samples (N, C, H, W); volumes (N, C, D, H, W) are shown as one row per sample of
+    their central axial / coronal / sagittal slices."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if samples.dim() == 5:
+        samples, cols = central_slices(samples), 3
+        title = title + ("\n(rows: samples; columns: central axial / coronal / sagittal slice)" if title else "")
     n = samples.shape[0]
-    cols = int(math.ceil(math.sqrt(n)))
+    cols = cols or int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
     complex_ = samples.shape[1] == 2
     fig, axes = plt.subplots(rows * (2 if complex_ else 1), cols, figsize=(1.6 * cols, 1.6 * rows * (2 if complex_ else 1)),
@@ -651,7 +894,7 @@ def export(checkpoint, *, weights_dir=None, name: str | None = None, dtype: str 
     pmeta["name"] = name
     ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
     prior = NeuralPrior.from_state(pmeta, ema, source=str(checkpoint))
-    kind = cfg["data"] if cfg["data"] in ("ct", "mri") else None
+    kind = cfg["data"] if cfg["data"] in PHANTOM_KINDS else None
     info = {"step": meta["step"], "data": cfg["data"], "training_config": cfg,
             "trained_with": "invdiff.priors.train (EDM loss, Karras et al. 2022)",
             "regenerate": command or regenerate_command(cfg, meta["step"])}
@@ -662,7 +905,8 @@ def export(checkpoint, *, weights_dir=None, name: str | None = None, dtype: str 
     shipped = NeuralPrior.load(out)
     # check the storage dtype costs nothing measurable
     probe = (torch.Generator().manual_seed(0))
-    x = torch.randn(4, prior.channels, cfg["size"], cfg["size"], generator=probe) * 0.2 + prior.data_shift
+    spatial = (cfg["size"],) * prior.spatial_dims
+    x = torch.randn(4, prior.channels, *spatial, generator=probe) * 0.2 + prior.data_shift
     with torch.no_grad():
         dev = float((shipped(x, 0.1) - prior(x, 0.1)).abs().max())
     ev = {}
@@ -670,7 +914,7 @@ def export(checkpoint, *, weights_dir=None, name: str | None = None, dtype: str 
         ev = evaluate_denoising(shipped, kind, size=cfg["size"], n_images=eval_images, sigmas=sigmas)
     g = torch.Generator().manual_seed(0)
     t0 = time.time()
-    samples = edm_heun_sampler(shipped, (n_samples, prior.channels, cfg["size"], cfg["size"]), steps=sample_steps, generator=g)
+    samples = edm_heun_sampler(shipped, (n_samples, prior.channels, *spatial), steps=sample_steps, generator=g)
     t_sample = time.time() - t0
     save_sample_grid(samples, wdir / f"{name}_samples.png",
                      title=f"{name}: EDM Heun, {sample_steps} steps, step {meta['step']}")
@@ -721,6 +965,10 @@ def model_card(name, meta, prior, ev, loss_rows, *, dtype, fp_dev, sample_steps,
     cfg = meta["config"]
     n_params = sum(p.numel() for p in prior.net.parameters())
     kind = cfg["data"]
+    dims = int(cfg.get("dims", 2))
+    nproc = int(cfg.get("nproc", 1))
+    shape_str = "x".join([str(cfg["size"])] * dims)
+    items = "volumes" if dims == 3 else "images"
     data_desc = {
         "ct": "CT-like random-ellipse phantoms (`invdiff.datasets.ct_phantoms`): body outline, 8-25 overlapping "
               "ellipses of random additive intensity, small bright inserts, smooth multiplicative texture; "
@@ -728,6 +976,9 @@ def model_card(name, meta, prior, ev, loss_rows, *, dtype, fp_dev, sample_steps,
         "mri": "MRI-like complex brain phantoms (`invdiff.datasets.mri_phantoms`): head outline, scalp, skull, CSF, "
                "grey/white matter with irregular boundary, ventricles, deep nuclei, bias field, texture, times a smooth "
                "random phase; 2 channels (real, imag), max magnitude 1.",
+        "ct3d": "CT-like random-ellipsoid volumes (`invdiff.datasets.phantoms3d.ct_volumes`): body elongated along "
+                "the axial axis, outer fat layer, 8-25 overlapping randomly rotated ellipsoids of random additive "
+                "intensity, small bright inserts, smooth multiplicative 3D texture; 1 channel in [0, 1], (D, H, W).",
     }.get(kind, f"`{kind}`")
     lines = [
         f"# {name}", "",
@@ -735,25 +986,31 @@ def model_card(name, meta, prior, ev, loss_rows, *, dtype, fp_dev, sample_steps,
         f"trained by invdiff's own training code. Load with `invdiff.priors.load({name!r})`.", "",
         "## Model", "",
         f"- architecture: `{prior.arch}` {json.dumps(prior.net_config)}; {n_params / 1e6:.2f} M parameters; fully "
-        f"convolutional (trained at {cfg['size']}x{cfg['size']}, accepts sizes that are multiples of "
+        f"convolutional (trained at {shape_str}, accepts sizes that are multiples of "
         f"{2 ** (len(cfg['channel_mult']) - 1)} natively, others are padded)",
+        *([f"- native 3D prior (`spatial_dims = 3`): denoises volumes (B, C, D, H, W) with 3x3x3 convolutions"]
+          if dims == 3 else []),
         f"- channels: {prior.channels} ({'complex as real/imag' if prior.channels == 2 else 'real'}); value range "
         f"{list(prior.value_range) if prior.value_range else None}",
         f"- preconditioning: EDM (Karras et al. 2022, Table 1), sigma_data = {prior.sigma_data}, data_shift = {prior.data_shift}",
         f"- weights: EMA (decay {cfg['ema_decay']}) stored as {dtype}, {file_size / 1e6:.1f} MB; max |D_{dtype} - D_fp32| on a "
         f"probe batch at sigma=0.1: {fp_dev:.2e}", "",
         "## Training data", "", data_desc,
-        "" if kind not in ("ct", "mri") else
-        f"Generated on the fly: training step k uses the images with seeds {cfg['batch_size']}k .. {cfg['batch_size']}k+"
-        f"{cfg['batch_size'] - 1} (`invdiff.datasets.PhantomStream`), so {meta['step']} steps saw "
-        f"{meta['step'] * cfg['batch_size']} distinct images; every training seed is below 1e9 "
+        "" if kind not in PHANTOM_KINDS else
+        f"Generated on the fly: training step k uses the {items} with seeds {cfg['batch_size']}k .. {cfg['batch_size']}k+"
+        f"{cfg['batch_size'] - 1} (`invdiff.datasets.{'phantoms3d.VolumeStream' if dims == 3 else 'PhantomStream'}`), "
+        f"so {meta['step']} steps saw "
+        f"{meta['step'] * cfg['batch_size']} distinct {items}; every training seed is below 1e9 "
         "(`invdiff.datasets.HELDOUT_SEED_START`) and evaluation uses seeds >= 1e9, never seen in training.", "",
         "## Training", "",
         f"- steps: {meta['step']} of {cfg['steps']} planned; batch {cfg['batch_size']}; Adam lr {cfg['lr']} "
         f"(warm-up {cfg['warmup']}), grad clip {cfg['grad_clip']}, EMA {cfg['ema_decay']}",
         f"- loss: EDM (Karras et al. 2022, Eq. 2), ln sigma ~ N({cfg['p_mean']}, {cfg['p_std']}^2), "
         f"lambda = (sigma^2 + sigma_data^2)/(sigma sigma_data)^2",
-        f"- {cfg['threads']} torch thread(s) on CPU; full loss log: `{name}_loss.csv`", "",
+        f"- {cfg['threads']} torch thread(s) on CPU"
+        + (f" per process, {nproc} data-parallel processes (torch.distributed {cfg.get('dist_backend', 'gloo')}, "
+           f"{cfg['batch_size'] // nproc} {items} per process and step)" if nproc > 1 else "")
+        + f"; full loss log: `{name}_loss.csv`", "",
         _loss_summary(loss_rows), "",
         "Regenerate (exact command; resumable: re-running continues from the last checkpoint; it exports these "
         "artefacts at the end). Without the `invdiff` console script use `python -m invdiff.priors.train` with the "
@@ -762,10 +1019,14 @@ def model_card(name, meta, prior, ev, loss_rows, *, dtype, fp_dev, sample_steps,
     if ev:
         lines += ["## Held-out denoising", "",
                   f"PSNR (dB, peak 1{', complex error |x_hat - x|^2' if prior.channels == 2 else ''}) averaged over "
-                  f"{ev['n_images']} held-out phantoms (seeds {ev['heldout_seeds']}) at {ev['size']}x{ev['size']}, "
-                  "Gaussian noise of std sigma per real channel. TV = total-variation denoising (Chambolle 2004, "
-                  "skimage) with the weight tuned per sigma on 8 other held-out phantoms. OOD = modified Shepp-Logan "
-                  f"({'with a smooth phase' if prior.channels == 2 else 'real'}), never seen in training.", "",
+                  f"{ev['n_images']} held-out {'volumes' if dims == 3 else 'phantoms'} (seeds {ev['heldout_seeds']}) at "
+                  f"{'x'.join([str(ev['size'])] * dims)}, "
+                  f"Gaussian noise of std sigma per real channel. TV = total-variation denoising (Chambolle 2004, "
+                  f"skimage{', in 3D' if dims == 3 else ''}) with the weight tuned per sigma on 8 other held-out "
+                  f"{'volumes' if dims == 3 else 'phantoms'}. OOD = "
+                  + ("3D Shepp-Logan (sigpy)" if dims == 3 else
+                     f"modified Shepp-Logan ({'with a smooth phase' if prior.channels == 2 else 'real'})")
+                  + ", never seen in training.", "",
                   "| sigma | noisy | TV (tuned) | this prior | OOD noisy | OOD TV | OOD this prior |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]
         for r in ev["rows"]:
@@ -774,7 +1035,8 @@ def model_card(name, meta, prior, ev, loss_rows, *, dtype, fp_dev, sample_steps,
                          f"{r['ood_prior_psnr']:.2f} |")
         lines.append("")
     lines += ["## Samples", "",
-              f"`{name}_samples.png`: {n_samples} unconditional samples, deterministic EDM Heun sampler "
+              f"`{name}_samples.png`: {n_samples} unconditional samples"
+              f"{' (one row each: central axial / coronal / sagittal slice)' if dims == 3 else ''}, deterministic EDM Heun sampler "
               f"(Karras et al. 2022, Alg. 1), {sample_steps} steps ({2 * sample_steps - 1} NFE), seed 0, "
               f"{t_sample:.1f} s on CPU.", "",
               "## Limitations", "",
@@ -788,14 +1050,24 @@ def model_card(name, meta, prior, ev, loss_rows, *, dtype, fp_dev, sample_steps,
 # ================================================================================================
 _HELP = {
     "name": "run / prior name; artefacts are written as <weights_dir>/<name>.*",
-    "data": "training data: 'ct' or 'mri' (synthetic phantoms generated on the fly), 'tensor:FILE' "
-            "(.safetensors with one tensor, .npy, .pt; (N,C,H,W) or (N,H,W)), 'folder:DIR' (grayscale images)",
-    "size": "image size (phantoms generated at this size; folder images resized)",
+    "data": "training data: 'ct' or 'mri' (synthetic 2D phantoms generated on the fly), 'ct3d' (synthetic CT-like "
+            "volumes, needs --dims 3), 'tensor:FILE' (.safetensors with one tensor, .npy, .pt; (N,C,H,W) or (N,H,W); "
+            "with --dims 3 (N,C,D,H,W) or (N,D,H,W)), 'folder:DIR' (grayscale images)",
+    "size": "image size, or volume edge length with --dims 3 (phantoms generated at this size; folder images "
+            "resized); a multiple of the network's down-sampling factor 2^(len(channel_mult)-1)",
+    "dims": "spatial dimensions: 2 (images, Conv2d) or 3 (volumes (B,C,D,H,W), Conv3d; e.g. --data ct3d --size 32)",
+    "nproc": "data-parallel processes (torch.distributed DDP, one CPU process each): the command re-launches itself "
+             "under 'python -m torch.distributed.run --standalone --nproc_per_node N'; batch_size is the global "
+             "batch and must be divisible by N; give each process --threads cores/N",
+    "dist_backend": "torch.distributed backend for --nproc > 1: gloo (mpi if torch was built with it; nccl is "
+                    "not supported: training runs on the CPU)",
     "steps": "total optimisation steps (re-running with a larger value continues training)",
-    "batch_size": "images per step", "lr": "Adam learning rate", "warmup": "linear learning-rate warm-up steps",
+    "batch_size": "images (or volumes) per step: the global batch, split evenly over the --nproc processes",
+    "lr": "Adam learning rate", "warmup": "linear learning-rate warm-up steps",
     "ema_decay": "EMA decay of the exported weights", "grad_clip": "max global gradient norm (0 disables)",
-    "seed": "seed of noise levels, noise and dropout", "threads": "torch.set_num_threads (1 is best on a shared CPU)",
-    "channels_last": "channels-last memory format (faster CPU convolutions)",
+    "seed": "seed of noise levels, noise and dropout",
+    "threads": "torch.set_num_threads per process (1 is best on a shared CPU)",
+    "channels_last": "channels-last memory format, NHWC / NDHWC (faster CPU convolutions)",
     "arch": "network class (invdiff.priors.networks.ARCHITECTURES)",
     "base_channels": "width of the first U-Net level", "channel_mult": "per-level width multipliers, e.g. 1,2,4,8",
     "num_blocks": "residual blocks per level", "attn_levels": "levels with self-attention (empty: none)",
@@ -803,7 +1075,7 @@ _HELP = {
     "cond_channels": "extra conditioning input channels (0 = unconditional prior)",
     "sigma_data": "data std for EDM preconditioning (auto: estimated from 256 training images)",
     "data_shift": "data mean subtracted before the network (auto: estimated)",
-    "p_mean": "mean of ln(sigma) in training (auto: -1.2 + ln(sigma_data/0.5))", "p_std": "std of ln(sigma)",
+    "p_mean": "mean of ln(sigma) in training (auto: -1.2 + ln(sigma_data/0.5))", "p_std": "std of ln(sigma) in training (EDM: 1.2)",
     "out": "runs directory; the run lives in <out>/<name> (checkpoints, loss.csv, config.json)",
     "ckpt_every": "write ckpt/latest.safetensors every this many steps",
     "keep_every": "also keep ckpt/step_XXXXXXX.safetensors every this many steps (0: never)",
@@ -826,7 +1098,11 @@ def build_parser() -> argparse.ArgumentParser:
                "  invdiff train-prior --name ct-phantom-64 --data ct --steps 10000 --lr 3e-4\n"
                "  invdiff train-prior --config run.cfg --set steps=20000        # continue a run to more steps\n"
                "  invdiff train-prior --config runs/ct-phantom-64/config.json --export only "
-               "--checkpoint runs/ct-phantom-64/ckpt/step_0004000.safetensors",
+               "--checkpoint runs/ct-phantom-64/ckpt/step_0004000.safetensors\n"
+               "  invdiff train-prior --name ct-phantom-64 --data ct --steps 10000 --nproc 2   # 2 processes (DDP, gloo)\n"
+               "  python -m torch.distributed.run --standalone --nproc_per_node 2 -m invdiff.priors.train --name ...\n"
+               "  invdiff train-prior --name ct-ellipsoid-32 --data ct3d --dims 3 --size 32 --channel-mult 1,2,4 "
+               "--batch-size 4 --steps 20000   # a 3D prior",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="FILE", help="config file: JSON object or 'key = value' lines")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
@@ -863,19 +1139,78 @@ def parse_config(argv) -> tuple[TrainConfig, argparse.Namespace]:
     return make_config(raw), args
 
 
+def launched_rank() -> tuple[int, int] | None:
+    """(rank, world size) of a process started by torchrun / ``torch.distributed.run``, else None."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return None
+
+
+def launch_command(nproc: int, argv) -> list[str]:
+    """The command that runs ``invdiff train-prior ARGV`` in ``nproc`` data-parallel processes on this machine.
+
+    ``--nproc`` itself is handed on as ``--set nproc=N``: torchrun's parser would take ``--nproc`` for an
+    abbreviation of its own ``--nproc-per-node`` (so do not pass ``--nproc`` when calling torchrun directly)."""
+    worker_argv, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            worker_argv.append(a)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "invdiff.priors.train", *worker_argv, "--set", f"nproc={nproc}"]
+
+
+def init_distributed(cfg: TrainConfig, world: int) -> None:
+    """Join the process group torchrun set up (env:// rendezvous) with ``cfg.dist_backend``; checks first."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if cfg.nproc not in (1, world):
+        fail("nproc", f"{world} (the WORLD_SIZE torchrun started) or 1", cfg.nproc)
+    cfg.nproc = world
+    validate_config(cfg)  # batch_size divisible by the world size, backend available
+    dist.init_process_group(cfg.dist_backend, timeout=datetime.timedelta(minutes=30))
+
+
 def train_prior_main(argv=None) -> int:
-    """``invdiff train-prior``: train (resumably) and/or export a prior. Returns the exit code."""
+    """``invdiff train-prior``: train (resumably) and/or export a prior. Returns the exit code.
+
+    ``--nproc N > 1`` (outside torchrun) re-runs the same arguments under :func:`launch_command`; inside torchrun
+    every rank trains its shard (:func:`train`) and rank 0 alone prints and exports."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    launched = launched_rank()
+    rank, world = launched if launched else (0, 1)
+    joined = False
     try:
         cfg, args = parse_config(argv)
         if args.export == "only":
-            ckpt = Path(args.checkpoint) if args.checkpoint else cfg.run_dir() / "ckpt" / "latest.safetensors"
-            res = export(ckpt, weights_dir=cfg.weights_dir or None, dtype=cfg.export_dtype, eval_images=cfg.eval_images,
-                         sigmas=cfg.eval_sigmas, sample_steps=cfg.sample_steps, n_samples=cfg.n_samples,
-                         threads=cfg.threads)
-            print(json.dumps(res, indent=1))
+            if rank == 0:
+                ckpt = Path(args.checkpoint) if args.checkpoint else cfg.run_dir() / "ckpt" / "latest.safetensors"
+                res = export(ckpt, weights_dir=cfg.weights_dir or None, dtype=cfg.export_dtype,
+                             eval_images=cfg.eval_images, sigmas=cfg.eval_sigmas, sample_steps=cfg.sample_steps,
+                             n_samples=cfg.n_samples, threads=cfg.threads)
+                print(json.dumps(res, indent=1))
             return 0
+        if cfg.nproc > 1 and launched is None:
+            import subprocess
+
+            cmd = launch_command(cfg.nproc, argv)
+            print(f"[invdiff] {cfg.name}: {cfg.nproc} data-parallel processes: {' '.join(cmd)}", file=sys.stderr, flush=True)
+            return subprocess.call(cmd, env=dict(os.environ, OMP_NUM_THREADS=str(cfg.threads)))
+        if world > 1:
+            init_distributed(cfg, world)
+            joined = True
         state = train(cfg, resume=not args.fresh)
+        if joined:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+            joined = False
+        if rank != 0:
+            return 0
         print(f"[invdiff] {cfg.name}: trained to step {state.step}; checkpoint {cfg.run_dir() / 'ckpt' / 'latest.safetensors'}",
               file=sys.stderr)
         if args.export == "end":
@@ -885,8 +1220,14 @@ def train_prior_main(argv=None) -> int:
             print(json.dumps(res, indent=1))
         return 0
     except (ValueError, TypeError, OSError) as e:
-        print(f"invdiff train-prior: error: {e}", file=sys.stderr)
+        # errors every rank meets alike (bad config, rank 0's checks) are printed once, by rank 0
+        if rank == 0 or (joined and not getattr(e, "echo_of_rank0", False)):
+            print(f"invdiff train-prior: error: {f'[rank {rank}] ' if rank else ''}{e}", file=sys.stderr)
         return 2
+    finally:
+        if joined:
+            import torch.distributed as dist
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,4 @@
-r"""DDS: decomposed diffusion sampling (Chung, Lee & Ye, ICLR 2024).
+r"""DDS: decomposed diffusion sampling (Chung, Lee & Ye, ICLR 2024), 2D (``dds``) and 3D (``dds3d``).
 
 Each reverse step of a VP diffusion (DDPM linear betas, T = 1000) on :math:`x_t=\sqrt{\bar\alpha_t}x_0+\sqrt{1-\bar\alpha_t}\epsilon`:
 
@@ -9,17 +9,36 @@ Each reverse step of a VP diffusion (DDPM linear betas, T = 1000) on :math:`x_t=
 
    - ``dc="prox"``: :math:`(I+\gamma A^\top A)x = \hat x_0 + \gamma A^\top y`  (noisy measurements)
    - ``dc="ls"``:   :math:`A^\top A x = A^\top y`                              (noiseless measurements)
+   - ``dds3d``: one ADMM iteration of z-direction TV instead (Sec. 4.3; :class:`~invdiff.solvers.ztv.ZTVADMM`)
 4. Re-noise with the *original* :math:`\hat\epsilon` (the "decomposition") and DDS's own :math:`\eta` (Eq. 17):
    :math:`x_{t'} = \sqrt{\bar\alpha_{t'}}\tilde x_0 + \sqrt{1-\bar\alpha_{t'}}(\eta z + \sqrt{1-\eta^2}\hat\epsilon)`.
    DDS's :math:`\eta` is not DDIM's :math:`\eta` (reference dossier §3.10-6). The last step returns :math:`\tilde x_0`.
 
 Timestep grid as the released code: ``ts = range(0, T, T // num_steps)`` visited in descending order, with
-:math:`\bar\alpha_{-1} = 1` at the end. ``num_steps`` network calls (the paper's "49 NFE" is ``num_steps=50``).
+:math:`\bar\alpha_{-1} = 1` at the end (for num_steps dividing T; :func:`dds_timesteps`). ``num_steps`` network
+calls (the paper's "49 NFE" is ``num_steps=50``).
 
 Not reproduced from the released code (dossier §3.10): the complex CG without conjugation, whole-batch inner
-products, the broken MRI noiseless/noisy branches. CG here is per-sample and conjugated (:mod:`.primitives`).
+products, the broken MRI noiseless/noisy branches (here images are 2 real channels throughout, so
+:math:`\hat x_0 + \gamma A^\top y` is formed in one representation, and ``dc="ls"`` works on complex images).
+CG here is per-sample and conjugated (:mod:`.primitives`).
 
 Chains: ``n_samples`` independent chains run batched through the prior (one network call per step for all).
+
+**Defaults for invdiff's normalised operators** (``benchmarks/dds.py``, results in
+``benchmarks/results/dds.md``): ``dc="auto"`` is ``"ls"`` for CT operators (deepinv ``Tomography``) and for
+noiseless physics, ``"prox"`` otherwise. The paper's :math:`\gamma = 1` was tuned for the released CT code's
+back-projection :math:`\tfrac{\pi}{2N_v}R^\top`; on the exact adjoint of the unit-norm Radon transform it becomes
+:math:`\gamma\kappa` with :math:`\kappa = \pi\|R\|^2/(2N_v) \approx 1.52 N` (97 at N = 64, see
+:func:`~invdiff.solvers.ztv.ct_adjoint_scale`), i.e. a weight so large that "prox" is numerically "ls" after M = 5
+CG steps; "ls" is the converted default. For MRI (orthonormal FFT, same adjoint as the original) :math:`\gamma = 1`
+stands. :data:`ETA_PRESETS` are the paper's.
+
+**3D** (``dds3d``, Sec. 4.3 and the released ``solver_3d.py``): a volume prior (a 2D prior lifted slice by slice,
+:func:`invdiff.priors.lift.lift`, chunked network calls) and one ADMM iteration of z-TV per step with persistent
+dual variables (:mod:`.ztv`). ``dds3d`` is its own registered name rather than a flag of ``dds``: a different
+step 3 with its own options (rho, lam, boundary, preset) and input checks (a volume, D >= 2, a 3D prior).
+``dds`` itself also takes volumes with a lifted prior; that is slice-independent DDS with a whole-volume CG.
 
 Example:
     >>> import torch, invdiff
@@ -33,22 +52,29 @@ Example:
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-from .._validate import check_choice, check_in_range, check_positive
+from .._validate import check_choice, check_in_range, check_positive, fail
 from ..schedules import VPSchedule
 from .base import SolverOutput, chains_batch, chains_unbatch, progress_bar, register
 from .primitives import conjugate_gradient, noise_sigma
+from .ztv import PRESETS as ZTV_PRESETS, ZTVADMM, default_preset, tomography_of
 
 #: paper's eta per step budget (Sec. 5, "eta = 0.15 / 0.5 / 0.8 for 19 / 49 / 99 NFE")
 ETA_PRESETS = {20: 0.15, 50: 0.5, 100: 0.8}
 
 
 def dds_timesteps(num_steps: int, schedule: VPSchedule) -> tuple[list[int], list[int]]:
-    """Descending (t, t_prev) pairs of the released DDS/RED-Diff code; t_prev = -1 means alpha_bar = 1."""
+    """Descending (t, t_prev) pairs; t_prev = -1 means alpha_bar = 1.
+
+    ``t_i = floor(i T / num_steps)``, i < num_steps: the released DDS/RED-Diff grid ``range(0, T, T // num_steps)``
+    whenever num_steps divides T (20, 50, 100, ...); otherwise the released grid would make more than num_steps
+    network calls (38 for 37), this one exactly num_steps.
+    """
     T = schedule.num_train_timesteps
-    skip = T // num_steps
-    ts = list(range(0, T, skip))
+    ts = [i * T // num_steps for i in range(num_steps)]
     prev = [-1] + ts[:-1]
     return ts[::-1], prev[::-1]
 
@@ -62,6 +88,56 @@ def dds_data_consistency(x0: torch.Tensor, y: torch.Tensor, physics, *, dc: str,
     return conjugate_gradient(lambda v: physics.A_adjoint(physics.A(v)), ATy, x0=x0, max_iter=cg_iters)
 
 
+def default_dc(physics) -> str:
+    """``dc="auto"``: "ls" for CT (converted paper gamma, module docstring) and noiseless physics, else "prox"."""
+    if tomography_of(physics) is not None or noise_sigma(physics) == 0:
+        return "ls"
+    return "prox"
+
+
+def _eta(eta, num_steps):
+    eta = ETA_PRESETS.get(num_steps, 0.5) if eta is None else eta
+    check_in_range("eta", eta, 0.0, 1.0)
+    return eta
+
+
+def _check_steps(num_steps, cg_iters):
+    check_positive("num_steps", num_steps, integer=True)
+    check_positive("cg_iters", cg_iters, integer=True)
+    T = VPSchedule().num_train_timesteps
+    if num_steps > T:
+        check_in_range("num_steps", num_steps, 1, T)
+
+
+def dds_sample(y: torch.Tensor, physics, prior, data_consistency: Callable, *, generator: torch.Generator,
+               num_steps: int, eta: float, progress: bool = False, desc: str = "dds") -> torch.Tensor:
+    """The DDS loop (steps 1-4 of the module docstring) from x_T ~ N(0, I); ``y`` already holds one row per chain.
+
+    ``data_consistency(x0_hat, y, physics) -> x0_tilde`` is step 3.
+    """
+    sched = VPSchedule()
+    alpha_bars = sched.alpha_bars()
+
+    def ab(t: int) -> float:
+        return 1.0 if t < 0 else float(alpha_bars[t])
+
+    with torch.no_grad():
+        shape = physics.A_adjoint(y).shape
+    x = torch.randn(shape, generator=generator, device=y.device, dtype=y.dtype)
+    ts, prev = dds_timesteps(num_steps, sched)
+    with torch.no_grad():
+        for t, t_prev in progress_bar(list(zip(ts, prev)), progress, desc):
+            a, a_prev = ab(t), ab(t_prev)
+            x0_hat = prior.x0_vp(x, a)                                   # Eq. 10 (Tweedie)
+            eps_hat = (x - a ** 0.5 * x0_hat) / (1 - a) ** 0.5           # Eq. 9, as the network's epsilon
+            x0_dc = data_consistency(x0_hat, y, physics)                 # Eq. 14-16 (3D: Sec. 4.3 ADMM-TV)
+            if t_prev < 0:
+                return x0_dc
+            z = torch.randn(shape, generator=generator, device=y.device, dtype=y.dtype)
+            x = a_prev ** 0.5 * x0_dc + (1 - a_prev) ** 0.5 * (eta * z + (1 - eta ** 2) ** 0.5 * eps_hat)  # Eq. 17
+    return x
+
+
 @register("dds")
 def dds(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps: int = 50, eta: float | None = None,
         cg_iters: int = 5, gamma: float = 1.0, dc: str = "auto", data_consistency=None):
@@ -69,44 +145,83 @@ def dds(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps:
 
     Options: ``num_steps`` (NFE; presets 20/50/100), ``eta`` (DDS re-noising, default from the paper's preset for
     ``num_steps``, else 0.5), ``cg_iters`` M (paper: 5), ``gamma`` (prox weight), ``dc`` in {"auto", "prox", "ls"}
-    ("auto": "prox" when the physics has Gaussian noise, else "ls"). ``data_consistency(x0, y, physics)`` overrides
-    step 3 (used by the 3D z-TV augmentation).
+    ("auto": "ls" for CT operators and noiseless physics, else "prox"). ``data_consistency(x0, y, physics)``
+    overrides step 3 (e.g. a :class:`~invdiff.solvers.ztv.ZTVADMM`; its ``reset()`` is called first).
     """
-    check_positive("num_steps", num_steps, integer=True)
-    check_positive("cg_iters", cg_iters, integer=True)
+    _check_steps(num_steps, cg_iters)
     check_positive("gamma", gamma)
     check_choice("dc", dc, ["auto", "prox", "ls"])
-    eta = ETA_PRESETS.get(num_steps, 0.5) if eta is None else eta
-    check_in_range("eta", eta, 0.0, 1.0)
+    eta = _eta(eta, num_steps)
     if dc == "auto":
-        dc = "prox" if noise_sigma(physics) > 0 else "ls"
-    sched = VPSchedule()
-    if num_steps > sched.num_train_timesteps:
-        check_in_range("num_steps", num_steps, 1, sched.num_train_timesteps)
-    alpha_bars = sched.alpha_bars()
-
-    def ab(t: int) -> float:
-        return 1.0 if t < 0 else float(alpha_bars[t])
-
-    yy = chains_batch(y, n_samples)
-    with torch.no_grad():
-        shape = physics.A_adjoint(yy).shape
-    x = torch.randn(shape, generator=generator, device=y.device, dtype=y.dtype)
-    ts, prev = dds_timesteps(num_steps, sched)
-    with torch.no_grad():
-        for t, t_prev in progress_bar(list(zip(ts, prev)), progress, "dds"):
-            a, a_prev = ab(t), ab(t_prev)
-            x0_hat = prior.x0_vp(x, a)                                   # Eq. 10 (Tweedie)
-            eps_hat = (x - a ** 0.5 * x0_hat) / (1 - a) ** 0.5           # Eq. 9, as the network's epsilon
-            if data_consistency is None:                                 # Eq. 14-16
-                x0_dc = dds_data_consistency(x0_hat, yy, physics, dc=dc, gamma=gamma, cg_iters=cg_iters)
-            else:
-                x0_dc = data_consistency(x0_hat, yy, physics)
-            if t_prev < 0:
-                x = x0_dc
-                break
-            z = torch.randn(shape, generator=generator, device=y.device, dtype=y.dtype)
-            x = a_prev ** 0.5 * x0_dc + (1 - a_prev) ** 0.5 * (eta * z + (1 - eta ** 2) ** 0.5 * eps_hat)  # Eq. 17
+        dc = default_dc(physics)
+    if data_consistency is None:
+        def data_consistency(x0, yy, ph):
+            return dds_data_consistency(x0, yy, ph, dc=dc, gamma=gamma, cg_iters=cg_iters)
+        info_dc = dc
+    else:
+        if not callable(data_consistency):
+            fail("data_consistency", "a callable (x0, y, physics) -> x", data_consistency, TypeError)
+        if hasattr(data_consistency, "reset"):
+            data_consistency.reset()
+        info_dc = repr(data_consistency)
+    x = dds_sample(chains_batch(y, n_samples), physics, prior, data_consistency, generator=generator,
+                   num_steps=num_steps, eta=eta, progress=progress)
     samples = chains_unbatch(x, n_samples)
     return SolverOutput(mean=samples.mean(0), samples=samples,
-                        info={"num_steps": num_steps, "eta": eta, "cg_iters": cg_iters, "gamma": gamma, "dc": dc})
+                        info={"num_steps": num_steps, "eta": eta, "cg_iters": cg_iters, "gamma": gamma, "dc": info_dc})
+
+
+def _network_counters(prior) -> tuple[int, int] | None:
+    try:
+        return int(prior.network_calls), int(prior.slice_evaluations)
+    except AttributeError:
+        return None
+
+
+@register("dds3d")
+def dds3d(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps: int = 50,
+          eta: float | None = None, cg_iters: int = 5, preset: str = "auto", rho: float | None = None,
+          lam: float | None = None, boundary: str = "neumann"):
+    r"""DDS for volumes with a z-direction TV prior (Chung, Lee & Ye 2024, Sec. 4.3; released ``solver_3d.py``).
+
+    ``prior``: a volume prior, normally a lifted 2D prior (``invdiff.priors.lift.lift(prior2d, chunk=8)``: the
+    network sees ``chunk`` slices at a time). ``physics``: a volume operator (``CT3D``, ``SliceWise``, MRI with a
+    4-entry ``img_size``). Step 3 is one ADMM iteration of :class:`~invdiff.solvers.ztv.ZTVADMM` (``cg_iters`` CG
+    steps on :math:`A^\top A + \rho D_z^\top D_z`) with z, u persistent across steps.
+
+    Options: ``num_steps``, ``eta`` and ``cg_iters`` as ``dds``; ``preset`` in {"auto", "sparse-view-ct",
+    "limited-angle-ct", "mri"} ("auto" picks from the operator), converted to this operator's adjoint scale
+    (:mod:`.ztv`); ``rho``, ``lam`` override the preset; ``boundary`` "neumann" (default) or "circular" (released code).
+
+    NFE = ``num_steps`` calls of the volume prior; ``info`` adds ``network_calls`` (2D network calls,
+    ceil(B*D/chunk) per step) and ``slice_evaluations`` (2D images denoised) for lifted priors.
+    """
+    _check_steps(num_steps, cg_iters)
+    eta = _eta(eta, num_steps)
+    check_choice("preset", preset, ["auto"] + list(ZTV_PRESETS))
+    if getattr(prior, "spatial_dims", None) != 3:
+        fail("prior", "a volume prior (spatial_dims == 3); lift a 2D prior with invdiff.priors.lift.lift(prior, "
+                      "chunk=8)", f"a prior with spatial_dims={getattr(prior, 'spatial_dims', None)}")
+    with torch.no_grad():
+        x_shape = tuple(physics.A_adjoint(y).shape)
+    if len(x_shape) != 5:
+        fail("physics", "a volume operator whose images are (B, C, D, H, W) (CT3D, SliceWise, MRI with a 4-entry "
+                        "img_size) for dds3d", f"images of shape {x_shape}")
+    if x_shape[2] < 2:
+        fail("y", "measurements of a volume with D >= 2 slices (z-TV couples neighbouring slices; use solver='dds' "
+                  "for a single slice)", f"a volume of D = {x_shape[2]} slice")
+    name = default_preset(physics) if preset == "auto" and (rho is None or lam is None) else preset
+    if name == "auto":
+        admm = ZTVADMM(rho, lam, cg_iters=cg_iters, boundary=boundary)
+    else:
+        admm = ZTVADMM.preset(name, physics, rho=rho, lam=lam, cg_iters=cg_iters, boundary=boundary)
+    before = _network_counters(prior)
+    x = dds_sample(chains_batch(y, n_samples), physics, prior, admm, generator=generator, num_steps=num_steps,
+                   eta=eta, progress=progress, desc="dds3d")
+    samples = chains_unbatch(x, n_samples)
+    info = {"num_steps": num_steps, "eta": eta, "preset": name, **admm.options(), "admm_iterations": admm.iterations}
+    after = _network_counters(prior)
+    if before is not None and after is not None:
+        info.update(network_calls=after[0] - before[0], slice_evaluations=after[1] - before[1],
+                    chunk=getattr(prior, "chunk", None))
+    return SolverOutput(mean=samples.mean(0), samples=samples, info=info)

@@ -4,6 +4,8 @@ r"""Numerical primitives shared by all solvers, written once.
   batched CG with warm start, for Hermitian positive (semi-)definite systems :math:`Hx=b`.
 - :func:`grad_op` / :func:`grad_adjoint`: forward finite differences along chosen axes (Neumann
   boundary: the last difference is 0) and their exact adjoint (negative divergence); z-only TV reuses them.
+- :func:`finite_diff` / :func:`finite_diff_adjoint`: one-axis forward difference with a Neumann or circular
+  boundary and its exact adjoint; :func:`soft_threshold`: prox of the (channel-coupled) l1 norm.
 - :func:`op_norm_sq`: :math:`\|A\|_2^2` by power iteration on :math:`A^\top A`.
 - :func:`preserve_solver_settings`: context manager undoing deepinv's ``prox_l2``/``A_dagger`` side effects
   (they overwrite ``physics.max_iter``, ``tol`` and ``solver``; deepinv audit §1.7).
@@ -15,7 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .._validate import check_positive
+from .._validate import check_choice, check_positive
 
 
 def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -133,3 +135,41 @@ def x_template(y: torch.Tensor, physics) -> torch.Tensor:
     """A zero tensor with the shape/dtype of x, found through the adjoint (no pseudo-inverse solve)."""
     with torch.no_grad():
         return torch.zeros_like(physics.A_adjoint(y))
+
+
+# ------------------------------------------------------------------------------------------------
+# one-axis finite differences with a chosen boundary, and the (channel-coupled) soft threshold;
+# used by the z-direction TV of the 3D solvers (:mod:`invdiff.solvers.ztv`)
+# ------------------------------------------------------------------------------------------------
+BOUNDARIES = ("neumann", "circular")
+
+
+def finite_diff(x: torch.Tensor, dim: int, boundary: str = "neumann") -> torch.Tensor:
+    r"""Forward difference :math:`(Dx)_k = x_{k+1} - x_k` along ``dim``, same shape as ``x``.
+
+    ``boundary="neumann"``: the last difference is 0 (equals ``grad_op(x, [dim])[..., 0]``);
+    ``"circular"``: the last one wraps, :math:`x_0 - x_{n-1}` (the released DDS / DiffusionMBIR ``_Dz``).
+    """
+    check_choice("boundary", boundary, BOUNDARIES)
+    if boundary == "circular":
+        return torch.roll(x, -1, dims=dim) - x
+    return grad_op(x, [dim])[..., 0]
+
+
+def finite_diff_adjoint(v: torch.Tensor, dim: int, boundary: str = "neumann") -> torch.Tensor:
+    r"""Exact adjoint of :func:`finite_diff`: circular :math:`(D^\top v)_k = v_{k-1} - v_k` (indices mod n);
+    Neumann the negative divergence of :func:`grad_adjoint` (the last entry of ``v`` is ignored)."""
+    check_choice("boundary", boundary, BOUNDARIES)
+    if boundary == "circular":
+        return torch.roll(v, 1, dims=dim) - v
+    return grad_adjoint(v[..., None], [dim])
+
+
+def soft_threshold(v: torch.Tensor, thresh: float, channel_dim: int | None = 1) -> torch.Tensor:
+    r"""Proximal map of :math:`t\|\cdot\|_{2,1}`: :math:`v \max(1 - t/|v|, 0)` with :math:`|v|` the 2-norm over
+    ``channel_dim`` (the magnitude of a complex 2-channel value; plain soft thresholding for 1 channel or
+    ``channel_dim=None``)."""
+    if channel_dim is None or v.shape[channel_dim] == 1:
+        return torch.sign(v) * (v.abs() - thresh).clamp_min(0)
+    mag = v.pow(2).sum(channel_dim, keepdim=True).sqrt()
+    return v * (1 - thresh / mag.clamp_min(1e-30)).clamp_min(0)

@@ -1,0 +1,334 @@
+"""DDS with 3D augmentation (z-TV ADMM) vs slice-independent DDS on volumes; memory vs chunk size and depth.
+
+Volumes (64 x 64 in-plane, D slices, isotropic voxels; never seen in training):
+- CT: a random-ellipsoid phantom generated here, the 3D analogue of ``ct_phantoms`` (body, overlapping ellipsoids
+  with additive intensities, bright inserts, smooth 3D texture, partial-volume blur), so every axial slice looks
+  like a 2D training phantom while structures start and end along z; 8-view parallel-beam CT per slice
+  (``CT3D``), noise 0.01; prior ``ct-phantom-64`` lifted slice by slice.
+- MRI: a held-out brain phantom deformed smoothly along z (rotation, scaling, shift and a phase ramp that vary
+  with z); multi-coil MRI with slice-wise 2D k-space (``MultiCoilMRI`` with a 4-entry img_size), 8 birdcage coils,
+  the 4x equispaced mask of every slice, noise 0.01; prior ``mri-brainphantom-64`` lifted.
+
+Methods (50 NFE for DDS): ``dds 2D per slice`` = 2D DDS on every slice separately (slices folded into the batch,
+invdiff's defaults); ``dds lifted`` = ``solver="dds"`` on the volume with the lifted prior (same prior, one
+whole-volume CG: no z coupling either); ``dds3d`` = z-TV ADMM per step (``solver="dds3d"``, preset converted to
+the normalised CT adjoint, see ``invdiff.solvers.ztv``), Neumann and circular boundary; ``diffusion-mbir`` (fast
+preset, if ``--mbir``); classical 3D TV and the adjoint / FBP. Metrics: volume PSNR (peak 1, magnitude for MRI),
+mean slice SSIM, and ``zgrad_err`` = ||D_z(x_hat - x)|| / ||D_z x|| (inter-slice consistency; lower is better).
+
+The z-TV preset is checked by a small sweep on a separate tuning volume (``dds3d_sweep.*``): rho and lam times
+{0.25, 1, 4} and lam times {0, 16}. Memory (``dds3d_memory.*``): peak RSS growth of a fresh process solving 3 DDS-3D
+steps, for D in {16, 32, 64} at chunk 8 and chunk in {4, 8, 16} at D = 32, with the network prior and with a
+network-free stand-in (``network_mb`` = the difference).
+
+Usage: python benchmarks/dds3d.py [--depth 32] [--out benchmarks/results] [--mbir] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+import invdiff
+from invdiff.bench import measure, write_results
+from invdiff.datasets import mri_phantoms, split_seeds
+from invdiff.metrics import psnr, ssim
+from invdiff.operators import CT3D, MultiCoilMRI, birdcage_maps, make_mask
+from invdiff.priors import available, load
+from invdiff.priors.base import Prior
+from invdiff.priors.lift import lift
+from invdiff.solvers.primitives import finite_diff
+
+N = 64
+NOISE = 0.01
+STEPS = 50
+
+
+# ------------------------------------------------------------------------------------------------
+# volumes
+# ------------------------------------------------------------------------------------------------
+def ct_volume(seed: int, depth: int, size: int = N) -> torch.Tensor:
+    """(1, 1, D, size, size) random-ellipsoid CT-like volume in [0, 1], isotropic voxels (z spans D/size of x)."""
+    rng = np.random.default_rng([int(seed), 0x3D])
+    c = (np.arange(size) + 0.5) / size * 2 - 1
+    zc = (np.arange(depth) + 0.5 - depth / 2) * (2 / size)
+    z, y, x = np.meshgrid(zc, c, c, indexing="ij")
+
+    def ellipsoid(cx, cy, cz, a, b, h, th):
+        xr = (x - cx) * np.cos(th) + (y - cy) * np.sin(th)
+        yr = -(x - cx) * np.sin(th) + (y - cy) * np.cos(th)
+        return (xr / a) ** 2 + (yr / b) ** 2 + ((z - cz) / h) ** 2 <= 1
+
+    a, b, th0 = rng.uniform(0.7, 0.9), rng.uniform(0.55, 0.8), rng.uniform(-0.3, 0.3)
+    vol = np.zeros(z.shape)
+    body = ellipsoid(0, 0, 0, a, b, 3.0, th0)
+    vol[body] = rng.uniform(0.15, 0.35)
+    inner = ellipsoid(0, 0, 0, a - 0.04, b - 0.04, 3.0, th0)
+    vol[body & ~inner] += rng.uniform(-0.1, 0.15)
+    zmax = depth / size
+    for _ in range(rng.integers(20, 40)):
+        r, phi = np.sqrt(rng.uniform()) * 0.8, rng.uniform(0, 2 * np.pi)
+        m = ellipsoid(r * a * np.cos(phi), r * b * np.sin(phi), rng.uniform(-zmax, zmax), rng.uniform(0.05, 0.35),
+                      rng.uniform(0.05, 0.35), rng.uniform(0.05, 0.6), rng.uniform(0, np.pi)) & inner
+        vol[m] += rng.uniform(-0.15, 0.3)
+    for _ in range(rng.integers(2, 6)):
+        r, phi = np.sqrt(rng.uniform()) * 0.75, rng.uniform(0, 2 * np.pi)
+        m = ellipsoid(r * a * np.cos(phi), r * b * np.sin(phi), rng.uniform(-zmax, zmax), rng.uniform(0.03, 0.1),
+                      rng.uniform(0.03, 0.1), rng.uniform(0.05, 0.3), rng.uniform(0, np.pi)) & inner
+        vol[m] += rng.uniform(0.3, 0.6)
+    vol = np.clip(vol, 0, None)
+    tex = ndimage.gaussian_filter(rng.standard_normal(vol.shape), sigma=0.06 * size, mode="wrap")
+    vol = vol * np.where(body, 1 + 0.06 * tex / (tex.std() + 1e-12), 1.0)
+    vol = ndimage.gaussian_filter(vol, sigma=0.5 * size / 64, mode="nearest")
+    return torch.from_numpy(np.clip(vol, 0, 1).astype(np.float32))[None, None]
+
+
+def mri_volume(seed: int, depth: int, size: int = N) -> torch.Tensor:
+    """(1, 2, D, size, size): a held-out brain phantom rotated, scaled, shifted and phase-ramped smoothly along z."""
+    img = mri_phantoms([seed], size)                                           # (1, 2, H, W)
+    zs = torch.linspace(-1, 1, depth)
+    th, sc, ty = 0.3 * zs, 1 + 0.18 * zs ** 2, 0.05 * zs
+    theta = torch.zeros(depth, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = sc * torch.cos(th), -sc * torch.sin(th)
+    theta[:, 1, 0], theta[:, 1, 1], theta[:, 1, 2] = sc * torch.sin(th), sc * torch.cos(th), ty
+    grid = F.affine_grid(theta, (depth, 2, size, size), align_corners=False)
+    sl = F.grid_sample(img.expand(depth, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
+                       align_corners=False)
+    ph = torch.polar(torch.ones(depth), 0.8 * zs)
+    z = torch.complex(sl[:, 0], sl[:, 1]) * ph[:, None, None]
+    z = z / z.abs().max()
+    return torch.stack([z.real, z.imag], 0)[None].float()                       # (1, 2, D, H, W)
+
+
+def make_task(task: str, depth: int, seed: int):
+    """(x, volume physics, 2D physics, fold(y) -> per-slice 2D measurements, prior name, complex?, tv lam)."""
+    if task == "ct-8view":
+        x = ct_volume(seed, depth)
+        op = CT3D((1, depth, N, N), n_views=8, sigma=NOISE, rng=torch.Generator().manual_seed(seed))
+        fold = lambda y: y.movedim(2, 1).reshape(depth, *y.shape[1:2], *y.shape[3:])  # noqa: E731
+        return x, op, op.op2d, fold, "ct-phantom-64", False, 0.002
+    x = mri_volume(seed, depth)
+    mask, maps = make_mask("equispaced", (N, N), acceleration=4, seed=0), birdcage_maps(8, (N, N))
+    op = MultiCoilMRI(mask, maps, img_size=(2, depth, N, N), sigma=NOISE, rng=torch.Generator().manual_seed(seed))
+    op2 = MultiCoilMRI(mask, maps, img_size=(N, N))
+    fold = lambda y: y.permute(0, 3, 1, 2, 4, 5).reshape(depth, 2, y.shape[2], N, N)  # noqa: E731
+    return x, op, op2, fold, "mri-brainphantom-64", True, 0.003
+
+
+def unfold(x2: torch.Tensor) -> torch.Tensor:
+    """(D, C, H, W) slices -> (1, C, D, H, W) volume."""
+    return x2.movedim(0, 1)[None]
+
+
+def vol_metrics(est, x, cplx) -> dict:
+    D = x.shape[2]
+    e2, x2 = est[0].movedim(1, 0), x[0].movedim(1, 0)
+    dz = lambda v: finite_diff(v, 2)  # noqa: E731
+    mag = (lambda v: v.pow(2).sum(1, keepdim=True).sqrt()) if cplx else (lambda v: v)
+    return {"PSNR": float(psnr(est, x, data_range=1.0, complex=cplx)),
+            "SSIM": float(ssim(e2, x2, data_range=1.0, complex=cplx).mean()),
+            "zgrad_err": float((dz(mag(est)) - dz(mag(x))).norm() / dz(mag(x)).norm()), "D": D}
+
+
+# ------------------------------------------------------------------------------------------------
+# runs
+# ------------------------------------------------------------------------------------------------
+def run_methods(task, depth, seed, mbir: bool, quick: bool) -> tuple[list[dict], dict]:
+    x, op, op2, fold, prior_name, cplx, tv_lam = make_task(task, depth, seed)
+    y = op(x)
+    rows, recon = [], {"truth": x}
+    prior2 = load(prior_name) if prior_name in available() else None
+
+    def add(name, fn, *args, **kw):
+        m = measure(fn, *args, **kw)
+        rec = m.value
+        est = rec if isinstance(rec, torch.Tensor) else rec.mean
+        info = {} if isinstance(rec, torch.Tensor) else rec.info
+        row = {"task": task, "method": name, **vol_metrics(est, x, cplx),
+               "nfe": getattr(rec, "nfe", 0), "network_calls": info.get("network_calls"),
+               "seconds": m.seconds, "peak_mb": m.peak_mb}
+        for k in ("rho", "lam", "boundary"):
+            if k in info:
+                row[k] = info[k]
+        rows.append(row)
+        recon[name] = est
+        print(row, file=sys.stderr)
+
+    if task.startswith("ct"):
+        add("fbp", lambda: op.fbp(y))
+    else:
+        add("adjoint (zero-filled)", lambda: op.A_adjoint(y))
+    add("tv (3D, isotropic)", invdiff.solve, y, op, None, solver="tv", lam=tv_lam, n_iter=100 if quick else 300)
+    if prior2 is None:
+        print(f"[dds3d bench] prior {prior_name!r} not installed: classical rows only", file=sys.stderr)
+        return rows, recon
+    steps = 10 if quick else STEPS
+    add("dds 2D per slice", lambda: unfold(invdiff.solve(fold(y), op2, prior2, solver="dds", num_steps=steps).mean))
+    add("dds lifted (no z coupling)", invdiff.solve, y, op, lift(prior2, 8), solver="dds", num_steps=steps)
+    add("dds3d z-TV (neumann)", invdiff.solve, y, op, lift(prior2, 8), solver="dds3d", num_steps=steps)
+    add("dds3d z-TV (circular)", invdiff.solve, y, op, lift(prior2, 8), solver="dds3d", num_steps=steps,
+        boundary="circular")
+    if mbir:
+        add("diffusion-mbir (fast)", invdiff.solve, y, op, lift(prior2, 8), solver="diffusion-mbir", preset="fast")
+    return rows, recon
+
+
+def preset_sweep(task, depth, seed, quick) -> list[dict]:
+    x, op, _, _, prior_name, cplx, _ = make_task(task, depth, seed)
+    if prior_name not in available():
+        return []
+    y = op(x)
+    prior = lift(load(prior_name), 8)
+    ref = invdiff.solve(y, op, prior, solver="dds3d", num_steps=STEPS, seed=0)
+    rho0, lam0 = ref.info["rho"], ref.info["lam"]
+    grid = [(1, 1), (1, 0), (1, 0.25), (1, 4), (1, 16), (0.25, 1), (4, 1), (0.25, 0.25), (4, 4)]
+    rows = []
+    for rm, lm in grid[:3] if quick else grid:
+        rec = ref if (rm, lm) == (1, 1) else invdiff.solve(y, op, prior, solver="dds3d", num_steps=STEPS, seed=0,
+                                                           rho=rho0 * rm, lam=lam0 * lm)
+        rows.append({"task": task, "rho_x": rm, "lam_x": lm, "rho": rho0 * rm, "lam": lam0 * lm,
+                     "preset": ref.info["preset"], **vol_metrics(rec.mean, x, cplx)})
+        print(rows[-1], file=sys.stderr)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# memory probes (fresh process each)
+# ------------------------------------------------------------------------------------------------
+class _Null2D(Prior):
+    """Network-free stand-in: D(x, sigma) = x / (1 + sigma^2) (no activations), for the non-network footprint."""
+
+    channels = 1
+
+    def denoise(self, x, sigma):
+        s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1)
+        return x / (1 + s ** 2)
+
+
+def probe(depth: int, chunk: int, null: bool) -> dict:
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    x = ct_volume(7, depth)
+    op = CT3D((1, depth, N, N), n_views=8, sigma=NOISE, rng=torch.Generator().manual_seed(0))
+    y = op(x)
+    p2 = _Null2D() if null else load("ct-phantom-64")
+    prior = lift(p2, chunk)
+    invdiff.solve(y[:, :, :2], CT3D((1, 2, N, N), n_views=8), lift(p2, 2), solver="dds3d", num_steps=2)  # warm-up
+    m = measure(invdiff.solve, y, op, prior, solver="dds3d", num_steps=3)
+    vol_mb = x.numel() * 4 / 2 ** 20
+    return {"D": depth, "chunk": chunk, "null": null, "peak_mb": m.peak_mb, "volume_mb": vol_mb,
+            "network_calls_per_step": m.value.info["network_calls"] // 3}
+
+
+def memory_table(quick: bool) -> list[dict]:
+    configs = [(16, 8), (32, 8), (64, 8), (32, 4), (32, 16)] if not quick else [(16, 8), (32, 4)]
+    rows = []
+    for depth, chunk in configs:
+        res = {}
+        for null in (False, True):
+            out = subprocess.run([sys.executable, __file__, "--probe", f"{depth},{chunk},{int(null)}"],
+                                 capture_output=True, text=True, check=True)
+            res[null] = json.loads(out.stdout.strip().splitlines()[-1])
+        row = {"D": depth, "chunk": chunk, "peak_mb": res[False]["peak_mb"], "peak_mb_no_network": res[True]["peak_mb"],
+               "network_mb": res[False]["peak_mb"] - res[True]["peak_mb"], "volume_mb": res[False]["volume_mb"],
+               "network_calls_per_step": res[False]["network_calls_per_step"]}
+        rows.append(row)
+        print(row, file=sys.stderr)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# figure
+# ------------------------------------------------------------------------------------------------
+def figure(recons: dict, out: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from invdiff.io_utils import atomic_path
+
+    show = ["truth", "dds 2D per slice", "dds3d z-TV (neumann)"]
+    tasks = list(recons)
+    fig, axes = plt.subplots(len(tasks), len(show) + 1, figsize=(3.0 * (len(show) + 1), 2.9 * len(tasks)),
+                             squeeze=False)
+    for i, task in enumerate(tasks):
+        R = recons[task]
+        mag = {k: (v.pow(2).sum(1).sqrt() if v.shape[1] == 2 else v[:, 0])[0] for k, v in R.items() if k in show}
+        D = mag["truth"].shape[0]
+        row = N // 2
+        for j, k in enumerate(show):
+            ax = axes[i, j]
+            if k in mag:
+                ax.imshow(mag[k][:, row, :].numpy(), cmap="gray", vmin=0, vmax=float(mag["truth"].max()),
+                          aspect="equal", origin="lower")
+            ax.set_title(f"{task}: {k}\n(x-z plane at y = {row})", fontsize=8)
+            ax.set_xlabel("x")
+            ax.set_ylabel("z (slice)")
+        ax = axes[i, -1]
+        z = np.arange(D)
+        for col, ls in ((N // 2, "-"), (N // 3, "--")):
+            for k, c in zip(show, ("k", "tab:orange", "tab:blue")):
+                if k in mag:
+                    ax.plot(z, mag[k][:, row, col].numpy(), ls, color=c, lw=1.2 if k == "truth" else 1.0,
+                            label=f"{k} (x={col})")
+        ax.set_xlabel("slice z")
+        ax.set_ylabel("intensity")
+        ax.set_title(f"{task}: z-profiles", fontsize=8)
+        ax.legend(fontsize=5)
+    fig.tight_layout()
+    with atomic_path(out / "dds3d_zprofile.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def run(a):
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    out = Path(a.out)
+    t0 = time.perf_counter()
+    depth = 8 if a.quick else a.depth
+    rows, recons, sweep_rows = [], {}, []
+    for task in ("ct-8view", "mri-4x-8coil"):
+        sweep_rows += preset_sweep(task, 8 if a.quick else 16, split_seeds("heldout", 1, start=200)[0], a.quick)
+        r, rec = run_methods(task, depth, split_seeds("heldout", 1, start=300)[0], a.mbir, a.quick)
+        rows += r
+        recons[task] = rec
+    mem = memory_table(a.quick)
+    notes = __doc__.split("Usage:")[0]
+    meta = {"depth": depth, "steps": STEPS, "noise": NOISE, "quick": a.quick, "seconds_total": time.perf_counter() - t0}
+    write_results(out, "dds3d", rows, ["task", "method", "D", "PSNR", "SSIM", "zgrad_err", "nfe", "network_calls",
+                                       "rho", "lam", "boundary", "seconds", "peak_mb"],
+                  title="DDS 3D (z-TV ADMM) vs slice-independent DDS on volumes", notes=notes, meta=meta)
+    write_results(out, "dds3d_sweep", sweep_rows, ["task", "preset", "rho_x", "lam_x", "rho", "lam", "D", "PSNR",
+                                                   "SSIM", "zgrad_err"],
+                  title="z-TV preset check (DDS 3D, 50 NFE, tuning volume)", notes=notes, meta=meta)
+    write_results(out, "dds3d_memory", mem, ["D", "chunk", "network_calls_per_step", "peak_mb", "peak_mb_no_network",
+                                             "network_mb", "volume_mb"],
+                  title="DDS 3D peak memory vs depth and chunk (CT, 3 steps, fresh process)", notes=notes, meta=meta)
+    figure(recons, out)
+    print(f"total {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--depth", type=int, default=32, help="slices of the evaluation volumes")
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--mbir", action="store_true", help="also run diffusion-mbir (fast preset)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 8 slices, 10 steps")
+    ap.add_argument("--probe", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.probe:
+        d, c, nl = (int(v) for v in args.probe.split(","))
+        print(json.dumps(probe(d, c, bool(nl))))
+    else:
+        run(args)
