@@ -14,12 +14,14 @@ invdiff's defaults); ``dds lifted`` = ``solver="dds"`` on the volume with the li
 whole-volume CG: no z coupling either); ``dds3d`` = z-TV ADMM per step (``solver="dds3d"``, preset converted to
 the normalised CT adjoint, see ``invdiff.solvers.ztv``), Neumann and circular boundary; ``diffusion-mbir`` (fast
 preset, if ``--mbir``); classical 3D TV and the adjoint / FBP. Metrics: volume PSNR (peak 1, magnitude for MRI),
-mean slice SSIM, and ``zgrad_err`` = ||D_z(x_hat - x)|| / ||D_z x|| (inter-slice consistency; lower is better).
+mean slice SSIM, and ``zgrad_err`` = ||D_z(x_hat - x)|| / ||D_z x|| (inter-slice consistency; lower is better);
+``seconds`` is wall time, ``cpu_s`` the process CPU time (1 thread: the wall time of an idle machine).
 
 The z-TV preset is checked by a small sweep on a separate tuning volume (``dds3d_sweep.*``): rho and lam times
 {0.25, 1, 4} and lam times {0, 16}. Memory (``dds3d_memory.*``): peak RSS growth of a fresh process solving 3 DDS-3D
-steps, for D in {16, 32, 64} at chunk 8 and chunk in {4, 8, 16} at D = 32, with the network prior and with a
-network-free stand-in (``network_mb`` = the difference).
+steps, for D in {16, 32, 64} at chunk 8 and chunk in {4, 8, 16} at D = 32: ``prior_call_mb`` = one call of the
+lifted network prior on the whole volume (network working memory + the output volume), ``solve_mb`` = 3 DDS-3D
+steps, ``solve_no_network_mb`` = the same with a network-free stand-in prior (volume state + CT operator).
 
 Usage: python benchmarks/dds3d.py [--depth 32] [--out benchmarks/results] [--mbir] [--quick]
 """
@@ -149,14 +151,17 @@ def run_methods(task, depth, seed, mbir: bool, quick: bool) -> tuple[list[dict],
     rows, recon = [], {"truth": x}
     prior2 = load(prior_name) if prior_name in available() else None
 
-    def add(name, fn, *args, **kw):
+    def add(name, fn, *args, post=None, **kw):
+        c0 = time.process_time()
         m = measure(fn, *args, **kw)
+        cpu = time.process_time() - c0
         rec = m.value
         est = rec if isinstance(rec, torch.Tensor) else rec.mean
+        est = post(est) if post is not None else est
         info = {} if isinstance(rec, torch.Tensor) else rec.info
         row = {"task": task, "method": name, **vol_metrics(est, x, cplx),
-               "nfe": getattr(rec, "nfe", 0), "network_calls": info.get("network_calls"),
-               "seconds": m.seconds, "peak_mb": m.peak_mb}
+               "nfe": getattr(rec, "nfe", 0), "network_calls": info.get("network_calls", getattr(rec, "nfe", 0)),
+               "seconds": m.seconds, "cpu_s": cpu, "peak_mb": m.peak_mb}
         for k in ("rho", "lam", "boundary"):
             if k in info:
                 row[k] = info[k]
@@ -173,7 +178,8 @@ def run_methods(task, depth, seed, mbir: bool, quick: bool) -> tuple[list[dict],
         print(f"[dds3d bench] prior {prior_name!r} not installed: classical rows only", file=sys.stderr)
         return rows, recon
     steps = 10 if quick else STEPS
-    add("dds 2D per slice", lambda: unfold(invdiff.solve(fold(y), op2, prior2, solver="dds", num_steps=steps).mean))
+    # all D slices as one batch of 2D images: one network call of D images per step
+    add("dds 2D per slice", invdiff.solve, fold(y), op2, prior2, solver="dds", num_steps=steps, post=unfold)
     add("dds lifted (no z coupling)", invdiff.solve, y, op, lift(prior2, 8), solver="dds", num_steps=steps)
     add("dds3d z-TV (neumann)", invdiff.solve, y, op, lift(prior2, 8), solver="dds3d", num_steps=steps)
     add("dds3d z-TV (circular)", invdiff.solve, y, op, lift(prior2, 8), solver="dds3d", num_steps=steps,
@@ -215,35 +221,43 @@ class _Null2D(Prior):
         return x / (1 + s ** 2)
 
 
-def probe(depth: int, chunk: int, null: bool) -> dict:
+PROBES = ("prior_call_mb", "solve_mb", "solve_no_network_mb")
+
+
+def probe(depth: int, chunk: int, kind: str) -> dict:
+    """Peak RSS growth (MiB) of one measurement, run in a fresh process (freed memory of an earlier measurement
+    would hide the growth of a later one): ``prior_call_mb`` one call of the lifted network prior on the volume
+    (network working memory + output volume), ``solve_mb`` 3 DDS-3D steps, ``solve_no_network_mb`` 3 steps with a
+    network-free stand-in prior (volume state + CT operator)."""
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     x = ct_volume(7, depth)
     op = CT3D((1, depth, N, N), n_views=8, sigma=NOISE, rng=torch.Generator().manual_seed(0))
     y = op(x)
-    p2 = _Null2D() if null else load("ct-phantom-64")
-    prior = lift(p2, chunk)
-    invdiff.solve(y[:, :, :2], CT3D((1, 2, N, N), n_views=8), lift(p2, 2), solver="dds3d", num_steps=2)  # warm-up
-    m = measure(invdiff.solve, y, op, prior, solver="dds3d", num_steps=3)
-    vol_mb = x.numel() * 4 / 2 ** 20
-    return {"D": depth, "chunk": chunk, "null": null, "peak_mb": m.peak_mb, "volume_mb": vol_mb,
-            "network_calls_per_step": m.value.info["network_calls"] // 3}
+    p2 = _Null2D() if kind == "solve_no_network_mb" else load("ct-phantom-64")
+    with torch.no_grad():                                     # warm-up on 2 slices: first-call allocations
+        invdiff.solve(y[:, :, :2], CT3D((1, 2, N, N), n_views=8), lift(p2, 1), solver="dds3d", num_steps=1)
+    if kind == "prior_call_mb":
+        with torch.no_grad():
+            return {"value": measure(lift(p2, chunk).denoise, x, 1.0).peak_mb}
+    m = measure(invdiff.solve, y, op, lift(p2, chunk), solver="dds3d", num_steps=3)
+    return {"value": m.peak_mb, "network_calls_per_step": m.value.info["network_calls"] // 3}
 
 
 def memory_table(quick: bool) -> list[dict]:
     configs = [(16, 8), (32, 8), (64, 8), (32, 4), (32, 16)] if not quick else [(16, 8), (32, 4)]
     rows = []
     for depth, chunk in configs:
-        res = {}
-        for null in (False, True):
-            out = subprocess.run([sys.executable, __file__, "--probe", f"{depth},{chunk},{int(null)}"],
-                                 capture_output=True, text=True, check=True)
-            res[null] = json.loads(out.stdout.strip().splitlines()[-1])
-        row = {"D": depth, "chunk": chunk, "peak_mb": res[False]["peak_mb"], "peak_mb_no_network": res[True]["peak_mb"],
-               "network_mb": res[False]["peak_mb"] - res[True]["peak_mb"], "volume_mb": res[False]["volume_mb"],
-               "network_calls_per_step": res[False]["network_calls_per_step"]}
+        row = {"D": depth, "chunk": chunk, "volume_mb": depth * N * N * 4 / 2 ** 20}
+        for kind in PROBES:
+            res = subprocess.run([sys.executable, __file__, "--probe", f"{depth},{chunk},{kind}"], capture_output=True,
+                                 text=True, check=True)
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            row[kind] = r["value"]
+            if "network_calls_per_step" in r:
+                row["network_calls_per_step"] = r["network_calls_per_step"]
         rows.append(row)
-        print(row, file=sys.stderr)
+        print(rows[-1], file=sys.stderr)
     return rows
 
 
@@ -307,13 +321,13 @@ def run(a):
     notes = __doc__.split("Usage:")[0]
     meta = {"depth": depth, "steps": STEPS, "noise": NOISE, "quick": a.quick, "seconds_total": time.perf_counter() - t0}
     write_results(out, "dds3d", rows, ["task", "method", "D", "PSNR", "SSIM", "zgrad_err", "nfe", "network_calls",
-                                       "rho", "lam", "boundary", "seconds", "peak_mb"],
+                                       "rho", "lam", "boundary", "seconds", "cpu_s", "peak_mb"],
                   title="DDS 3D (z-TV ADMM) vs slice-independent DDS on volumes", notes=notes, meta=meta)
     write_results(out, "dds3d_sweep", sweep_rows, ["task", "preset", "rho_x", "lam_x", "rho", "lam", "D", "PSNR",
                                                    "SSIM", "zgrad_err"],
                   title="z-TV preset check (DDS 3D, 50 NFE, tuning volume)", notes=notes, meta=meta)
-    write_results(out, "dds3d_memory", mem, ["D", "chunk", "network_calls_per_step", "peak_mb", "peak_mb_no_network",
-                                             "network_mb", "volume_mb"],
+    write_results(out, "dds3d_memory", mem, ["D", "chunk", "network_calls_per_step", "prior_call_mb", "solve_mb",
+                                             "solve_no_network_mb", "volume_mb"],
                   title="DDS 3D peak memory vs depth and chunk (CT, 3 steps, fresh process)", notes=notes, meta=meta)
     figure(recons, out)
     print(f"total {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -328,7 +342,7 @@ if __name__ == "__main__":
     ap.add_argument("--probe", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.probe:
-        d, c, nl = (int(v) for v in args.probe.split(","))
-        print(json.dumps(probe(d, c, bool(nl))))
+        d, c, kind = args.probe.split(",")
+        print(json.dumps(probe(int(d), int(c), kind)))
     else:
         run(args)

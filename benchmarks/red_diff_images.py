@@ -10,14 +10,15 @@ both still training: rerun after a re-export). Tasks, all with Gaussian noise si
 - mri-4x: multi-coil MRI, 8 birdcage coils, 4x equispaced Cartesian mask (8 % ACS); metrics on the magnitude;
 - ct-8view: parallel-beam CT, 8 views over 180 degrees.
 
-Methods at matched NFE budgets (50 / 100 network evaluations): RED-Diff with its task preset (the released
-code's values; ``invdiff.solvers.red_diff.PRESETS``) and with (lr, lam) tuned per task; DPS (deepinv,
-weight 100); DiffPIR (deepinv defaults); DDRM (SVD-decomposable operators only: inpainting and the FFT blur); the
-classical baselines TV, FBP (CT) and l1-wavelet (MRI) with their weight tuned per task. On the two inpainting tasks
-the first ``--nfe1000-images`` images also get DPS and RED-Diff at 1000 NFE. All tuning (RED-Diff's tuned lr/lam,
-the classical weights) used two *other* held-out phantoms (seeds HELDOUT_SEED_START + 1000, 1001), never the
-evaluated ones: ``--tune`` reruns that selection. PSNR / SSIM (``invdiff.metrics``, peak = max of the reference);
-seconds and peak memory growth per image (``invdiff.bench.measure``); mean and std over images.
+Methods at matched NFE budgets (50 / 100 network evaluations): RED-Diff with its task preset
+(``invdiff.solvers.red_diff.PRESETS``: the released code's values where there is one) and with (lr, lam) tuned per
+task and budget; DPS (deepinv, "norm" guidance, weight tuned per task); DiffPIR (deepinv defaults); DDRM
+(SVD-decomposable operators only: inpainting and the FFT blur); the classical baselines TV, FBP (CT) and
+l1-wavelet (MRI), their weight tuned per task. On the two inpainting tasks the first ``--nfe1000-images`` images
+also get DPS and RED-Diff (preset, i.e. the paper's 1000-step setting) at 1000 NFE. All tuning used two *other*
+held-out phantoms (seeds HELDOUT_SEED_START + 1000, 1001), never the evaluated ones; ``--tune`` reruns it
+(results/red_diff_tuning.md). PSNR / SSIM (``invdiff.metrics``, peak = max of the reference; MRI on the
+magnitude); seconds and peak memory growth per image (``invdiff.bench.measure``); mean and std over images.
 
 Part "gmm": linear-Gaussian problems with Gaussian-mixture priors, where the exact posterior is known: a 2-D
 problem with two equal posterior modes (the 2-D mixture of ``benchmarks/exactness.py`` measured along x1 + x2, at
@@ -97,10 +98,10 @@ SETUP = {
 }
 TUNE_BUDGETS = (50, 100)
 TUNE_GRID = {
-    "red-diff": [{"lr": lr, "lam": lam} for lr in (0.01, 0.03, 0.1) for lam in (0.01, 0.05, 0.25)],
-    "dps": [{"weight": w} for w in (30.0, 100.0, 300.0)],
-    "tv": [{"lam": v} for v in (0.001, 0.003, 0.01, 0.03)],
-    "l1-wavelet": [{"lam": v} for v in (0.001, 0.003, 0.01, 0.03)],
+    "red-diff": [{"lr": lr, "lam": lam} for lr in (0.03, 0.1, 0.3) for lam in (0.001, 0.003, 0.01, 0.05, 0.25)],
+    "dps": [{"weight": w} for w in (100.0, 300.0, 1000.0)],
+    "tv": [{"lam": v} for v in (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)],
+    "l1-wavelet": [{"lam": v} for v in (0.0003, 0.001, 0.003, 0.01)],
 }
 
 
@@ -146,9 +147,8 @@ def run_images(n_images: int, n1000: int, tasks, budgets, out: str, log=print) -
             y = op(x)
             runs = _methods(task, budgets, isinstance(op, dinv.physics.DecomposablePhysics))
             if task.startswith("inpaint") and i < n1000:
-                runs += [(f"red-diff preset={SETUP[task]['preset']}", "red-diff",
+                runs += [(f"red-diff preset={SETUP[task]['preset']}", "red-diff",   # the paper's 1000-step setting
                           {"num_steps": 1000, "preset": SETUP[task]["preset"]}),
-                         ("red-diff tuned", "red-diff", {"num_steps": 1000, **_tuned(task, 1000)}),
                          ("dps", "dps", {"num_steps": 1000, **SETUP[task]["dps"]})]
             for label, solver, opts in runs:
                 m = measure(invdiff.solve, y, op, prior if solver not in ("tv", "fbp", "l1-wavelet") else None,

@@ -15,6 +15,8 @@ Inputs (files, or folders searched recursively) and what is reconstructed:
   .npy / .png images         a clean image (.npy (D, H, W) = a stack of slices): simulated --task
                              (default inpainting). Output: NAME.npy (+ NAME.png preview for .png inputs).
 
+2D solvers take the slices of an input in batches (--set batch_slices=8); volume solvers (dds3d, diffusion-mbir)
+take all slices as one volume under a slice-stack operator, with a 2D prior lifted slice by slice.
 Images are scaled to [0, 1] for the prior (min-max; fastMRI and sinograms: by the zero-filled / FBP maximum)
 and written back on the input's scale. When a ground truth exists (fastMRI targets; simulated tasks) each
 output gets NMSE / PSNR / SSIM by the fastMRI volume protocol; OUT/index.json and OUT/metrics.{md,csv,json}

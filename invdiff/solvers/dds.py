@@ -164,18 +164,28 @@ def dds(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps:
         if hasattr(data_consistency, "reset"):
             data_consistency.reset()
         info_dc = repr(data_consistency)
+    before = _network_counters(prior)
     x = dds_sample(chains_batch(y, n_samples), physics, prior, data_consistency, generator=generator,
                    num_steps=num_steps, eta=eta, progress=progress)
     samples = chains_unbatch(x, n_samples)
-    return SolverOutput(mean=samples.mean(0), samples=samples,
-                        info={"num_steps": num_steps, "eta": eta, "cg_iters": cg_iters, "gamma": gamma, "dc": info_dc})
+    info = {"num_steps": num_steps, "eta": eta, "cg_iters": cg_iters, "gamma": gamma, "dc": info_dc}
+    _add_network_counters(info, prior, before)
+    return SolverOutput(mean=samples.mean(0), samples=samples, info=info)
 
 
 def _network_counters(prior) -> tuple[int, int] | None:
+    """(network_calls, slice_evaluations) of a lifted prior (:mod:`invdiff.priors.lift`), None for other priors."""
     try:
         return int(prior.network_calls), int(prior.slice_evaluations)
     except AttributeError:
         return None
+
+
+def _add_network_counters(info: dict, prior, before) -> None:
+    after = _network_counters(prior)
+    if before is not None and after is not None:
+        info.update(network_calls=after[0] - before[0], slice_evaluations=after[1] - before[1],
+                    chunk=getattr(prior, "chunk", None))
 
 
 @register("dds3d")
@@ -220,8 +230,5 @@ def dds3d(y, physics, prior, *, generator, n_samples=1, progress=False, num_step
                    eta=eta, progress=progress, desc="dds3d")
     samples = chains_unbatch(x, n_samples)
     info = {"num_steps": num_steps, "eta": eta, "preset": name, **admm.options(), "admm_iterations": admm.iterations}
-    after = _network_counters(prior)
-    if before is not None and after is not None:
-        info.update(network_calls=after[0] - before[0], slice_evaluations=after[1] - before[1],
-                    chunk=getattr(prior, "chunk", None))
+    _add_network_counters(info, prior, before)
     return SolverOutput(mean=samples.mean(0), samples=samples, info=info)

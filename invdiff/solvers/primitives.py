@@ -56,8 +56,13 @@ def conjugate_gradient(H: Callable[[torch.Tensor], torch.Tensor], b: torch.Tenso
     p = r.clone()
     rs = inner(r, r)
     b_norm = inner(b, b).sqrt().clamp_min(eps)
-    active = torch.ones_like(rs, dtype=torch.bool)
+    # a sample is frozen once its residual is at round-off level: stepping on would divide round-off by
+    # round-off (pHp ~ 0) and blow up (seen on single-coil MRI, where CG converges in 1-2 steps)
+    floor = torch.finfo(b.real.dtype if b.is_complex() else b.dtype).eps * 10
+    active = rs.sqrt() > floor * b_norm
     for k in range(max_iter):
+        if not bool(active.any()):
+            break
         Hp = H(p)
         pHp = inner(p, Hp)
         alpha = torch.where(active & (pHp > eps), rs / pHp.clamp_min(eps), torch.zeros_like(rs))
@@ -66,10 +71,7 @@ def conjugate_gradient(H: Callable[[torch.Tensor], torch.Tensor], b: torch.Tenso
         rs_new = inner(r, r)
         if callback is not None:
             callback(k, x, r)
-        if tol > 0:
-            active = active & (rs_new.sqrt() / b_norm > tol)
-            if not bool(active.any()):
-                break
+        active = active & (rs_new.sqrt() > max(tol, floor) * b_norm)
         beta = torch.where(active, rs_new / rs.clamp_min(eps), torch.zeros_like(rs))
         p = r + _bc(beta, p) * p
         rs = rs_new

@@ -211,10 +211,10 @@ def _x_like(y, physics, prior, linear: bool) -> torch.Tensor:
 # the solver
 # ------------------------------------------------------------------------------------------------
 @register("smc")
-def smc(y, physics, prior, *, generator, n_samples=1, progress=False, variant: str = "ode", num_steps: int = 100,
+def smc(y, physics, prior, *, generator, n_samples=1, progress=False, variant: str = "ode", num_steps: int = 200,
         sigma_max: float | None = None, sigma_min: float | None = None, rho: float = 7.0,
         ess_threshold: float | None = None, resample: str = "systematic", corrector_steps: int = 1,
-        corrector_step: float = 0.1, corrector_substeps: int | None = None, integrator: str | None = None,
+        corrector_step: float = 0.5, corrector_substeps: int | None = None, integrator: str | None = None,
         tempering: str | None = None, stability: float = 0.5, max_substeps: int = 20, hutchinson_probes: int = 1,
         hutchinson_eps: float = 1e-3, sigma_y: float | None = None, cg_iters: int = 100, chunk: int | None = None,
         reduce: str = "mean"):
@@ -257,15 +257,15 @@ def smc(y, physics, prior, *, generator, n_samples=1, progress=False, variant: s
     ess_threshold = (0.5 if variant == "ode" else 1.0) if ess_threshold is None else ess_threshold
     check_in_range("ess_threshold", ess_threshold, 0.0, 1.0, lo_open=True)
     linear = isinstance(physics, dinv.physics.LinearPhysics)
-    tempering = ("none" if linear else "linear") if tempering is None else tempering
+    tempering = "noise" if tempering is None else tempering
     check_choice("tempering", tempering, ["none", "linear", "noise"])
     if corrector_substeps is not None:
         check_positive("corrector_substeps", corrector_substeps, integer=True)
     integrator = ("exact" if linear else "euler") if integrator is None else integrator
     check_choice("integrator", integrator, ["exact", "euler"])
     if not linear:
-        for name, val, ok in (("tempering", tempering, "linear"), ("integrator", integrator, "euler")):
-            if val != ok:
+        if integrator != "euler":
+            for name, val, ok in (("integrator", integrator, "euler"),):
                 fail(name, f"{ok!r} for a nonlinear physics (the other choices need a linear-Gaussian likelihood)",
                      repr(val))
     sig_y = noise_sigma(physics) if sigma_y is None else sigma_y
@@ -310,14 +310,19 @@ def smc(y, physics, prior, *, generator, n_samples=1, progress=False, variant: s
                 cg_res.append(inf["cg_residual"])
             return (out, inf["mean"]) if return_mean else out
 
-        # ---- Stage I (Sec. 3.1): exact draws from q_{sigma_max} = N(m0, (tau^2 + sigma_max^2) I) e^{-alpha mu} ----
-        x = tilted(m0, tau2 + s_max ** 2, alphas[0])
-        if cg_res and cg_res[0] > 1e-3:
-            warnings.warn(f"smc: Stage I conjugate gradients stopped at relative residual {cg_res[0]:.2g} after "
-                          f"{cg_iters} iterations (initial particles are approximate; raise cg_iters)",
-                          RuntimeWarning, stacklevel=3)
-        state = ParticleState(x, n_groups=y.shape[0])
-        r = lik.residual(state.x)
+        # ---- Stage I (Sec. 3.1): q_{sigma_max} = N(m0, (tau^2 + sigma_max^2) I) e^{-alpha mu}, zero log-weights ----
+        if linear:   # exact Gaussian draws
+            x = tilted(m0, tau2 + s_max ** 2, alphas[0])
+            if cg_res and cg_res[0] > 1e-3:
+                warnings.warn(f"smc: Stage I conjugate gradients stopped at relative residual {cg_res[0]:.2g} after "
+                              f"{cg_iters} iterations (initial particles are approximate; raise cg_iters)",
+                              RuntimeWarning, stacklevel=3)
+            state = ParticleState(x, n_groups=y.shape[0])
+            r = lik.residual(state.x)
+        else:        # nonlinear A: Gaussian draws importance-weighted by e^{-alpha mu} (exact as a weighted ensemble)
+            state = ParticleState(m0 + math.sqrt(tau2 + s_max ** 2) * randn(x_like), n_groups=y.shape[0])
+            r = lik.residual(state.x)
+            state.reweight(-alphas[0] * lik.value(r))
         substeps, warned = [], False
         K = num_steps
         for k in progress_bar(range(K), progress, f"smc-{variant}"):
