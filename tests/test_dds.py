@@ -150,10 +150,19 @@ def test_mri_noiseless_branch_works_on_two_channel_images(gen):
     assert rec.mean.shape == (1, 2, H, W) and res(rec.mean) < 1e-2 * res(x0)
 
 
-def test_default_dc_per_operator():
-    assert default_dc(CT(16, n_views=4, sigma=0.01)) == "ls"            # converted paper gamma ~ 24: ls (module doc)
-    assert default_dc(MRI(equispaced_mask((16, 16), 4), sigma=0.01)) == "prox"
+def test_default_dc_and_gamma_follow_the_noise_level(gen):
+    from invdiff.solvers.dds import GAMMA_VARIANCE, default_gamma
+
+    ct = CT(16, n_views=4, sigma=0.01)
+    assert default_dc(ct) == "prox" and default_dc(CT(16, n_views=4)) == "ls"
     assert default_dc(MRI(equispaced_mask((16, 16), 4), sigma=0.0)) == "ls"
+    img = FixedPrior(torch.zeros(1, 1, 16, 16))
+    img.value_range = (-1.0, 1.0)
+    assert default_gamma(ct, img) == pytest.approx(GAMMA_VARIANCE / 0.01 ** 2)       # MAP weight v / sigma^2
+    assert default_gamma(CT(16, n_views=4, sigma=0.05), img) == pytest.approx(2.0)
+    assert default_gamma(ct, _gmm(3, gen)) == 1.0                                    # no value range: paper's 1
+    rec = invdiff.solve(ct(torch.rand(1, 1, 16, 16)), ct, img, solver="dds", num_steps=2)
+    assert rec.info["dc"] == "prox" and rec.info["gamma"] == pytest.approx(50.0)
 
 
 def test_bad_options_name_the_argument(gen):

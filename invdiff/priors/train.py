@@ -169,26 +169,11 @@ def _parse_value(key: str, value):
 
 
 def load_config_file(path) -> dict:
-    """JSON object or ``key = value`` lines (``#`` comments) -> dict of raw values."""
-    p = Path(path)
-    if not p.is_file():
-        fail("--config", "an existing config file", str(path))
-    text = p.read_text()
-    if text.lstrip().startswith("{"):
-        try:
-            return dict(json.loads(text))
-        except json.JSONDecodeError as e:
-            fail("--config", "valid JSON", f"{path}: {e}")
-    out = {}
-    for i, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        if "=" not in line:
-            fail("--config", "lines of the form key = value", f"{path}:{i}: {line!r}")
-        k, v = line.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+    """JSON object or ``key = value`` lines (``#`` comments), parsed by the shared :mod:`invdiff.config` reader;
+    values are then typed per TrainConfig field by :func:`_parse_value`."""
+    from ..config import load_config_file as _load
+
+    return _load(path)
 
 
 def make_config(overrides: dict | None = None) -> TrainConfig:

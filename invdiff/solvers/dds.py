@@ -25,14 +25,22 @@ CG here is per-sample and conjugated (:mod:`.primitives`).
 
 Chains: ``n_samples`` independent chains run batched through the prior (one network call per step for all).
 
-**Defaults for invdiff's normalised operators** (``benchmarks/dds.py``, results in
-``benchmarks/results/dds.md``): ``dc="auto"`` is ``"ls"`` for CT operators (deepinv ``Tomography``) and for
-noiseless physics, ``"prox"`` otherwise. The paper's :math:`\gamma = 1` was tuned for the released CT code's
-back-projection :math:`\tfrac{\pi}{2N_v}R^\top`; on the exact adjoint of the unit-norm Radon transform it becomes
-:math:`\gamma\kappa` with :math:`\kappa = \pi\|R\|^2/(2N_v) \approx 1.52 N` (97 at N = 64, see
-:func:`~invdiff.solvers.ztv.ct_adjoint_scale`), i.e. a weight so large that "prox" is numerically "ls" after M = 5
-CG steps; "ls" is the converted default. For MRI (orthonormal FFT, same adjoint as the original) :math:`\gamma = 1`
-stands. :data:`ETA_PRESETS` are the paper's.
+**Defaults for invdiff's operators** (``benchmarks/dds.py``; results in ``benchmarks/results/dds.md`` and
+``dds_sweep.md``). ``dc="auto"`` is "ls" for noiseless physics and "prox" otherwise, with
+:math:`\gamma = v\,p^2/\sigma_y^2` (:data:`GAMMA_VARIANCE` :math:`v = 0.005`, :math:`p` the peak of the prior's
+``value_range``: 1 for the shipped CT and MRI priors) unless ``gamma`` is given; priors without a value range
+(Gaussian mixtures, vectors) keep the paper's :math:`\gamma = 1`, whose scale they share. The prox problem
+:math:`\min_x \tfrac12\|x-\hat x_0\|^2 + \tfrac\gamma2\|Ax-y\|^2` is the MAP step for an :math:`\hat x_0` with error
+variance :math:`v` per pixel and noise variance :math:`\sigma_y^2`; :math:`v = 0.005 \approx 0.07^2` is the late-stage
+squared error of the shipped priors' Tweedie estimates on [0, 1]-scaled images and fits the sweep: at
+:math:`\sigma_y = 0.01` (CT 8-view, MRI 4x) the best rules are "ls" or :math:`\gamma \ge 10` (auto: 50), and
+:math:`\gamma = 1` loses 2-5 dB; at :math:`\sigma_y = 0.05` "ls" collapses (-5 to -10 dB) and :math:`\gamma` in [1, 3]
+is best (auto: 2). The paper's :math:`\gamma = 1` does not transfer as a number: the released CT code tunes it for its
+back-projection :math:`\tfrac{\pi}{2N_v}R^\top` on noiseless data (no noise is added to y there, dossier §3.2), which on
+the exact adjoint of the unit-norm Radon transform is :math:`\gamma\kappa`, :math:`\kappa = \pi\|R\|^2/(2N_v)
+\approx 1.52 N` (97 at N = 64, :func:`~invdiff.solvers.ztv.ct_adjoint_scale`), numerically "ls" after M = 5 CG steps;
+its MRI prior lives on the raw fastMRI scale. :data:`ETA_PRESETS` are the paper's; the sweep moves eta by at most
+0.2 dB at 20/50 NFE (MRI at 100 NFE: 0.8-0.85 best, 0.15 loses 2 dB), so they stay.
 
 **3D** (``dds3d``, Sec. 4.3 and the released ``solver_3d.py``): a volume prior (a 2D prior lifted slice by slice,
 :func:`invdiff.priors.lift.lift`, chunked network calls) and one ADMM iteration of z-TV per step with persistent
@@ -60,10 +68,13 @@ from .._validate import check_choice, check_in_range, check_positive, fail
 from ..schedules import VPSchedule
 from .base import SolverOutput, chains_batch, chains_unbatch, progress_bar, register
 from .primitives import conjugate_gradient, noise_sigma
-from .ztv import PRESETS as ZTV_PRESETS, ZTVADMM, default_preset, tomography_of
+from .ztv import PRESETS as ZTV_PRESETS, ZTVADMM, default_preset
 
 #: paper's eta per step budget (Sec. 5, "eta = 0.15 / 0.5 / 0.8 for 19 / 49 / 99 NFE")
 ETA_PRESETS = {20: 0.15, 50: 0.5, 100: 0.8}
+#: v in the default prox weight gamma = v / sigma_y^2: error variance of the Tweedie estimate (module docstring;
+#: fitted by benchmarks/dds.py on the shipped priors at sigma_y = 0.01 and 0.05)
+GAMMA_VARIANCE = 0.005
 
 
 def dds_timesteps(num_steps: int, schedule: VPSchedule) -> tuple[list[int], list[int]]:
@@ -89,10 +100,18 @@ def dds_data_consistency(x0: torch.Tensor, y: torch.Tensor, physics, *, dc: str,
 
 
 def default_dc(physics) -> str:
-    """``dc="auto"``: "ls" for CT (converted paper gamma, module docstring) and noiseless physics, else "prox"."""
-    if tomography_of(physics) is not None or noise_sigma(physics) == 0:
-        return "ls"
-    return "prox"
+    """``dc="auto"``: "ls" for noiseless physics, else "prox" (module docstring)."""
+    return "ls" if noise_sigma(physics) == 0 else "prox"
+
+
+def default_gamma(physics, prior) -> float:
+    """gamma = v peak^2 / sigma_y^2 for image priors (v = :data:`GAMMA_VARIANCE`, peak = max |value_range|), else
+    the paper's 1.0 (noiseless physics, or priors without a declared value range such as Gaussian mixtures)."""
+    s = noise_sigma(physics)
+    vr = getattr(prior, "value_range", None)
+    if s > 0 and vr is not None:
+        return GAMMA_VARIANCE * max(abs(float(vr[0])), abs(float(vr[1]))) ** 2 / s ** 2
+    return 1.0
 
 
 def _eta(eta, num_steps):
@@ -140,15 +159,17 @@ def dds_sample(y: torch.Tensor, physics, prior, data_consistency: Callable, *, g
 
 @register("dds")
 def dds(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps: int = 50, eta: float | None = None,
-        cg_iters: int = 5, gamma: float = 1.0, dc: str = "auto", data_consistency=None):
+        cg_iters: int = 5, gamma: float | None = None, dc: str = "auto", data_consistency=None):
     r"""Decomposed diffusion sampler (see module docstring).
 
     Options: ``num_steps`` (NFE; presets 20/50/100), ``eta`` (DDS re-noising, default from the paper's preset for
-    ``num_steps``, else 0.5), ``cg_iters`` M (paper: 5), ``gamma`` (prox weight), ``dc`` in {"auto", "prox", "ls"}
-    ("auto": "ls" for CT operators and noiseless physics, else "prox"). ``data_consistency(x0, y, physics)``
+    ``num_steps``, else 0.5), ``cg_iters`` M (paper: 5), ``gamma`` (prox weight; default v peak^2 / sigma_y^2 for
+    image priors, :func:`default_gamma`), ``dc`` in {"auto", "prox", "ls"} ("auto": "ls" for noiseless physics, else "prox").
+    ``data_consistency(x0, y, physics)``
     overrides step 3 (e.g. a :class:`~invdiff.solvers.ztv.ZTVADMM`; its ``reset()`` is called first).
     """
     _check_steps(num_steps, cg_iters)
+    gamma = default_gamma(physics, prior) if gamma is None else gamma
     check_positive("gamma", gamma)
     check_choice("dc", dc, ["auto", "prox", "ls"])
     eta = _eta(eta, num_steps)
