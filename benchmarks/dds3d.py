@@ -11,25 +11,28 @@ Volumes (64 x 64 in-plane, D slices, isotropic voxels; never seen in training):
 
 Methods (50 NFE for DDS): ``dds 2D per slice`` = 2D DDS on every slice separately (slices folded into the batch,
 invdiff's defaults); ``dds lifted`` = ``solver="dds"`` on the volume with the lifted prior (same prior, one
-whole-volume CG: no z coupling either); ``dds3d`` = z-TV ADMM per step (``solver="dds3d"``, preset converted to
-the normalised CT adjoint, see ``invdiff.solvers.ztv``), Neumann and circular boundary; ``diffusion-mbir`` (fast
-preset, if ``--mbir``); classical 3D TV and the adjoint / FBP. Metrics: volume PSNR (peak 1, magnitude for MRI),
+whole-volume CG: no z coupling either); ``dds3d`` = z-TV ADMM per step (``solver="dds3d"``): with the released
+code's (rho, lam) converted to invdiff's normalised operators (``ZTVADMM.preset(name, physics)``, see
+``invdiff.solvers.ztv``), and with invdiff's default (the same with the lam factor the sweep below found,
+``tuned=True``), Neumann and circular boundary; classical 3D TV and the
+adjoint / FBP. With ``--mbir`` (``dds3d_mbir.*``): DiffusionMBIR at N = 150 and 300 steps (2 NFE each) vs DDS 3D
+on the 8-slice tuning volume. Metrics: volume PSNR (peak 1, magnitude for MRI),
 mean slice SSIM, and ``zgrad_err`` = ||D_z(x_hat - x)|| / ||D_z x|| (inter-slice consistency; lower is better);
 ``seconds`` is wall time, ``cpu_s`` the process CPU time (1 thread: the wall time of an idle machine).
 
-The z-TV preset is checked by a small sweep on a separate tuning volume (``dds3d_sweep.*``): rho and lam times
-{0.25, 1, 4} and lam times {0, 16}. Memory (``dds3d_memory.*``): peak RSS growth of a fresh process solving 3 DDS-3D
+The z-TV preset is checked by a small sweep on a separate tuning volume (``dds3d_sweep.*``, 16 slices): rho and lam
+times {0.25, 1, 4} and lam times {0, 16}, relative to the converted original preset. Memory (``dds3d_memory.*``): peak RSS growth of a fresh process solving 3 DDS-3D
 steps, for D in {16, 32, 64} at chunk 8 and chunk in {4, 8, 16} at D = 32: ``prior_call_mb`` = one call of the
 lifted network prior on the whole volume (network working memory + the output volume), ``solve_mb`` = 3 DDS-3D
 steps, ``solve_no_network_mb`` = the same with a network-free stand-in prior (volume state + CT operator).
 
 Usage: python benchmarks/dds3d.py [--depth 32] [--out benchmarks/results] [--mbir] [--quick]
+(the committed results were made with ``--mbir``; the default run leaves DiffusionMBIR out to stay under 15 min)
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
@@ -50,6 +53,10 @@ from invdiff.priors import available, load
 from invdiff.priors.base import Prior
 from invdiff.priors.lift import lift
 from invdiff.solvers.primitives import finite_diff
+from invdiff.solvers.ztv import ZTVADMM, default_preset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dds import _PRIORS, get_prior  # noqa: E402  (one prior version per run, recorded)
 
 N = 64
 NOISE = 0.01
@@ -145,11 +152,11 @@ def vol_metrics(est, x, cplx) -> dict:
 # ------------------------------------------------------------------------------------------------
 # runs
 # ------------------------------------------------------------------------------------------------
-def run_methods(task, depth, seed, mbir: bool, quick: bool) -> tuple[list[dict], dict]:
+def run_methods(task, depth, seed, quick: bool) -> tuple[list[dict], dict]:
     x, op, op2, fold, prior_name, cplx, tv_lam = make_task(task, depth, seed)
     y = op(x)
     rows, recon = [], {"truth": x}
-    prior2 = load(prior_name) if prior_name in available() else None
+    prior2 = get_prior(prior_name) if prior_name in available() else None
 
     def add(name, fn, *args, post=None, **kw):
         c0 = time.process_time()
@@ -181,29 +188,47 @@ def run_methods(task, depth, seed, mbir: bool, quick: bool) -> tuple[list[dict],
     # all D slices as one batch of 2D images: one network call of D images per step
     add("dds 2D per slice", invdiff.solve, fold(y), op2, prior2, solver="dds", num_steps=steps, post=unfold)
     add("dds lifted (no z coupling)", invdiff.solve, y, op, lift(prior2, 8), solver="dds", num_steps=steps)
+    orig = ZTVADMM.preset(default_preset(op), op)
+    add("dds3d z-TV, converted original preset", invdiff.solve, y, op, lift(prior2, 8), solver="dds3d",
+        num_steps=steps, rho=orig.rho, lam=orig.lam)
     add("dds3d z-TV (neumann)", invdiff.solve, y, op, lift(prior2, 8), solver="dds3d", num_steps=steps)
     add("dds3d z-TV (circular)", invdiff.solve, y, op, lift(prior2, 8), solver="dds3d", num_steps=steps,
         boundary="circular")
-    if mbir:
-        add("diffusion-mbir (fast)", invdiff.solve, y, op, lift(prior2, 8), solver="diffusion-mbir", preset="fast")
     return rows, recon
 
 
-def preset_sweep(task, depth, seed, quick) -> list[dict]:
+def mbir_check(task, depth, seed, steps_list) -> list[dict]:
+    """DiffusionMBIR (2 NFE per step) at a few step counts vs DDS 3D (50 NFE) on a small volume."""
     x, op, _, _, prior_name, cplx, _ = make_task(task, depth, seed)
     if prior_name not in available():
         return []
     y = op(x)
-    prior = lift(load(prior_name), 8)
-    ref = invdiff.solve(y, op, prior, solver="dds3d", num_steps=STEPS, seed=0)
-    rho0, lam0 = ref.info["rho"], ref.info["lam"]
+    prior = lift(get_prior(prior_name), 8)
+    rows = []
+    for solver, opts in [("dds3d", {"num_steps": STEPS})] + [("diffusion-mbir", {"num_steps": n}) for n in steps_list]:
+        c0 = time.process_time()
+        rec = invdiff.solve(y, op, prior, solver=solver, seed=0, **opts)
+        rows.append({"task": task, "method": solver, "steps": opts["num_steps"], "nfe": rec.nfe,
+                     **vol_metrics(rec.mean, x, cplx), "cpu_s": time.process_time() - c0})
+        print(rows[-1], file=sys.stderr)
+    return rows
+
+
+def preset_sweep(task, depth, seed, quick) -> list[dict]:
+    """DDS 3D with (rho, lam) = multiples of the *converted original* preset (``ZTVADMM.preset(name, physics)``)."""
+    x, op, _, _, prior_name, cplx, _ = make_task(task, depth, seed)
+    if prior_name not in available():
+        return []
+    y = op(x)
+    prior = lift(get_prior(prior_name), 8)
+    name = default_preset(op)
+    base = ZTVADMM.preset(name, op)
     grid = [(1, 1), (1, 0), (1, 0.25), (1, 4), (1, 16), (0.25, 1), (4, 1), (0.25, 0.25), (4, 4)]
     rows = []
     for rm, lm in grid[:3] if quick else grid:
-        rec = ref if (rm, lm) == (1, 1) else invdiff.solve(y, op, prior, solver="dds3d", num_steps=STEPS, seed=0,
-                                                           rho=rho0 * rm, lam=lam0 * lm)
-        rows.append({"task": task, "rho_x": rm, "lam_x": lm, "rho": rho0 * rm, "lam": lam0 * lm,
-                     "preset": ref.info["preset"], **vol_metrics(rec.mean, x, cplx)})
+        rec = invdiff.solve(y, op, prior, solver="dds3d", num_steps=STEPS, seed=0, rho=base.rho * rm, lam=base.lam * lm)
+        rows.append({"task": task, "preset": name, "rho_x": rm, "lam_x": lm, "rho": base.rho * rm, "lam": base.lam * lm,
+                     "threshold": base.lam * lm / (base.rho * rm), **vol_metrics(rec.mean, x, cplx)})
         print(rows[-1], file=sys.stderr)
     return rows
 
@@ -309,26 +334,34 @@ def run(a):
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=UserWarning)
     out = Path(a.out)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     depth = 8 if a.quick else a.depth
-    rows, recons, sweep_rows = [], {}, []
+    rows, recons, sweep_rows, mbir_rows = [], {}, [], []
     for task in ("ct-8view", "mri-4x-8coil"):
         sweep_rows += preset_sweep(task, 8 if a.quick else 16, split_seeds("heldout", 1, start=200)[0], a.quick)
-        r, rec = run_methods(task, depth, split_seeds("heldout", 1, start=300)[0], a.mbir, a.quick)
+        r, rec = run_methods(task, depth, split_seeds("heldout", 1, start=300)[0], a.quick)
         rows += r
         recons[task] = rec
+        if a.mbir:
+            mbir_rows += mbir_check(task, 8, split_seeds("heldout", 1, start=200)[0], (20,) if a.quick else (150, 300))
     mem = memory_table(a.quick)
     notes = __doc__.split("Usage:")[0]
-    meta = {"depth": depth, "steps": STEPS, "noise": NOISE, "quick": a.quick, "seconds_total": time.perf_counter() - t0}
+    meta = {"depth": depth, "steps": STEPS, "noise": NOISE, "quick": a.quick, "seconds_total": time.perf_counter() - t0,
+            "cpu_s_total": time.process_time() - c0, "priors_used": {k: v[1] for k, v in _PRIORS.items()}}
     write_results(out, "dds3d", rows, ["task", "method", "D", "PSNR", "SSIM", "zgrad_err", "nfe", "network_calls",
                                        "rho", "lam", "boundary", "seconds", "cpu_s", "peak_mb"],
                   title="DDS 3D (z-TV ADMM) vs slice-independent DDS on volumes", notes=notes, meta=meta)
-    write_results(out, "dds3d_sweep", sweep_rows, ["task", "preset", "rho_x", "lam_x", "rho", "lam", "D", "PSNR",
-                                                   "SSIM", "zgrad_err"],
-                  title="z-TV preset check (DDS 3D, 50 NFE, tuning volume)", notes=notes, meta=meta)
+    write_results(out, "dds3d_sweep", sweep_rows, ["task", "preset", "rho_x", "lam_x", "rho", "lam", "threshold", "D",
+                                                   "PSNR", "SSIM", "zgrad_err"],
+                  title="z-TV preset check (DDS 3D, 50 NFE, tuning volume; x = multiples of the converted original "
+                        "preset)", notes=notes, meta=meta)
     write_results(out, "dds3d_memory", mem, ["D", "chunk", "network_calls_per_step", "prior_call_mb", "solve_mb",
                                              "solve_no_network_mb", "volume_mb"],
                   title="DDS 3D peak memory vs depth and chunk (CT, 3 steps, fresh process)", notes=notes, meta=meta)
+    if mbir_rows:
+        write_results(out, "dds3d_mbir", mbir_rows, ["task", "method", "steps", "nfe", "D", "PSNR", "SSIM", "zgrad_err",
+                                                      "cpu_s"],
+                      title="DiffusionMBIR (VE PC + ADMM-TV) vs DDS 3D on an 8-slice volume", notes=notes, meta=meta)
     figure(recons, out)
     print(f"total {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
@@ -337,7 +370,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--depth", type=int, default=32, help="slices of the evaluation volumes")
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--mbir", action="store_true", help="also run diffusion-mbir (fast preset)")
+    ap.add_argument("--mbir", action="store_true", help="also compare diffusion-mbir with DDS 3D on 8 slices")
     ap.add_argument("--quick", action="store_true", help="smoke run: 8 slices, 10 steps")
     ap.add_argument("--probe", help=argparse.SUPPRESS)
     args = ap.parse_args()

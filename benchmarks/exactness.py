@@ -80,6 +80,10 @@ SOLVERS = [
     # cov90 far below 0.9; what it converges to is in benchmarks/red_diff_images.py --parts gmm (red_diff_gmm.md)
     ("red-diff", {"num_steps": 100}),
     ("red-diff", {"num_steps": 1000}),
+    # weighted-particle samplers: n_samples = particles of one run (the rows use the equally weighted draws);
+    # the full particle-count / mode-weight / MSE / coverage study is benchmarks/smc_exactness.py
+    ("smc", {"num_steps": 200}),
+    ("mcgdiff", {"num_steps": 400}),
 ]
 
 

@@ -85,16 +85,17 @@ def make_task(name: str, seed: int):
 #: per task: RED-Diff preset; RED-Diff (lr, lam) in the prior's units selected by --tune per NFE budget (1000 NFE
 #: reuses the 100-NFE choice); classical baselines with the weight selected by --tune
 SETUP = {
-    "inpaint-box": {"preset": "inpainting", "tuned": {50: {"lr": 0.03, "lam": 0.05}, 100: {"lr": 0.03, "lam": 0.05}},
-                    "dps": {"weight": 100.0}, "classical": [("tv", {"lam": 0.01})]},
-    "inpaint-random": {"preset": "inpainting", "tuned": {50: {"lr": 0.1, "lam": 0.05}, 100: {"lr": 0.03, "lam": 0.05}},
-                       "dps": {"weight": 100.0}, "classical": [("tv", {"lam": 0.01})]},
+    "inpaint-box": {"preset": "inpainting", "tuned": {50: {"lr": 0.03, "lam": 0.01}, 100: {"lr": 0.1, "lam": 0.01}},
+                    "dps": {"weight": 100.0}, "classical": [("tv", {"lam": 0.1})]},
+    "inpaint-random": {"preset": "inpainting",
+                       "tuned": {50: {"lr": 0.3, "lam": 0.003}, 100: {"lr": 0.1, "lam": 0.001}},
+                       "dps": {"weight": 1000.0}, "classical": [("tv", {"lam": 0.03})]},
     "deblur": {"preset": "deblur", "tuned": {50: {"lr": 0.1, "lam": 0.05}, 100: {"lr": 0.1, "lam": 0.05}},
-               "dps": {"weight": 100.0}, "classical": [("tv", {"lam": 0.003})]},
-    "mri-4x": {"preset": "mri", "tuned": {50: {"lr": 0.03, "lam": 0.05}, 100: {"lr": 0.03, "lam": 0.05}},
-               "dps": {"weight": 100.0}, "classical": [("tv", {"lam": 0.003}), ("l1-wavelet", {"lam": 0.003})]},
-    "ct-8view": {"preset": "ct", "tuned": {50: {"lr": 0.03, "lam": 0.25}, 100: {"lr": 0.03, "lam": 0.25}},
-                 "dps": {"weight": 100.0}, "classical": [("tv", {"lam": 0.003}), ("fbp", {})]},
+               "dps": {"weight": 300.0}, "classical": [("tv", {"lam": 0.001})]},
+    "mri-4x": {"preset": "mri", "tuned": {50: {"lr": 0.1, "lam": 0.01}, 100: {"lr": 0.1, "lam": 0.01}},
+               "dps": {"weight": 300.0}, "classical": [("tv", {"lam": 0.003}), ("l1-wavelet", {"lam": 0.001})]},
+    "ct-8view": {"preset": "ct", "tuned": {50: {"lr": 0.1, "lam": 0.25}, 100: {"lr": 0.1, "lam": 0.25}},
+                 "dps": {"weight": 300.0}, "classical": [("tv", {"lam": 0.001}), ("fbp", {})]},
 }
 TUNE_BUDGETS = (50, 100)
 TUNE_GRID = {
@@ -132,17 +133,24 @@ def _methods(task: str, budgets, decomposable: bool):
     return out
 
 
-def run_images(n_images: int, n1000: int, tasks, budgets, out: str, log=print) -> list[dict]:
+def load_priors(tasks) -> dict:
+    """The shipped priors the tasks need, loaded once: a re-export during the run cannot mix prior versions."""
+    return {p: invdiff.priors.load(p) for p in sorted({make_task(t, 0)[2] for t in tasks})}
+
+
+def prior_steps(priors: dict) -> dict:
+    return {name: p.metadata().get("info", {}).get("step") for name, p in priors.items()}
+
+
+def run_images(n_images: int, n1000: int, tasks, budgets, priors: dict, log=print) -> list[dict]:
     import deepinv as dinv
 
-    priors, rows = {}, []
+    rows = []
     seeds = split_seeds("heldout", n_images)
     for task in tasks:
         per = {}  # (label, nfe) -> list of per-image results
         for i, seed in enumerate(seeds):
             x, op, pname = make_task(task, seed)
-            if pname not in priors:
-                priors[pname] = invdiff.priors.load(pname)
             prior = priors[pname]
             y = op(x)
             runs = _methods(task, budgets, isinstance(op, dinv.physics.DecomposablePhysics))
@@ -168,14 +176,14 @@ def run_images(n_images: int, n1000: int, tasks, budgets, out: str, log=print) -
     return rows
 
 
-def run_tuning(tasks, out: str, log=print) -> list[dict]:
-    """Grid search of RED-Diff (lr, lam) per NFE budget and of the classical weights, on 2 tuning phantoms."""
-    priors, rows = {}, []
+def run_tuning(tasks, priors: dict, log=print) -> list[dict]:
+    """Grid search of RED-Diff (lr, lam) per NFE budget, DPS's weight and the classical weights, on 2 tuning
+    phantoms."""
+    rows = []
     seeds = split_seeds("heldout", 2, start=TUNE_START)
     for task in tasks:
         data = [make_task(task, s) for s in seeds]
-        pname = data[0][2]
-        prior = priors.setdefault(pname, invdiff.priors.load(pname))
+        prior = priors[data[0][2]]
         ys = [op(x) for x, op, _ in data]
         cands = [("red-diff", {"num_steps": b, **o}) for b in TUNE_BUDGETS for o in TUNE_GRID["red-diff"]]
         cands += [("dps", {"num_steps": 100, **o}) for o in TUNE_GRID["dps"]]
@@ -318,21 +326,23 @@ def main(argv=None):
     n_img, n1000 = (1, 0) if a.quick else (a.images, a.nfe1000_images)
     notes = __doc__.split("Usage:")[0]
     t0 = time.perf_counter()
+    priors = load_priors(tasks) if (a.tune or "images" in parts) else {}
     if a.tune:
-        rows = run_tuning(tasks, a.out)
+        rows = run_tuning(tasks, priors)
         write_results(a.out, "red_diff_tuning", rows, ["task", "solver", "options", "PSNR", "best"],
                       title="RED-Diff benchmark: hyper-parameter selection on 2 tuning phantoms",
-                      notes="Mean PSNR on held-out seeds HELDOUT_SEED_START + 1000, 1001 (not the evaluated ones).")
+                      notes="Mean PSNR on held-out seeds HELDOUT_SEED_START + 1000, 1001 (not the evaluated ones); "
+                            f"shipped priors at training steps {prior_steps(priors)}.",
+                      meta={"prior_training_steps": prior_steps(priors), "grid": TUNE_GRID})
     if "images" in parts:
-        rows = run_images(n_img, n1000, tasks, budgets, a.out)
+        rows = run_images(n_img, n1000, tasks, budgets, priors)
         cols = ["task", "method", "NFE", "PSNR", "PSNR_std", "SSIM", "SSIM_std", "seconds", "peak_mb", "images",
                 "options"]
         write_results(a.out, "red_diff_images", rows, cols, title="RED-Diff vs diffusion and classical baselines",
-                      notes=notes + "\n" + RESULT_NOTES,
+                      notes=notes + f"\nShipped priors used: training steps {prior_steps(priors)}.\n\n" + RESULT_NOTES,
                       meta={"images": n_img, "nfe1000_images": n1000, "budgets": list(budgets), "noise": NOISE,
                             "size": SIZE, "tasks": tasks, "setup": SETUP,
-                            "prior_training_steps": {p: invdiff.priors.load(p).metadata().get("info", {}).get("step")
-                                                     for p in sorted({make_task(t, 0)[2] for t in tasks})}})
+                            "prior_training_steps": prior_steps(priors)})
     if "gmm" in parts:
         rows = run_gmm(16 if a.quick else a.gmm_runs, GMM_SETTINGS[:1] if a.quick else GMM_SETTINGS)
         cols = ["problem", "method", "options", "runs", "d_post_mean", "d_nearest_comp_mean", "d_nearest_mode",

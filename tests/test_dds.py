@@ -206,6 +206,7 @@ def test_dds_beats_adjoint_on_ct_with_an_exact_gaussian_prior(gen):
     x = prior.sample(1, generator=gen).float()
     op = CT(n, n_views=8, sigma=0.01, rng=torch.Generator().manual_seed(0))
     y = op(x)
-    rec = invdiff.solve(y, op, prior, solver="dds", num_steps=20)
+    rec = invdiff.solve(y, op, prior, solver="dds", num_steps=20, dc="ls")   # a mixture has no value range: say "ls"
     err = (rec.mean - x).norm() / x.norm()
-    assert err < 0.1, err
+    err_adj = (invdiff.solve(y, op, solver="adjoint").mean - x).norm() / x.norm()
+    assert err < 0.1 and err < err_adj / 5, (err, err_adj)

@@ -9,7 +9,7 @@ import invdiff
 from invdiff.operators import CT, CT3D, MRI, MultiCoilMRI, SliceWise, birdcage_maps, equispaced_mask
 from invdiff.priors.base import Prior
 from invdiff.priors.lift import Lifted2DPrior, lift
-from invdiff.solvers.mbir import default_sigma_max
+from invdiff.solvers.mbir import MBIR_PRESETS, default_sigma_max
 from invdiff.solvers.primitives import finite_diff, finite_diff_adjoint, soft_threshold
 from invdiff.solvers.ztv import PRESETS, ZTVADMM, ct_adjoint_scale, default_preset
 
@@ -227,6 +227,9 @@ def test_presets_follow_the_operator():
     assert default_preset(sv) == "sparse-view-ct" and default_preset(la) == "limited-angle-ct"
     assert default_preset(mri) == "mri"
     assert ZTVADMM.preset("mri", mri).rho == PRESETS["mri"]["rho"]
+    assert ZTVADMM.preset("mri", mri, tuned=True).lam == PRESETS["mri"]["lam"] * PRESETS["mri"]["dds_lam_scale"]
+    sv_plain, sv_tuned = ZTVADMM.preset("sparse-view-ct", sv), ZTVADMM.preset("sparse-view-ct", sv, tuned=True)
+    assert sv_plain.rho == sv_tuned.rho and sv_tuned.lam == pytest.approx(4 * sv_plain.lam)
     a = ZTVADMM.preset("limited-angle-ct", la)
     assert a.lam / a.rho == pytest.approx(PRESETS["limited-angle-ct"]["lam"] / PRESETS["limited-angle-ct"]["rho"])
     with pytest.raises(TypeError, match="argument 'physics'"):
@@ -294,7 +297,7 @@ def test_dds3d_clear_errors(gen):
 
 def test_ztv_is_usable_as_any_solvers_data_consistency(gen):
     op, x, y = _volume_ct(gen)
-    admm = ZTVADMM.preset("sparse-view-ct", op)
+    admm = ZTVADMM.preset("sparse-view-ct", op, tuned=True)
     prior = lift(IsoGaussian(), chunk=5)
     rec = invdiff.solve(y, op, prior, solver="dds", num_steps=10, data_consistency=admm, seed=2)
     ref = invdiff.solve(y, op, prior, solver="dds3d", num_steps=10, seed=2)
@@ -322,7 +325,7 @@ def test_diffusion_mbir_fast_runs_with_nfe_twice_the_steps(gen):
     assert rec.info["sigma_max"] == pytest.approx(378 * 16 / 256)
     assert torch.isfinite(rec.mean).all()
     fast = invdiff.solve(y, op, lift(p2, chunk=3), solver="diffusion-mbir", preset="fast", seed=0)
-    assert fast.info["num_steps"] == 100 and fast.nfe == 200
+    assert fast.info["num_steps"] == MBIR_PRESETS["fast"]["num_steps"] and fast.nfe == 2 * fast.info["num_steps"]
     a = invdiff.solve(y, op, lift(p2, chunk=2), solver="diffusion-mbir", num_steps=15, seed=0)
     torch.testing.assert_close(a.mean, rec.mean)                             # deterministic under seed
     b = invdiff.solve(y, op, lift(p2, chunk=3), solver="diffusion-mbir", num_steps=15, seed=0)

@@ -31,19 +31,21 @@ Chains: ``n_samples`` independent chains run batched through the prior (one netw
 ``value_range``: 1 for the shipped CT and MRI priors) unless ``gamma`` is given; priors without a value range
 (Gaussian mixtures, vectors) keep the paper's :math:`\gamma = 1`, whose scale they share. The prox problem
 :math:`\min_x \tfrac12\|x-\hat x_0\|^2 + \tfrac\gamma2\|Ax-y\|^2` is the MAP step for an :math:`\hat x_0` with error
-variance :math:`v` per pixel and noise variance :math:`\sigma_y^2`; :math:`v = 0.005 \approx 0.07^2` is the late-stage
-squared error of the shipped priors' Tweedie estimates on [0, 1]-scaled images and fits the sweep: at
-:math:`\sigma_y = 0.01` (CT 8-view, MRI 4x) the best rules are "ls" or :math:`\gamma \ge 10` (auto: 50), and
-:math:`\gamma = 1` loses 2-5 dB; at :math:`\sigma_y = 0.05` "ls" collapses (-5 to -10 dB) and :math:`\gamma` in [1, 3]
-is best (auto: 2). The paper's :math:`\gamma = 1` does not transfer as a number: the released CT code tunes it for its
-back-projection :math:`\tfrac{\pi}{2N_v}R^\top` on noiseless data (no noise is added to y there, dossier §3.2), which on
-the exact adjoint of the unit-norm Radon transform is :math:`\gamma\kappa`, :math:`\kappa = \pi\|R\|^2/(2N_v)
-\approx 1.52 N` (97 at N = 64, :func:`~invdiff.solvers.ztv.ct_adjoint_scale`), numerically "ls" after M = 5 CG steps;
-its MRI prior lives on the raw fastMRI scale. :data:`ETA_PRESETS` are the paper's; the sweep moves eta by at most
-0.2 dB at 20/50 NFE (MRI at 100 NFE: 0.8-0.85 best, 0.15 loses 2 dB), so they stay.
+variance :math:`v` per pixel and noise variance :math:`\sigma_y^2`; :math:`v = 0.005 \approx 0.07^2` is about the
+late-stage squared error of the shipped priors' Tweedie estimates and was picked from the sweep (tuning phantoms, 50
+NFE unless noted). At :math:`\sigma_y = 0.01` (auto :math:`\gamma` = 50): CT is flat for :math:`\gamma` in [10, 100]
+(50 best, "ls" -0.3 dB, :math:`\gamma = 1` -4 dB); MRI is best at :math:`\gamma = 10` (50: -1 dB at 50/100 NFE,
+"ls" -2.5 dB, :math:`\gamma = 1` -3 dB). At :math:`\sigma_y = 0.05` (auto 2): "ls" collapses (CT 19.0 dB, MRI 11.0 dB)
+and :math:`\gamma` in [1, 3] is best (CT: 3 gives 25.1, 2 gives 25.0; MRI: 1 gives 23.5, 2 gives 23.1). The paper's
+:math:`\gamma = 1` does not transfer as a number: the released CT code tunes it for its back-projection
+:math:`\tfrac{\pi}{2N_v}R^\top` on noiseless data (no noise is added to y there, dossier §3.2), which on the exact
+adjoint of the unit-norm Radon transform is :math:`\gamma\kappa`, :math:`\kappa = \pi\|R\|^2/(2N_v) \approx 1.52 N`
+(97 at N = 64, :func:`~invdiff.solvers.ztv.ct_adjoint_scale`), numerically "ls" after M = 5 CG steps; its MRI prior
+lives on the raw fastMRI scale. :data:`ETA_PRESETS` are the paper's and stay: eta = 0.85 gains at most 0.3 dB over
+them (and loses 0.5 dB on MRI at 50 NFE); the wrong end of the range (0.15 at 100 NFE) loses 1.2-1.6 dB.
 
 **3D** (``dds3d``, Sec. 4.3 and the released ``solver_3d.py``): a volume prior (a 2D prior lifted slice by slice,
-:func:`invdiff.priors.lift.lift`, chunked network calls) and one ADMM iteration of z-TV per step with persistent
+:mod:`invdiff.priors.lift`, chunked network calls) and one ADMM iteration of z-TV per step with persistent
 dual variables (:mod:`.ztv`). ``dds3d`` is its own registered name rather than a flag of ``dds``: a different
 step 3 with its own options (rho, lam, boundary, preset) and input checks (a volume, D >= 2, a 3D prior).
 ``dds`` itself also takes volumes with a lifted prior; that is slice-independent DDS with a whole-volume CG.
@@ -72,8 +74,8 @@ from .ztv import PRESETS as ZTV_PRESETS, ZTVADMM, default_preset
 
 #: paper's eta per step budget (Sec. 5, "eta = 0.15 / 0.5 / 0.8 for 19 / 49 / 99 NFE")
 ETA_PRESETS = {20: 0.15, 50: 0.5, 100: 0.8}
-#: v in the default prox weight gamma = v / sigma_y^2: error variance of the Tweedie estimate (module docstring;
-#: fitted by benchmarks/dds.py on the shipped priors at sigma_y = 0.01 and 0.05)
+#: v in the default prox weight gamma = v peak^2 / sigma_y^2: error variance of the Tweedie estimate on images of
+#: peak 1 (module docstring; fitted by benchmarks/dds.py on the shipped priors at sigma_y = 0.01 and 0.05)
 GAMMA_VARIANCE = 0.005
 
 
@@ -107,7 +109,8 @@ def default_dc(physics) -> str:
 def default_gamma(physics, prior) -> float:
     """gamma = v peak^2 / sigma_y^2 for image priors (v = :data:`GAMMA_VARIANCE`, peak = max |value_range|), else
     the paper's 1.0 (noiseless physics, or priors without a declared value range such as Gaussian mixtures)."""
-    s = noise_sigma(physics)
+    s = getattr(physics, "sigma", None)                 # invdiff operators: the decimal value (0.01, not 0.00999..)
+    s = s if isinstance(s, float) else noise_sigma(physics)
     vr = getattr(prior, "value_range", None)
     if s > 0 and vr is not None:
         return GAMMA_VARIANCE * max(abs(float(vr[0])), abs(float(vr[1]))) ** 2 / s ** 2
@@ -215,14 +218,16 @@ def dds3d(y, physics, prior, *, generator, n_samples=1, progress=False, num_step
           lam: float | None = None, boundary: str = "neumann"):
     r"""DDS for volumes with a z-direction TV prior (Chung, Lee & Ye 2024, Sec. 4.3; released ``solver_3d.py``).
 
-    ``prior``: a volume prior, normally a lifted 2D prior (``invdiff.priors.lift.lift(prior2d, chunk=8)``: the
-    network sees ``chunk`` slices at a time). ``physics``: a volume operator (``CT3D``, ``SliceWise``, MRI with a
+    ``prior``: a volume prior, normally a lifted 2D prior (``lift(prior2d, chunk=8)``, :mod:`invdiff.priors.lift`:
+    the network sees ``chunk`` slices at a time). ``physics``: a volume operator (``CT3D``, ``SliceWise``, MRI with a
     4-entry ``img_size``). Step 3 is one ADMM iteration of :class:`~invdiff.solvers.ztv.ZTVADMM` (``cg_iters`` CG
     steps on :math:`A^\top A + \rho D_z^\top D_z`) with z, u persistent across steps.
 
     Options: ``num_steps``, ``eta`` and ``cg_iters`` as ``dds``; ``preset`` in {"auto", "sparse-view-ct",
-    "limited-angle-ct", "mri"} ("auto" picks from the operator), converted to this operator's adjoint scale
-    (:mod:`.ztv`); ``rho``, ``lam`` override the preset; ``boundary`` "neumann" (default) or "circular" (released code).
+    "limited-angle-ct", "mri"} ("auto" picks from the operator), converted to this operator's adjoint scale and with
+    the empirical lam factor (``ZTVADMM.preset(..., tuned=True)``, :mod:`.ztv`); ``rho``, ``lam`` override the
+    preset (``ZTVADMM.preset(name, physics)`` holds the plain converted originals); ``boundary`` "neumann" (default)
+    or "circular" (released code).
 
     NFE = ``num_steps`` calls of the volume prior; ``info`` adds ``network_calls`` (2D network calls,
     ceil(B*D/chunk) per step) and ``slice_evaluations`` (2D images denoised) for lifted priors.
@@ -231,8 +236,8 @@ def dds3d(y, physics, prior, *, generator, n_samples=1, progress=False, num_step
     eta = _eta(eta, num_steps)
     check_choice("preset", preset, ["auto"] + list(ZTV_PRESETS))
     if getattr(prior, "spatial_dims", None) != 3:
-        fail("prior", "a volume prior (spatial_dims == 3); lift a 2D prior with invdiff.priors.lift.lift(prior, "
-                      "chunk=8)", f"a prior with spatial_dims={getattr(prior, 'spatial_dims', None)}")
+        fail("prior", "a volume prior (spatial_dims == 3); lift a 2D prior first (from invdiff.priors.lift "
+                      "import lift; lift(prior, chunk=8))", f"a prior with spatial_dims={getattr(prior, 'spatial_dims', None)}")
     with torch.no_grad():
         x_shape = tuple(physics.A_adjoint(y).shape)
     if len(x_shape) != 5:
@@ -245,7 +250,7 @@ def dds3d(y, physics, prior, *, generator, n_samples=1, progress=False, num_step
     if name == "auto":
         admm = ZTVADMM(rho, lam, cg_iters=cg_iters, boundary=boundary)
     else:
-        admm = ZTVADMM.preset(name, physics, rho=rho, lam=lam, cg_iters=cg_iters, boundary=boundary)
+        admm = ZTVADMM.preset(name, physics, tuned=True, rho=rho, lam=lam, cg_iters=cg_iters, boundary=boundary)
     before = _network_counters(prior)
     x = dds_sample(chains_batch(y, n_samples), physics, prior, admm, generator=generator, num_steps=num_steps,
                    eta=eta, progress=progress, desc="dds3d")

@@ -441,7 +441,8 @@ def sample_linear_gaussian(physics, y: torch.Tensor, *, sigma_y: float, alpha: f
         # the normal equations times rho^2: (I + a rho^2/s2 A^T A) x = rho^2 b (better scaled)
         k = alpha * rho2 / s2
         b_mean = k * physics.A_adjoint(y) + m0
-        pert = k * physics.A_adjoint((s2 / alpha) ** 0.5 * randn(y.shape, y)) + rho2 ** 0.5 * randn(x_like.shape, x_like)
+        pert = k * physics.A_adjoint((s2 / alpha) ** 0.5 * randn(y.shape, y))
+        pert = pert + rho2 ** 0.5 * randn(x_like.shape, x_like)
         b = torch.cat([b_mean + pert, b_mean]) if return_mean else b_mean + pert
         start = torch.cat([m0, m0]) if return_mean else m0.clone()
 

@@ -2,50 +2,70 @@ r"""AFDPS: approximation-free ensemble (weighted-particle) diffusion posterior s
 
 Chen, Ren, Min, Ying & Izzo, "Solving Inverse Problems via Diffusion-Based Priors: An Approximation-Free
 Ensemble Sampling Approach", arXiv:2506.03979 (2025). Equation numbers follow the paper as quoted by the
-reference notes (``smc-ads-conditional-dc.md`` §1); the update is implemented from the continuous equations.
+reference notes (``smc-ads-conditional-dc.md`` §1); the updates are implemented from the continuous equations.
 
 **Target family (Eq. 3.1).** With the likelihood evaluated *at the noisy state*,
-:math:`\mu_y(x) = \|A(x) - y\|^2 / 2\sigma_y^2` and the VE prior marginals :math:`p_\sigma = p_0 * \mathcal N(0,\sigma^2 I)`,
+:math:`\mu(x) = \|A(x) - y\|^2 / 2\sigma_y^2`, and the VE prior marginals :math:`p_\sigma = p_0 * \mathcal N(0,\sigma^2 I)`:
 
-.. math::  q_\sigma(x) \propto p_\sigma(x)\, e^{-\alpha_\sigma \mu_y(x)},  \qquad q_0 \propto p(x \mid y)\ \ (\alpha_0 = 1).
+.. math::  q_\sigma(x) \propto p_\sigma(x)\, e^{-\alpha_\sigma \mu(x)},  \qquad q_0 = p(x \mid y)\ \ (\alpha_0 = 1).
+
+``tempering`` picks :math:`\alpha_\sigma` (App. B): "none" (:math:`\alpha \equiv 1`, the canonical target), "linear"
+(:math:`1 - \sigma/\sigma_{max}`, the reference code), or "noise" (default): :math:`\alpha_\sigma = \sigma_y^2/(\sigma_y^2 +
+\lambda_{max}\sigma^2)`, i.e. :math:`\alpha\mu = \|Ax - y\|^2/2(\sigma_y^2 + \lambda_{max}\sigma^2)`, the flat-prior
+:math:`p(y \mid x_\sigma)`. All end at the exact posterior; "noise" keeps the target's spread along the measured
+directions proportional to :math:`\sigma`, like the probability flow, which cuts the weight variance (measured in
+``benchmarks/smc_exactness.py``; with :math:`\alpha \equiv 1` the prior flow contracts the likelihood-pinned spread and the
+per-step log-weight fluctuation grows like :math:`\sqrt{m}\,\delta/\sigma` for m measurements).
 
 **Stage I (Sec. 3.1).** :math:`p_{\sigma_{max}} \approx \mathcal N(m_0, \rho^2 I)` with :math:`\rho^2 = \tau^2 + \sigma_{max}^2`
-(:math:`m_0, \tau^2` the prior's mean and per-pixel variance), so for linear A :math:`q_{\sigma_{max}}` is Gaussian
-and is sampled exactly (closed form in an SVD basis, else conjugate gradients); log-weights start at 0.
+(:math:`m_0, \tau^2` the prior's mean and per-pixel variance, :func:`prior_moments`). For linear A, :math:`q_{\sigma_{max}}` is
+Gaussian and is sampled exactly (closed form in an SVD basis, else perturbation-optimisation with conjugate
+gradients); log-weights start at 0. Nonlinear A: Gaussian draws with importance weights :math:`e^{-\alpha\mu}`.
 
 **Particle system (Eq. 3.6)**, reverse clock :math:`d\tau = -d\sigma`, prior drift
-:math:`H = \tfrac12(g^2 + V^2)\nabla\log p_\sigma` with :math:`g^2 = 2\sigma` (VE, :math:`\sigma(t) = t`):
+:math:`H = \tfrac12(g^2 + V^2)\nabla\log p_\sigma` with :math:`g^2 = 2\sigma` (VE, :math:`\sigma(t) = t`),
+:math:`\nabla\log p_\sigma(x) = (D(x,\sigma) - x)/\sigma^2`:
 
 .. math::  dx = (H - V^2\alpha\nabla\mu)\,d\tau + V\,dW,\qquad
            d\log w = \big[\tfrac12 V^2(\alpha^2\|\nabla\mu\|^2 - \alpha\Delta\mu) - \alpha H\cdot\nabla\mu - \dot\alpha\mu\big]\,d\tau.
 
-- ``variant="sde"`` (Alg. 2): :math:`V = g`. Euler-Maruyama with all terms at the old state; the stiff likelihood
-  drift is split into substeps (prior score frozen, no extra NFE) so that :math:`2\sigma\alpha\lambda_{max}(A^\top A)
-  \delta/\sigma_y^2 \le` ``stability`` (:math:`\lambda_{max}` by power iteration, once); the Laplacian term is constant
-  for linear A (it cancels on normalisation) and estimated by Hutchinson probes otherwise.
-- ``variant="ode"`` (Algs. 3/4): :math:`V = 0`. Predictor = the prior probability-flow ODE (Euler),
-  weight rate :math:`-\alpha H\cdot\nabla\mu - \dot\alpha\mu = -\tfrac{d}{d\tau}[\alpha\mu(x(\tau))]` along the path, so the
-  increment over a step is integrated exactly: :math:`\log w \mathrel{+}= \alpha_k\mu(x_k) - \alpha_{k+1}\mu(x_{k+1})`.
-  Corrector: ``corrector_steps`` unadjusted Langevin steps at the new level on :math:`q_{\sigma_{k+1}}`,
-  :math:`x \leftarrow x + \epsilon(\nabla\log p_{\sigma} - \alpha\nabla\mu) + \sqrt{2\epsilon}\,\xi`, with
-  :math:`\epsilon` = ``corrector_step`` / :math:`(\alpha\lambda_{max}/\sigma_y^2 + 1/\sigma^2)` (weights unchanged).
+- ``variant="ode"`` (Algs. 3/4, default): :math:`V = 0`. Predictor = the prior probability-flow ODE, Euler:
+  :math:`x' = x + (1 - \sigma'/\sigma)(D(x,\sigma) - x)`. The weight rate is :math:`-\tfrac{d}{d\tau}[\alpha\mu(x(\tau))]` along
+  the path, so its integral over the step is exact: :math:`\log w \mathrel{+}= \alpha_k\mu(x) - \alpha_{k+1}\mu(x')`.
+  Corrector (weights unchanged): ``corrector_steps`` unadjusted Langevin (ULA) steps on :math:`q_{\sigma'}`,
+  :math:`x \leftarrow x + \epsilon(\nabla\log p_{\sigma'} - \alpha\nabla\mu) + \sqrt{2\epsilon}\,\xi`, with
+  :math:`\epsilon` = ``corrector_step`` / :math:`(\alpha\lambda_{max}/\sigma_y^2 + 1/\sigma'^2)` (a fraction of the stiffest curvature,
+  :math:`\lambda_{max}(A^\top A)` by power iteration once). The stiff likelihood part runs
+  :math:`n = \lceil(\alpha\lambda_{max}/\sigma_y^2 + 1/\sigma'^2)\sigma'^2\rceil` ULA substeps of that :math:`\epsilon` (at most ``max_substeps``)
+  with the prior score frozen: one NFE per corrector step, total Langevin time between ``corrector_step``
+  :math:`\sigma'^2` and twice that. Freezing the score is accurate where the likelihood is stiff
+  (:math:`\sigma \gg \sigma_y`); at :math:`\sigma \lesssim \sigma_y/\sqrt{\lambda_{max}}` n is 1 or 2.
+- ``variant="sde"`` (Alg. 2): :math:`V = g`.
+  ``integrator="exact"`` (linear A, default): the reverse-SDE (DDPM ancestral) kernel
+  :math:`K = \mathcal N(D + (\sigma'/\sigma)^2(x - D),\ \sigma'^2(\sigma^2 - \sigma'^2)/\sigma^2)` tilted exactly by
+  :math:`e^{-\alpha'\mu}` (a Gaussian product), weighted by its normaliser :math:`Z(x)e^{\alpha\mu(x)}`, whose logarithm
+  tends to Eq. 3.6's :math:`R\,\delta\tau` as the step shrinks; stable at any step size.
+  ``integrator="euler"``: Euler-Maruyama of Eq. 3.6 with all terms at the old state and the stability guard:
+  the likelihood drift runs in substeps (prior score frozen) so that :math:`2\sigma\alpha\lambda_{max}\delta/\sigma_y^2 \le`
+  ``stability``, at most ``max_substeps`` (a RuntimeWarning says when that cap makes the step unstable).
+  :math:`\Delta\mu` is constant for linear A (it cancels on normalisation) and estimated by Hutchinson probes
+  (:func:`hutchinson_laplacian`) otherwise. Both SDE forms have heavy-tailed weights (reference §1.8).
 - **Resampling (Alg. 1)**: systematic, when ESS/N < ``ess_threshold`` (not after the last step).
-- The last step :math:`\sigma_{min} \to 0` is the probability-flow Euler step :math:`x = D(x, \sigma_{min})` for both
-  variants (an Euler-Maruyama step to 0 would reflect the particle about D).
+- The last step :math:`\sigma_{min} \to 0` is the probability-flow Euler step :math:`x = D(x, \sigma_{min})` in both variants
+  (an Euler-Maruyama step to 0 would reflect the particle about D).
 
 Noise levels: EDM grid (Karras et al. 2022, Eq. 5) from ``sigma_max`` (default :math:`80\tau`) to ``sigma_min``
-(default :math:`0.004\tau`) with :math:`\rho = 7`, then 0 (EDM's 80 / 0.002 for data of std 0.5, rescaled).
-Tempering (App. B): ``tempering="linear"`` uses :math:`\alpha_\sigma = 1 - \sigma/\sigma_{max}` (reference code's linear
-annealing), so Stage I is the plain Gaussian :math:`\mathcal N(m_0, \rho^2 I)`; required for nonlinear A.
+(default :math:`0.004\tau`) with :math:`\rho = 7`, then 0: EDM's 80 / 0.002 for data of std 0.5, rescaled to the prior.
 
 Outputs: ``samples`` are equally weighted (systematically resampled) draws from the final weighted ensemble,
 ``mean`` is the weighted mean (``reduce="best"``: the highest-weight particle, a MAP-like statistic, not a
-posterior mean). ``info`` holds the weighted ensemble (``particles`` (N, B, ...), ``weights`` (N, B)), the
-weighted per-pixel ``std``, the ESS trace (steps, B), resampling counts, NFE per particle, :math:`\lambda_{max}`.
+posterior mean). ``info``: the weighted ensemble (``particles`` (N, B, ...), ``weights`` (N, B)), the weighted
+per-pixel ``std``, the ESS/N trace ``ess`` (steps, B), ``n_resample``, ``unique_ancestors``, ``nfe_per_particle``,
+``lambda_max``.
 
-Known limits (reference §1.8-1.9): the weights are exact only as the step size -> 0; their variance grows with
-the dimension (one particle dominates at image sizes with 16-64 particles, see the ESS trace); multimodal
-posteriors need many particles.
+Known limits (reference §1.8-1.9, and our benchmarks): the weights are exact only as the step size -> 0; the
+weight variance grows with the number of measurements, so at image sizes a few lineages carry the ensemble
+(see the ESS trace); multimodal posteriors need many particles; ULA correctors carry an O(step) bias.
 
 Example:
     >>> import torch, invdiff
@@ -224,18 +244,16 @@ def smc(y, physics, prior, *, generator, n_samples=1, progress=False, variant: s
 
     - ``variant``: "ode" (probability-flow predictor + Langevin corrector, default) or "sde";
     - ``num_steps`` K noise levels (NFE per particle: K for "sde", K + corrector_steps (K - 1) for "ode");
-      ``sigma_max``, ``sigma_min``, ``rho``: the EDM grid;
+      ``sigma_max``, ``sigma_min``, ``rho``: the EDM grid (defaults 80 tau, 0.004 tau, 7; tau^2 = prior variance);
     - ``ess_threshold`` in (0, 1]: resample when ESS/N falls below it (default 0.5 for "ode", 1.0 = every step for
       "sde"); ``resample``: "systematic" | "multinomial";
-    - ``corrector`` ("ode"): "split" (linear A, default: Langevin proposal on the prior tilted exactly by the
-      Gaussian likelihood, step :math:`\epsilon = c\sigma^2`) or "ula" (the paper's unadjusted Langevin on
-      :math:`q_\sigma`, :math:`\epsilon = c/(\alpha\lambda_{max}/\sigma_y^2 + 1/\sigma^2)`); ``corrector_steps``, ``corrector_step`` c;
-    - ``integrator`` ("sde"): "exact" (linear A, default: the reverse-SDE kernel tilted exactly by the likelihood,
-      weighted by its normaliser) or "euler" (Eq. 3.6 Euler-Maruyama with the stability guard: substeps so that
-      :math:`2\sigma\alpha\lambda_{max}\delta/\sigma_y^2 \le` ``stability``, at most ``max_substeps``; Hutchinson Laplacian
-      with ``hutchinson_probes`` / ``hutchinson_eps`` for nonlinear A);
-    - ``tempering``: "none" | "linear" (default "none" for linear physics, "linear" otherwise);
-    - ``sigma_y`` (default: the physics' Gaussian noise level; must be > 0); ``cg_iters`` (Gaussian steps without an
+    - ``corrector_steps``, ``corrector_step`` (ULA step as a fraction of the stiffest curvature), ``corrector_substeps``
+      (likelihood substeps per corrector step; default automatic, at most ``max_substeps``);
+    - ``integrator`` ("sde"): "exact" (linear A, default) or "euler" (Eq. 3.6 Euler-Maruyama with the stability guard
+      ``stability`` / ``max_substeps``; Hutchinson Laplacian with ``hutchinson_probes`` / ``hutchinson_eps`` for
+      nonlinear A; the only choice for nonlinear A);
+    - ``tempering``: "noise" (default) | "none" | "linear";
+    - ``sigma_y`` (default: the physics' Gaussian noise level; must be > 0); ``cg_iters`` (Gaussian draws without an
       SVD); ``chunk`` (max particles per network call); ``reduce``: "mean" | "best".
     """
     import deepinv as dinv
@@ -263,11 +281,9 @@ def smc(y, physics, prior, *, generator, n_samples=1, progress=False, variant: s
         check_positive("corrector_substeps", corrector_substeps, integer=True)
     integrator = ("exact" if linear else "euler") if integrator is None else integrator
     check_choice("integrator", integrator, ["exact", "euler"])
-    if not linear:
-        if integrator != "euler":
-            for name, val, ok in (("integrator", integrator, "euler"),):
-                fail(name, f"{ok!r} for a nonlinear physics (the other choices need a linear-Gaussian likelihood)",
-                     repr(val))
+    if not linear and integrator != "euler":
+        fail("integrator", "'euler' for a nonlinear physics ('exact' needs a linear-Gaussian likelihood)",
+             repr(integrator))
     sig_y = noise_sigma(physics) if sigma_y is None else sigma_y
     check_positive("sigma_y", sig_y, strict=False)
     if not sig_y > 0:
@@ -337,8 +353,8 @@ def smc(y, physics, prior, *, generator, n_samples=1, progress=False, variant: s
                 state.reweight(a * lik.value(r) - a_n * lik.value(r_n))
                 r = r_n
                 for _ in range(corrector_steps if sig_n > 0 else 0):      # ---- corrector at sigma_{k+1} (Alg. 3) ----
-                    # ULA on q_sigma: x += eps (score - alpha grad mu) + sqrt(2 eps) xi. The stiff likelihood part
-                    # runs n_in substeps with the prior score frozen (1 NFE per corrector step), total time c sigma^2.
+                    # ULA on q_sigma: x += eps (score - alpha grad mu) + sqrt(2 eps) xi, eps = c / curvature; the
+                    # stiff likelihood part runs n_in substeps with the prior score frozen (1 NFE per corrector step)
                     score = (D(x, sig_n) - x) / sig_n ** 2
                     curv = a_n * lam / sig_y ** 2 + 1.0 / sig_n ** 2
                     n_in = min(max_substeps, math.ceil(curv * sig_n ** 2)) if corrector_substeps is None \

@@ -43,6 +43,16 @@ independent of the number of views. :func:`ct_adjoint_scale` computes :math:`\ka
 :meth:`ZTVADMM.preset` applies it. The MRI operators (orthonormal FFT, exact adjoint) need no conversion; the
 DiffusionMBIR BraTS operator's :math:`A^\top A` is likewise a unit-scale projection (dossier §4.5).
 
+**Presets** (:data:`PRESETS`), for invdiff's normalised CT at N = 64 (:math:`\kappa` = 97.5 for 8 views):
+sparse-view CT :math:`\rho = 10/\kappa = 0.103`, :math:`\lambda = 0.04/\kappa = 4.1\times10^{-4}` (threshold
+:math:`\lambda/\rho = 0.004`); limited-angle CT :math:`\lambda = 0.4/\kappa` (threshold 0.04); MRI
+:math:`\rho = 0.01`, :math:`\lambda = 0.005` (threshold 0.5). Checked by a sweep of DDS 3D (50 NFE) on 64 x 64 x 16
+volumes (``benchmarks/dds3d.py``): the converted CT preset beats no z coupling, but :math:`4\lambda` (threshold 0.016)
+is better still, and for MRI :math:`\lambda/4` (threshold 0.125) is; so ``tuned=True`` (DDS 3D's default) applies
+those factors (``dds_lam_scale``). Note that a *weak* :math:`\lambda` is worse than none: with :math:`\lambda = 0`
+the persistent :math:`z = D_z x_{prev}` anchors each step to the previous, blurrier estimate (CT: 21.7 dB vs 27 dB
+without z coupling), and so does a larger :math:`\rho` (:math:`4\rho`: 19.2 dB).
+
 Example:
     >>> import torch
     >>> from invdiff.operators import CT3D
@@ -63,15 +73,19 @@ import torch
 from .._validate import check_choice, check_positive, fail
 from .primitives import BOUNDARIES, conjugate_gradient, finite_diff, finite_diff_adjoint, inner, soft_threshold
 
-#: z-TV presets: (rho, lam) in the units of the released code, where they come from, and the operator family whose
-#: adjoint scaling converts them (``"ct"``: divide by :func:`ct_adjoint_scale`; ``"unit"``: no conversion).
+#: z-TV presets: (rho, lam) in the units of the released code and where they come from; ``units`` says how they
+#: convert (``"ct"``: divide by :func:`ct_adjoint_scale`; ``"unit"``: no conversion). ``dds_lam_scale`` is the
+#: empirical factor on lam that DDS 3D applies on top (``ZTVADMM.preset(..., tuned=True)``), from the sweep in
+#: ``benchmarks/dds3d.py`` (results ``benchmarks/results/dds3d_sweep.md``: DDS 3D, 50 NFE, 64 x 64 volumes, shipped
+#: priors); 1 where unchecked. DiffusionMBIR uses the converted originals (``tuned=False``).
 PRESETS = {
-    "sparse-view-ct": {"rho": 10.0, "lam": 0.04, "units": "ct",
+    "sparse-view-ct": {"rho": 10.0, "lam": 0.04, "units": "ct", "dds_lam_scale": 4.0,
                        "source": "DDS eval_SVCT_3d.sh / main.py defaults; DiffusionMBIR AAPM 3D script (8 views)"},
-    "limited-angle-ct": {"rho": 10.0, "lam": 0.4, "units": "ct",
-                         "source": "DDS eval_LACT_3d.sh (120 views over 0-119 degrees)"},
-    "mri": {"rho": 0.01, "lam": 0.005, "units": "unit",
-            "source": "DiffusionMBIR BraTS 3D CS-MRI script (unit-scale A^T A, images in [0, 1])"},
+    "limited-angle-ct": {"rho": 10.0, "lam": 0.4, "units": "ct", "dds_lam_scale": 1.0,
+                         "source": "DDS eval_LACT_3d.sh (120 views over 0-119 degrees); not re-checked here"},
+    "mri": {"rho": 0.01, "lam": 0.005, "units": "unit", "dds_lam_scale": 0.25,
+            "source": "DiffusionMBIR BraTS 3D CS-MRI script (unit-scale A^T A, images in [0, 1]); DDS 3D has no MRI "
+                      "preset"},
 }
 
 
@@ -167,17 +181,19 @@ class ZTVADMM:
         return cls(rho / kappa, lam / kappa, **kwargs)
 
     @classmethod
-    def preset(cls, name: str, physics, **kwargs) -> "ZTVADMM":
+    def preset(cls, name: str, physics, *, tuned: bool = False, **kwargs) -> "ZTVADMM":
         """A preset of :data:`PRESETS` ("sparse-view-ct", "limited-angle-ct", "mri") converted for ``physics``.
 
-        ``rho``/``lam`` in ``kwargs`` replace the preset's (converted) values; other kwargs go to the constructor.
+        ``tuned=True`` multiplies lam by the preset's ``dds_lam_scale`` (the values DDS 3D checked best here).
+        ``rho``/``lam`` in ``kwargs`` replace the resulting values; other kwargs go to the constructor.
         """
         check_choice("name", name, list(PRESETS))
         p = PRESETS[name]
         kappa = ct_adjoint_scale(physics) if p["units"] == "ct" else 1.0
         rho = kwargs.pop("rho", None)
         lam = kwargs.pop("lam", None)
-        return cls(p["rho"] / kappa if rho is None else rho, p["lam"] / kappa if lam is None else lam, **kwargs)
+        lam0 = p["lam"] / kappa * (p["dds_lam_scale"] if tuned else 1.0)
+        return cls(p["rho"] / kappa if rho is None else rho, lam0 if lam is None else lam, **kwargs)
 
     # ---- operators ------------------------------------------------------------------------------------------
     def Dz(self, x: torch.Tensor) -> torch.Tensor:
