@@ -825,7 +825,7 @@ def _build_edm(sd, extras, cfg: _Config, source, device, kind: str):
                               f"({type(e).__name__}: {e})") from None
     cls = ADMUNet if kind == "adm" else NCSNpp
     try:
-        net = cls(**arch, dropout=0.0, pretrained=None)  # never deepinv's default pretrained="download"
+        net = cls(**arch, dropout=0.0, pretrained=None)  # never deepinv's default (a hub download, impossible offline)
     except (ValueError, RuntimeError, AssertionError) as e:
         raise CheckpointError(f"cannot load '{source}' as {fmt}: deepinv {cls.__name__} rejects the architecture "
                               f"{_short(arch)} ({e})") from None
