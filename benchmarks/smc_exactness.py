@@ -182,6 +182,7 @@ def evaluate(pname, make, R, counts, quick: bool):
     draws = []
     for r in range(R):
         x = prior.sample(1, generator=gen)
+        torch.manual_seed(1000 + r)  # the operators draw their noise from the global RNG: seed it per measurement
         y = op(x)
         post = prior.posterior(y, op)
         exact = post.sample(M_EXACT, generator=gen).reshape(M_EXACT, -1).double()

@@ -78,7 +78,7 @@ def quality(est, x) -> dict:
 
 def run(args):
     torch.set_num_threads(1)
-    rows, t_all = [], time.perf_counter()
+    rows, t_all, steps_used = [], time.perf_counter(), {}
     installed = available()
     for tname, make in TASKS.items():
         if args.tasks and tname not in args.tasks:
@@ -88,6 +88,8 @@ def run(args):
             rows.append({"task": tname, "solver": "smc", "note": f"prior {prior_name} not installed"})
             continue
         prior = load(prior_name)
+        step = (getattr(prior, "info", None) or {}).get("step")   # shipped priors are re-exported as they train
+        steps_used[prior_name] = step
         for i in range(x_all.shape[0]):
             x = x_all[i:i + 1]
             y = op(x)
@@ -123,9 +125,9 @@ def run(args):
             "ess_end", "ess_min", "n_resample", "unique_ancestors", "nfe_per_particle", "seconds", "peak_mb", "note"]
     notes = (__doc__.split("Usage:")[0] + f"\nSettings: {args.particles} particles, {args.num_steps} noise levels "
              f"(smc defaults otherwise: variant 'ode', tempering 'noise'), {args.images} held-out images per task, "
-             f"chunk={args.chunk}. Total {time.perf_counter() - t_all:.0f} s.")
+             f"chunk={args.chunk}. Priors (training step): {steps_used}. Total {time.perf_counter() - t_all:.0f} s.")
     path = write_results(args.out, "smc_images", summary + rows, cols, title="SMC (AFDPS) on phantom images",
-                         notes=notes, meta=vars(args))
+                         notes=notes, meta={**vars(args), "prior_steps": steps_used})
     print(path)
 
 

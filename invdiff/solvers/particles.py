@@ -16,6 +16,10 @@ particle ``i`` of measurement ``g``. Log-weights are a ``(G, N)`` float64 tensor
   that returns the ancestor indices (so callers gather their own per-particle tensors: APF predictions,
   per-particle masks, ...), weighted moments and equally weighted draws.
 - :func:`map_chunked`: apply a network to at most ``chunk`` particles at a time (memory-aware batching).
+- :func:`spectral_basis` / :func:`sample_linear_gaussian`: exact draws from a Gaussian (prior or proposal kernel)
+  tilted by a linear-Gaussian likelihood, in closed form when the operator has a cheap real SVD (matrix,
+  inpainting, single-coil MRI) and by perturbation-optimisation with conjugate gradients otherwise (AFDPS Stage I,
+  MCGdiff's initial level). They live here, not in :mod:`.primitives`, because only particle methods use them so far.
 
 All randomness comes from a caller-supplied ``torch.Generator``.
 
