@@ -129,7 +129,7 @@ def make_task(task: str, depth: int, seed: int):
     x = mri_volume(seed, depth)
     mask, maps = make_mask("equispaced", (N, N), acceleration=4, seed=0), birdcage_maps(8, (N, N))
     op = MultiCoilMRI(mask, maps, img_size=(2, depth, N, N), sigma=NOISE, rng=torch.Generator().manual_seed(seed))
-    op2 = MultiCoilMRI(mask, maps, img_size=(N, N))
+    op2 = MultiCoilMRI(mask, maps, img_size=(N, N), sigma=NOISE)   # same noise level: same DDS defaults as the volume
     fold = lambda y: y.permute(0, 3, 1, 2, 4, 5).reshape(depth, 2, y.shape[2], N, N)  # noqa: E731
     return x, op, op2, fold, "mri-brainphantom-64", True, 0.003
 

@@ -139,7 +139,8 @@ def _reference(y, op, prior, *, seed, num_steps, lr, lam, weighting, normalize):
         mu = p.detach()
         eps = torch.randn(mu.shape, generator=gen, dtype=mu.dtype)
         x_t = math.sqrt(ab) * mu + math.sqrt(1 - ab) * eps
-        eps_hat = (x_t - math.sqrt(ab) * prior.denoise(x_t / math.sqrt(ab), math.sqrt((1 - ab) / ab))) / math.sqrt(1 - ab)
+        x0_hat = prior.denoise(x_t / math.sqrt(ab), math.sqrt((1 - ab) / ab))  # Tweedie at the VE level
+        eps_hat = (x_t - math.sqrt(ab) * x0_hat) / math.sqrt(1 - ab)
         resid = (mu @ op.matrix.to(mu.dtype).T - y) @ op.matrix.to(mu.dtype)
         w = lam * HAND_WEIGHTS[weighting](ab)
         p.grad = resid / n_y + w * (eps_hat - eps) / n_x if normalize == "mean" else resid + w * (eps_hat - eps)

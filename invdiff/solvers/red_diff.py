@@ -9,16 +9,17 @@ Variational inference (paper Sec. 3): fit :math:`q(x_0|y)=\mathcal N(\mu,\sigma^
 
 and Proposition 2 removes the network Jacobian from the gradient of the regulariser,
 :math:`\nabla_\mu = \mathbb E[\lambda_t(\epsilon_\theta(x_t;t)-\epsilon)]`. One step of Algorithm 1, as in the released
-code (``NVlabs/RED-diff``, ``algos/reddiff.py``; reference dossier §2.2), is stochastic gradient descent (Adam) on the
-surrogate, with a fresh :math:`\epsilon` per step and :math:`t` visited in descending order:
+code (``NVlabs/RED-diff``, ``algos/reddiff.py``; reference dossier §2.2), is stochastic gradient descent (Adam) on
+the surrogate, with a fresh :math:`\epsilon` per step and :math:`t` visited in descending order:
 
 .. math::  \ell_t(\mu) = \tfrac12\,\overline{(f(\mu)-y)^2}
            + \lambda\,w_t\ \overline{\mathrm{sg}[\epsilon_\theta(x_t;t)-\epsilon]\odot\mu},
-           \qquad w_t = \frac{\sqrt{1-\bar\alpha_t}}{\sqrt{\bar\alpha_t}} = \frac{1}{\mathrm{SNR}_t}\ \ \text{(Sec. 4.2)}
+           \qquad w_t = \frac{\sqrt{1-\bar\alpha_t}}{\sqrt{\bar\alpha_t}} = \frac{1}{\mathrm{SNR}_t}\ \text{(Sec. 4.2)}
 
 (:math:`\overline{\cdot}`: mean over the entries of one sample; ``normalize="sum"`` uses sums). Its gradient is
 
-.. math::  \nabla_\mu\ell_t = \frac{J_f(\mu)^\top(f(\mu)-y)}{N_y} + \lambda\,w_t\,\frac{\epsilon_\theta(x_t;t)-\epsilon}{N_x}
+.. math::  \nabla_\mu\ell_t = \frac{J_f(\mu)^\top(f(\mu)-y)}{N_y}
+           + \lambda\,w_t\,\frac{\epsilon_\theta(x_t;t)-\epsilon}{N_x}
 
 (``"sum"``: without :math:`N_y`, :math:`N_x`). There is no backpropagation through the network (the prior is only
 called under ``torch.no_grad``); the data term goes through ``physics.A`` with autograd, so any differentiable
@@ -55,13 +56,19 @@ images, [-1, 1] for complex MRI priors). The released hyper-parameters are for i
 :math:`\lambda = c\,\lambda'` and :math:`\mathrm{lr}=c\,\mathrm{lr}'` (Adam is invariant to the gradient's scale;
 the data gradient scales by :math:`1/c`; reference dossier §5: the data *loss* scales by :math:`c^2`). Presets are
 therefore stored in the paper's units and multiplied by :math:`c` of the prior (:math:`c=1` for priors without a
-``value_range``, e.g. Gaussian mixtures); an explicit ``lam``/``lr`` is used as given, in the prior's units. The noise level at a given t is not rescaled (:math:`\epsilon` is in the prior's
-space, as the network was trained), so a [0, 1] prior sees the schedule slightly noisier than a [-1, 1] one.
+``value_range``, e.g. Gaussian mixtures); an explicit ``lam``/``lr`` is used as given, in the prior's units. The
+noise level at a given t is not rescaled (:math:`\epsilon` is in the prior's space, as the network was trained), so
+a [0, 1] prior sees the schedule slightly noisier than a [-1, 1] one.
+
+**Adam and unmeasured pixels.** Adam divides each pixel's gradient by its own running RMS, so where the data term
+is zero (inpainting holes, unsampled directions) neither ``lam`` nor :math:`w_t` sets the step size: those pixels
+move by up to about ``lr`` per step until the end, and each run keeps its own residual noise there
+(``benchmarks/red_diff_images.py`` measures it). ``lam`` only balances prior and data where both act.
 
 **Output.** ``mean`` is :math:`\mu` after the last Adam step (the released code returns the iterate before it;
 dossier §2.10-8). ``n_samples > 1`` runs independent optimisations batched as chains (one network call per step
-for all); ``samples`` are those runs and ``std`` their spread: **not posterior samples** (RED-Diff is mode-seeking,
-dossier §2.10-10), which ``info["samples_are"]`` states.
+for all); ``samples`` are those runs, ``mean`` their average and ``std`` their spread: **not posterior samples**
+(RED-Diff is mode-seeking, dossier §2.10-10), which ``info["samples_are"]`` states.
 
 Example:
     >>> import torch, invdiff
