@@ -5,6 +5,8 @@
 #   scripts/train_priors.sh            # start or resume both runs (ct-phantom-64, mri-brainphantom-64)
 #   scripts/train_priors.sh ct         # only one of them (ct | mri)
 #   STEPS=20000 scripts/train_priors.sh  # change the planned number of steps (resume continues to it)
+#   WARM=1 STEPS=20000 scripts/train_priors.sh ct  # continue the *shipped* weights (a fresh run dir with
+#                                                  # --init-from <name>: steps count on from the shipped step)
 #
 # Re-running the same command continues from runs/<name>/ckpt/latest.safetensors. Each run uses one
 # torch thread and nice 10 (the machine is shared). Logs: runs/<name>/train.log.
@@ -20,6 +22,7 @@ COMMON=(--steps "$STEPS" --batch-size 16 --lr 3e-4 --warmup 500 --ema-decay 0.99
 
 launch() {  # name data [extra flags]
   local name=$1 data=$2; shift 2; local extra="$*"
+  if [ -n "${WARM:-}" ]; then extra="$extra --init-from $name --warmup 200"; fi
   mkdir -p "$OUT/$name"
   # training and export are separate processes, so the export uses the code present when training ends
   setsid nohup nice -n 10 bash -c "OMP_NUM_THREADS=1 $PY -m invdiff.priors.train --name $name --data $data ${COMMON[*]} $extra --export never \

@@ -239,3 +239,31 @@ def test_cli_bad_sizes_and_dims_one_clear_error(tmp_path, capsys):
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1, err  # one line, no traceback
     assert not list(tmp_path.iterdir())
+
+
+def test_init_from_exported_prior_continues_training(tmp_path):
+    """Warm start (init_from): a fresh run starts at the exported EMA weights and step count, keeps the
+    preconditioning, continues the loss log, and refuses a mismatched architecture or too few steps."""
+    wdir = tmp_path / "w"
+    first = train(_cfg(tmp_path, name="a", steps=6, ema_decay=0.0))
+    export(tmp_path / "a" / "ckpt" / "latest.safetensors", weights_dir=wdir, name="a", dtype="float32",
+           eval_images=2, sigmas=(0.2,), sample_steps=2, n_samples=1)
+    src = wdir / "a.safetensors"
+    with pytest.raises(ValueError, match="steps"):  # steps count on from the source's 6
+        train(_cfg(tmp_path, name="b", steps=6, init_from=str(src)))
+    state = train(_cfg(tmp_path, name="c", steps=7, init_from=str(src), lr=1e-12, ema_decay=0.0))
+    assert state.step == 7 and state.cfg.init_step == 6
+    for (k, v), (_, w) in zip(first.ema.net.state_dict().items(), state.model.net.state_dict().items()):
+        assert torch.allclose(v, w, atol=1e-9), k  # lr ~ 0: the weights are the exported EMA weights
+    assert state.cfg.sigma_data == first.cfg.sigma_data and state.cfg.data_shift == first.cfg.data_shift
+    rows = (tmp_path / "c" / "loss.csv").read_text().splitlines()
+    assert rows[0].startswith("step") and [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6", "7"]
+    # resuming the warm-started run keeps init_step; the training checkpoint is also a valid init_from
+    resumed = train(_cfg(tmp_path, name="c", steps=9, init_from=str(src), lr=1e-12, ema_decay=0.0))
+    assert resumed.step == 9 and resumed.cfg.init_step == 6
+    again = train(_cfg(tmp_path, name="d", steps=10, init_from=str(tmp_path / "c" / "ckpt" / "latest.safetensors")))
+    assert again.cfg.init_step == 9 and "--init-from" in again.cfg.init_regenerate
+    with pytest.raises(ValueError, match="init_from"):
+        train(_cfg(tmp_path, name="e", steps=10, init_from=str(src), base_channels=4))
+    with pytest.raises(ValueError, match="init_from"):
+        train(_cfg(tmp_path, name="f", steps=10, init_from=str(tmp_path / "missing.safetensors")))

@@ -128,6 +128,10 @@ class TrainConfig:
     sample_steps: int = 32
     n_samples: int = 16
     fully_convolutional: bool = True    # saved prior accepts any size (resolution=None)
+    # warm start (fine-tuning / continuing an exported prior whose training checkpoint is gone)
+    init_from: str = ""                 # shipped prior name, exported prior .safetensors or training checkpoint
+    init_step: int = 0                  # step count of init_from (filled in; the step counter continues from it)
+    init_regenerate: str = ""           # the command that produced init_from (filled in, for the model card)
 
     def run_dir(self) -> Path:
         return Path(self.out) / self.name
@@ -444,7 +448,8 @@ class EDMLoss(nn.Module):
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
+    """Linear warm-up over ``warmup`` steps, counted from the start of the run (``init_step`` for a warm start)."""
+    return cfg.lr * min(1.0, (step - cfg.init_step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
 
 
 def train_step(state: TrainState, batch) -> float:
@@ -634,6 +639,62 @@ def _on_main(ctx: DistContext, fn: Callable):
     return value
 
 
+def read_init_weights(src: str) -> dict:
+    """The weights a warm start (``init_from``) begins with: EMA weights, prior metadata, step count, the source's
+    training config and loss log. ``src`` is a shipped prior name, an exported invdiff prior (``.safetensors``) or
+    a training checkpoint (``ckpt/*.safetensors``)."""
+    from .neural import is_invdiff_checkpoint, read_checkpoint
+    from .registry import SHIPPED, WEIGHTS_DIR
+
+    path = WEIGHTS_DIR / f"{src}.safetensors" if src in SHIPPED else Path(src).expanduser()
+    if not path.is_file():
+        fail("init_from", f"a shipped prior name {sorted(SHIPPED)} or an existing .safetensors file", src)
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            is_train = "invdiff_train" in (f.metadata() or {})
+    except Exception as e:
+        fail("init_from", "a readable safetensors file", f"{str(path)!r}: {type(e).__name__}: {e}")
+    if is_train:
+        meta, tensors = read_train_checkpoint(path)
+        ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+        return {"prior": meta["prior"], "ema": ema, "step": int(meta["step"]), "config": meta["config"],
+                "loss_csv": path.parents[1] / "loss.csv", "path": str(path),
+                "regenerate": regenerate_command(meta["config"], int(meta["step"]))}
+    if not is_invdiff_checkpoint(path):
+        fail("init_from", "an invdiff prior or training checkpoint (safetensors with an invdiff header)", str(path))
+    meta, tensors = read_checkpoint(path)
+    info = meta.get("info") or {}
+    return {"prior": meta, "ema": {k: v.float() for k, v in tensors.items()}, "step": int(info.get("step", 0)),
+            "config": info.get("training_config") or {}, "loss_csv": path.with_name(path.stem + "_loss.csv"),
+            "path": str(path), "regenerate": str(info.get("regenerate", ""))}
+
+
+def _apply_init_config(cfg: TrainConfig, init: dict) -> int:
+    """Check the architecture of a warm start against ``cfg``; take its preconditioning and step count."""
+    pm = init["prior"]
+    want = build_prior(dataclasses.replace(cfg, sigma_data=1.0, data_shift=0.0), int(pm["channels"])).metadata()
+    if pm.get("arch") != want["arch"] or dict(pm.get("net_config", {})) != want["net_config"]:
+        fail("init_from", f"weights of the configured network {want['arch']} {want['net_config']}",
+             f"{init['path']}: {pm.get('arch')} {pm.get('net_config')}")
+    if int(pm.get("spatial_dims", 2)) != cfg.dims:
+        fail("init_from", f"a {cfg.dims}-D prior (dims={cfg.dims})", f"{init['path']}: spatial_dims={pm.get('spatial_dims')}")
+    src = {"sigma_data": pm["precond"]["sigma_data"], "data_shift": pm["precond"].get("data_shift", 0.0),
+           "p_mean": init["config"].get("p_mean")}
+    for k, v in src.items():  # the preconditioning is part of the network's function: keep it
+        if v is None:
+            continue
+        if getattr(cfg, k) is None:
+            setattr(cfg, k, float(v))
+        elif abs(float(getattr(cfg, k)) - float(v)) > 1e-9 and k != "p_mean":
+            fail(k, f"{v} (the value of init_from {init['path']})", getattr(cfg, k))
+    cfg.init_step = init["step"]
+    cfg.init_regenerate = init["regenerate"]
+    if cfg.steps <= cfg.init_step:
+        fail("steps", f"more than the {cfg.init_step} steps init_from was trained for (steps count on from it)", cfg.steps)
+    return int(pm["channels"])
+
+
 def _prepare_run(cfg: TrainConfig, source: Callable, resume: bool) -> tuple[dict, int, bool]:
     """Rank 0's start of a run: resolve the config (from the checkpoint being resumed, or from the data), write
     ``config.json``, trim ``loss.csv``. Returns (resolved config as JSON, channels, whether to resume)."""
@@ -653,14 +714,24 @@ def _prepare_run(cfg: TrainConfig, source: Callable, resume: bool) -> tuple[dict
                 fail(k, f"{saved[k]} (the value of the run being resumed, {latest}); use --fresh to restart",
                      getattr(cfg, k))
         channels = int(meta["prior"]["channels"])
+        cfg.init_step = int(saved.get("init_step", 0))
+        cfg.init_regenerate = saved.get("init_regenerate", "")
+    elif cfg.init_from:
+        init = read_init_weights(cfg.init_from)
+        channels = _apply_init_config(cfg, init)
+        cfg, _ = resolve_config(cfg, source)  # fills only what the warm start left unset (p_mean)
     else:
         cfg, channels = resolve_config(cfg, source)
     run.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(run / "config.json", json.dumps(config_to_json(cfg), indent=2) + "\n")
     if resumed:
         _log_rows(run / "loss.csv", [], upto_step=int(meta["step"]))
-    elif (run / "loss.csv").exists():
-        (run / "loss.csv").unlink()
+    else:
+        if (run / "loss.csv").exists():
+            (run / "loss.csv").unlink()
+        if cfg.init_from and Path(init["loss_csv"]).is_file():  # the loss curve continues the warm start's
+            with open(init["loss_csv"]) as f:
+                _log_rows(run / "loss.csv", [r for r in list(csv.reader(f))[1:] if r and int(r[0]) <= cfg.init_step])
     return config_to_json(cfg), channels, resumed
 
 
@@ -682,10 +753,20 @@ def train(cfg: TrainConfig, source: Callable | None = None, *, resume: bool = Tr
     ckpt_dir = run / "ckpt"
     latest = ckpt_dir / "latest.safetensors"
     resolved, channels, resumed = _on_main(ctx, lambda: _prepare_run(cfg, source, resume))
-    for k in ("sigma_data", "data_shift", "p_mean"):
+    for k in ("sigma_data", "data_shift", "p_mean", "init_step", "init_regenerate"):
         setattr(cfg, k, resolved[k])
     state = init_state(cfg, channels)
     state.dist = ctx
+    if cfg.init_from and not resumed:  # warm start: model and EMA from the source's EMA weights, fresh Adam
+        init = read_init_weights(cfg.init_from)
+        try:
+            state.model.net.load_state_dict(init["ema"], strict=True)
+            state.ema.net.load_state_dict(init["ema"], strict=True)
+        except RuntimeError as e:
+            fail("init_from", "weights matching the configured architecture", f"{init['path']}: {e}")
+        state.step = cfg.init_step
+        if ctx.is_main:
+            print(f"[invdiff] {cfg.name}: warm start from {init['path']} (step {cfg.init_step})", file=sys.stderr, flush=True)
     if resumed:
         load_checkpoint_into(state, latest)
         if ctx.is_main:
@@ -927,7 +1008,8 @@ def regenerate_command(cfg: dict, step: int | None = None) -> str:
 
     ``step`` (when given) replaces the planned number of steps, so the command reproduces that checkpoint."""
     defaults = config_to_json(TrainConfig())
-    skip = {"progress", "weights_dir", "eval_images", "eval_sigmas", "sample_steps", "n_samples", "export_dtype"}
+    skip = {"progress", "weights_dir", "eval_images", "eval_sigmas", "sample_steps", "n_samples", "export_dtype",
+            "init_step", "init_regenerate"}
     parts = ["invdiff train-prior"]
     for k, v in cfg.items():
         if k == "steps" and step is not None:
@@ -936,7 +1018,9 @@ def regenerate_command(cfg: dict, step: int | None = None) -> str:
             continue
         val = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
         parts.append(f"--{k.replace('_', '-')} {val if val else chr(39) * 2}")
-    return " ".join(parts) + " --export end"
+    command = " ".join(parts) + " --export end"
+    # a warm start is reproduced by the chain: the command that produced init_from (which exports it), then this one
+    return f"{cfg['init_regenerate']}\n{command}" if cfg.get("init_regenerate") else command
 
 
 def _loss_summary(rows, k: int = 10):
@@ -1073,6 +1157,10 @@ _HELP = {
     "eval_images": "held-out images for the model-card PSNR table", "eval_sigmas": "noise levels of that table",
     "sample_steps": "EDM Heun steps for the sample grid", "n_samples": "number of samples in the grid",
     "fully_convolutional": "exported prior accepts any image size (else only the training size)",
+    "init_from": "start a fresh run from these weights (shipped prior name, exported prior or training checkpoint); "
+                 "model and EMA start from its EMA weights, Adam restarts with a new warm-up, steps continue its count",
+    "init_step": "step count of init_from (read from its metadata; leave unset)",
+    "init_regenerate": "the command that produced init_from (read from its metadata; leave unset)",
 }
 
 
