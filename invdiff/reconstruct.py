@@ -141,6 +141,8 @@ def check_solver_options(solver: str, options: dict) -> dict:
         return options
     known = sorted(n for n, p in params.items()
                    if n not in _SOLVER_RESERVED and (p.kind == p.KEYWORD_ONLY or p.default is not p.empty))
+    if spec.sampler:  # solve(n_samples=K): K chains / particles; the reconstruction is their mean
+        known = sorted(known + ["n_samples"])
     bad = sorted(set(options) - set(known))
     if bad:
         fail(f"{solver}.<option>", f"options of solver {solver!r} among {known}", f"unknown option(s) {bad}")
