@@ -94,6 +94,7 @@ def run(n_samples: int, out: str, quick: bool):
         gen = torch.Generator().manual_seed(0)
         prior, op = make(gen)
         x = prior.sample(1, generator=gen)
+        torch.manual_seed(1000)  # the operators draw their noise from the global RNG: seed it (reproducible y)
         y = op(x)
         post = prior.posterior(y, op)
         exact = post.sample(n_samples, generator=gen).reshape(n_samples, -1).double()

@@ -261,6 +261,11 @@ def test_init_from_exported_prior_continues_training(tmp_path):
     # resuming the warm-started run keeps init_step; the training checkpoint is also a valid init_from
     resumed = train(_cfg(tmp_path, name="c", steps=9, init_from=str(src), lr=1e-12, ema_decay=0.0))
     assert resumed.step == 9 and resumed.cfg.init_step == 6
+    export(tmp_path / "c" / "ckpt" / "latest.safetensors", weights_dir=wdir, name="c", eval_images=2, sigmas=(0.2,),
+           sample_steps=2, n_samples=1)
+    card = (wdir / "c.md").read_text()
+    assert "warm start: steps 1-6" in card and "--init-from" in card and "--name a" in card  # the command chain
+    assert [r.split(",")[0] for r in (wdir / "c_loss.csv").read_text().splitlines()[1:]] == ["2", "4", "6", "7", "8", "9"]
     again = train(_cfg(tmp_path, name="d", steps=10, init_from=str(tmp_path / "c" / "ckpt" / "latest.safetensors")))
     assert again.cfg.init_step == 9 and "--init-from" in again.cfg.init_regenerate
     with pytest.raises(ValueError, match="init_from"):

@@ -100,7 +100,7 @@ def plan(cfg: dict, options: dict) -> tuple[list[RowSpec], list[str]]:
             if why:
                 notes.append(f"{tname} / {solver}: skipped, {why}")
                 continue
-            base = dict(task.baseline_options) if solver == task.baseline else {}
+            base = dict(task.baseline_options) if solver == task.baseline else dict(task.solver_options.get(solver, {}))
             base.update(options.get(solver, {}))
             for combo in _sweep_combos(cfg["sweep"], solver):
                 opts = dict(base, **combo)

@@ -44,7 +44,8 @@ class BenchTask:
 
     name: registry key; kind: inpainting | deblur | mri | ct; data: "ct" (1 channel in [0, 1]) or "mri" (complex,
     2 channels, max magnitude 1); make_physics(size, depth, sigma, rng) -> operator; prior: default prior name;
-    baseline / baseline_options: the natural classical solver and its tuned options; dims: 2 or 3.
+    baseline / baseline_options: the natural classical solver and its tuned options; solver_options: tuned options
+    of other solvers on this task (``{solver: {option: value}}``, used unless the run sets them); dims: 2 or 3.
     """
 
     name: str
@@ -56,6 +57,7 @@ class BenchTask:
     baseline: str
     baseline_options: dict = field(default_factory=dict)
     dims: int = 2
+    solver_options: dict = field(default_factory=dict)
 
     @property
     def channels(self) -> int:

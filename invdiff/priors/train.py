@@ -1077,6 +1077,10 @@ def model_card(name, meta, prior, ev, loss_rows, *, dtype, fp_dev, sample_steps,
         "## Training", "",
         f"- steps: {meta['step']} of {cfg['steps']} planned; batch {cfg['batch_size']}; Adam lr {cfg['lr']} "
         f"(warm-up {cfg['warmup']}), grad clip {cfg['grad_clip']}, EMA {cfg['ema_decay']}",
+        *([f"- warm start: steps 1-{cfg['init_step']} are the run that exported `{cfg['init_from']}` (first command "
+           f"below); this run started from its exported EMA weights ({cfg.get('export_dtype', 'float16')}) with a fresh "
+           f"Adam state and a {cfg['warmup']}-step warm-up, and continued the step count (and the data stream) from "
+           f"{cfg['init_step']}"] if cfg.get("init_from") else []),
         f"- loss: EDM (Karras et al. 2022, Eq. 2), ln sigma ~ N({cfg['p_mean']}, {cfg['p_std']}^2), "
         f"lambda = (sigma^2 + sigma_data^2)/(sigma sigma_data)^2",
         f"- {cfg['threads']} torch thread(s) on CPU"
@@ -1084,8 +1088,10 @@ def model_card(name, meta, prior, ev, loss_rows, *, dtype, fp_dev, sample_steps,
            f"{cfg['batch_size'] // nproc} {items} per process and step)" if nproc > 1 else "")
         + f"; full loss log: `{name}_loss.csv`", "",
         _loss_summary(loss_rows), "",
-        "Regenerate (exact command; resumable: re-running continues from the last checkpoint; it exports these "
-        "artefacts at the end). Without the `invdiff` console script use `python -m invdiff.priors.train` with the "
+        ("Regenerate (the commands in order; each is resumable and exports its artefacts at the end). "
+         if cfg.get("init_from") else
+         "Regenerate (exact command; resumable: re-running continues from the last checkpoint; it exports these "
+        "artefacts at the end). ") + "Without the `invdiff` console script use `python -m invdiff.priors.train` with the "
         "same flags; `--export only [--checkpoint FILE]` re-exports any checkpoint:", "", "```", regenerate, "```", "",
     ]
     if ev:

@@ -56,7 +56,7 @@ from .._validate import check_choice, check_in_range, check_positive, fail
 from .base import SolverOutput, chains_batch, chains_unbatch, progress_bar, register
 from .particles import ParticleState, spectral_basis
 from .primitives import noise_sigma
-from .smc import _denoiser, edm_sigmas, prior_moments
+from .smc import _denoiser, edm_sigmas, noise_range
 
 F64 = torch.float64
 
@@ -110,14 +110,7 @@ def mcgdiff(y, physics, prior, *, generator, n_samples=1, progress=False, num_st
         fail("physics", "an operator with a cheap real SVD for 'mcgdiff' (MatrixOperator, inpainting, single-coil "
                         "Cartesian MRI); use solver='smc' for blur, multi-coil MRI or CT", type(physics).__name__,
              TypeError)
-    m0, tau2 = prior_moments(prior, x_like)
-    tau = math.sqrt(tau2)
-    s_max = 80.0 * tau if sigma_max is None else sigma_max
-    s_min = 0.004 * tau if sigma_min is None else sigma_min
-    check_positive("sigma_max", s_max)
-    check_positive("sigma_min", s_min)
-    if not s_min < s_max:
-        fail("sigma_min", f"a value below sigma_max = {s_max:g}", s_min)
+    m0, tau2, s_max, s_min = noise_range(prior, x_like, sigma_max, sigma_min)
     D, calls = _denoiser(prior, chunk)
     gdev = generator.device if generator is not None else torch.device("cpu")
 

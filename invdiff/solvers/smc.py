@@ -116,6 +116,20 @@ def prior_moments(prior, x_like: torch.Tensor) -> tuple[torch.Tensor, float]:
     return torch.tensor(0.0), 1.0
 
 
+def noise_range(prior, x_like: torch.Tensor, sigma_max: float | None, sigma_min: float | None):
+    r"""``(m0, tau2, sigma_max, sigma_min)``: the prior's mean and per-pixel variance (:func:`prior_moments`) and the noise
+    range, by default EDM's 80 / 0.002 for data of std 0.5 rescaled to the prior (:math:`80\tau`, :math:`0.004\tau`)."""
+    m0, tau2 = prior_moments(prior, x_like)
+    tau = math.sqrt(tau2)
+    s_max = 80.0 * tau if sigma_max is None else sigma_max
+    s_min = 0.004 * tau if sigma_min is None else sigma_min
+    check_positive("sigma_max", s_max)
+    check_positive("sigma_min", s_min)
+    if not s_min < s_max:
+        fail("sigma_min", f"a value below sigma_max = {s_max:g}", s_min)
+    return m0, tau2, s_max, s_min
+
+
 def edm_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> list[float]:
     """EDM noise levels (Karras et al. 2022, Eq. 5) from sigma_max to sigma_min, then 0 (num_steps + 1 values)."""
     s = EDMSchedule(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho).sigmas(num_steps)
@@ -292,14 +306,7 @@ def smc(y, physics, prior, *, generator, n_samples=1, progress=False, variant: s
 
     yy = chains_batch(y, n_samples)
     x_like = _x_like(yy, physics, prior, linear)
-    m0, tau2 = prior_moments(prior, x_like)
-    tau = math.sqrt(tau2)
-    s_max = 80.0 * tau if sigma_max is None else sigma_max
-    s_min = 0.004 * tau if sigma_min is None else sigma_min
-    check_positive("sigma_max", s_max)
-    check_positive("sigma_min", s_min)
-    if not s_min < s_max:
-        fail("sigma_min", f"a value below sigma_max = {s_max:g}", s_min)
+    m0, tau2, s_max, s_min = noise_range(prior, x_like, sigma_max, sigma_min)
     sigmas = edm_sigmas(num_steps, s_min, s_max, rho)
     lik = GaussianLikelihood(physics, yy, sig_y, linear=linear, chunk=chunk)
     D, calls = _denoiser(prior, chunk)
