@@ -27,18 +27,18 @@ from invdiff.operators import Inpainting, MatrixOperator, random_mask
 from invdiff.priors import GaussianMixture
 
 
-def problem_gmm2d(gen):
-    """2-D, 3 well-separated modes, one measurement of x1 + x2: a bimodal posterior."""
+def problem_gmm2d(gen, sigma: float = 0.5):
+    """2-D, 3 well-separated modes, one measurement of (x1 - x2)/sqrt 2 with noise ``sigma``: a bimodal posterior."""
     w = torch.tensor([0.3, 0.3, 0.4])
     means = torch.tensor([[-2.0, 2.0], [2.0, -2.0], [1.5, 1.5]])
     covs = torch.stack([0.3 * torch.eye(2), 0.3 * torch.eye(2), torch.tensor([[0.4, 0.2], [0.2, 0.4]])])
     prior = GaussianMixture(w, means, covs)
-    op = MatrixOperator(torch.tensor([[1.0, -1.0]]) / math.sqrt(2), sigma=0.5)
+    op = MatrixOperator(torch.tensor([[1.0, -1.0]]) / math.sqrt(2), sigma=sigma)
     return prior, op
 
 
 def problem_gmm16(gen):
-    """16-D, 4 random full-covariance components, 8 random measurements."""
+    """16-D, 4 random full-covariance components, 8 random measurements, sigma_y = 0.1."""
     n, K = 16, 4
     means = 2 * torch.randn(K, n, generator=gen)
     L = 0.4 * torch.randn(K, n, n, generator=gen) / math.sqrt(n)

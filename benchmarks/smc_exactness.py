@@ -41,6 +41,8 @@ from invdiff.operators import (MRI, CircularBlur, Inpainting, MatrixOperator, ga
                                random_mask_1d)
 from invdiff.priors import GaussianMixture
 
+from exactness import problem_gmm2d, problem_gmm16  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
+
 M_EXACT = 2048
 N_PROJ = 200
 
@@ -55,13 +57,8 @@ def gauss2d(gen):
 
 
 def gmm2d(sigma):
-    def make(gen):
-        """2-D, 3 modes, one measurement of (x1 - x2)/sqrt 2: bimodal posteriors (benchmarks/exactness.py)."""
-        w = torch.tensor([0.3, 0.3, 0.4])
-        means = torch.tensor([[-2.0, 2.0], [2.0, -2.0], [1.5, 1.5]])
-        covs = torch.stack([0.3 * torch.eye(2), 0.3 * torch.eye(2), torch.tensor([[0.4, 0.2], [0.2, 0.4]])])
-        return GaussianMixture(w, means, covs), MatrixOperator(torch.tensor([[1.0, -1.0]]) / math.sqrt(2), sigma=sigma)
-    return make
+    """2-D, 3 modes, one measurement of (x1 - x2)/sqrt 2: bimodal posteriors (``exactness.problem_gmm2d``)."""
+    return lambda gen: problem_gmm2d(gen, sigma)
 
 
 def mcg8(gen):
@@ -76,14 +73,7 @@ def mcg8(gen):
     return prior, MatrixOperator(U @ torch.diag(s) @ Vh, sigma=0.5 * float(s.max()))
 
 
-def gmm16(gen):
-    """16-D, 4 random full-covariance components, 8 random measurements, sigma_y = 0.1 (benchmarks/exactness.py)."""
-    n, K = 16, 4
-    means = 2 * torch.randn(K, n, generator=gen)
-    L = 0.4 * torch.randn(K, n, n, generator=gen) / math.sqrt(n)
-    covs = L @ L.mT + 0.05 * torch.eye(n)
-    prior = GaussianMixture(torch.tensor([0.1, 0.2, 0.3, 0.4]), means, covs)
-    return prior, MatrixOperator(torch.randn(8, n, generator=gen) / math.sqrt(n), sigma=0.1)
+gmm16 = problem_gmm16  # 16-D, 4 full-covariance components, 8 random measurements, sigma_y = 0.1
 
 
 def _low_rank_images(gen, shape, K=3, r=9):
