@@ -49,7 +49,17 @@ def _check_three_d(three_d, x_shape):
         fail("img_size", "(2, D, H, W) for three_d=True", x_shape)
 
 
-class MRI(InvdiffPhysics, dinv.physics.MRI):
+class _Cartesian:
+    """What single- and multi-coil Cartesian MRI share."""
+
+    @property
+    def acceleration(self) -> float:
+        """Realised acceleration: number of k-space locations / number sampled (first mask in the batch)."""
+        m = self.mask[0, 0]
+        return float(m.numel() / m.sum().clamp_min(1))
+
+
+class MRI(_Cartesian, InvdiffPhysics, dinv.physics.MRI):
     r"""Single-coil Cartesian MRI: :math:`y = M F x + M n`, :math:`n \sim \mathcal{N}(0, \sigma^2 I)`.
 
     :math:`F` is the centred orthonormal 2D FFT (3D with ``three_d=True``), :math:`M` the 0/1 sampling
@@ -97,11 +107,6 @@ class MRI(InvdiffPhysics, dinv.physics.MRI):
     def _param_batch(self) -> int:
         return int(self.mask.shape[0])
 
-    @property
-    def acceleration(self) -> float:
-        """Realised acceleration: number of k-space locations / number sampled (first mask in the batch)."""
-        m = self.mask[0, 0]
-        return float(m.numel() / m.sum().clamp_min(1))
 
     def A(self, x, mask=None, **kwargs):
         self.update_parameters(mask=mask, **kwargs)
@@ -114,7 +119,7 @@ class MRI(InvdiffPhysics, dinv.physics.MRI):
         return super().A_adjoint(y, **kwargs)
 
 
-class MultiCoilMRI(InvdiffPhysics, dinv.physics.MultiCoilMRI):
+class MultiCoilMRI(_Cartesian, InvdiffPhysics, dinv.physics.MultiCoilMRI):
     r"""Multi-coil (parallel imaging / SENSE) Cartesian MRI.
 
     .. math::  y_n = M F (s_n \odot x) + M n_n, \qquad n = 1..N, \quad n_n \sim \mathcal{N}(0, \sigma^2 I)
@@ -169,10 +174,6 @@ class MultiCoilMRI(InvdiffPhysics, dinv.physics.MultiCoilMRI):
     def n_coils(self) -> int:
         return int(self.coil_maps.shape[1])
 
-    @property
-    def acceleration(self) -> float:
-        m = self.mask[0, 0]
-        return float(m.numel() / m.sum().clamp_min(1))
 
     def update_parameters(self, mask=None, coil_maps=None, **kwargs):
         if getattr(self, "_invdiff_ready", False):
