@@ -49,10 +49,21 @@ def _ellipse_r2(x, y, cx, cy, a, b, theta):
     return (xr / a) ** 2 + (yr / b) ** 2
 
 
-def _smooth_field(rng, size: int, scale: float) -> np.ndarray:
-    """Zero-mean, unit-std Gaussian random field with correlation length ``scale`` (fraction of the image)."""
-    f = ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma=max(scale * size, 0.5), mode="wrap")
+def _smooth_field(rng, size: int, scale: float, dims: int = 2) -> np.ndarray:
+    """Zero-mean, unit-std Gaussian random field on a ``size``^dims grid with correlation length ``scale`` (fraction
+    of the image)."""
+    f = ndimage.gaussian_filter(rng.standard_normal((size,) * dims), sigma=max(scale * size, 0.5), mode="wrap")
     return (f - f.mean()) / (f.std() + 1e-12)
+
+
+def _texture_and_blur(img: np.ndarray, body: np.ndarray, rng, size: int) -> np.ndarray:
+    """The finish of the CT-like phantoms (2D images and 3D volumes): smooth multiplicative texture plus a
+    fine-grained one inside the body, partial-volume edge blur, clip to [0, 1]."""
+    tex = 1 + rng.uniform(0.03, 0.10) * _smooth_field(rng, size, rng.uniform(0.04, 0.12), img.ndim) \
+        + rng.uniform(0.0, 0.04) * _smooth_field(rng, size, 0.015, img.ndim)
+    img = img * np.where(body, tex, 1.0)
+    img = ndimage.gaussian_filter(img, sigma=0.5 * size / 64, mode="nearest")
+    return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
 def _seeds(seeds) -> list[int]:
@@ -97,12 +108,7 @@ def ct_phantom_np(seed: int, size: int = 64) -> np.ndarray:
                         rng.uniform(0.02, 0.1), rng.uniform(0, np.pi)) <= 1
         img[m & inner] += rng.uniform(0.3, 0.6)
     img = np.clip(img, 0, None)
-    # smooth multiplicative texture + fine-grained texture inside the body
-    tex = 1 + rng.uniform(0.03, 0.10) * _smooth_field(rng, size, rng.uniform(0.04, 0.12)) \
-        + rng.uniform(0.0, 0.04) * _smooth_field(rng, size, 0.015)
-    img = img * np.where(body, tex, 1.0)
-    img = ndimage.gaussian_filter(img, sigma=0.5 * size / 64, mode="nearest")  # partial-volume edge blur
-    return np.clip(img, 0.0, 1.0).astype(np.float32)
+    return _texture_and_blur(img, body, rng, size)
 
 
 def ct_phantoms(seeds: int | Iterable[int], size: int = 64) -> torch.Tensor:

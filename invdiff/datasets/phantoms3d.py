@@ -24,10 +24,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from .._validate import check_choice, check_positive, fail
-from .phantoms import HELDOUT_SEED_START, _seeds, split_seeds
+from .phantoms import HELDOUT_SEED_START, _seeds, _texture_and_blur, split_seeds
 
 __all__: Sequence[str] = ["ct_volume_np", "ct_volumes", "shepp_logan_3d", "VolumeStream", "GENERATORS3D",
                           "HELDOUT_SEED_START", "split_seeds"]
@@ -79,12 +78,6 @@ def _ellipsoid_mask(size: int, centre, axes, rot: np.ndarray) -> np.ndarray:
     return m > 0
 
 
-def _smooth_field(rng, size: int, scale: float) -> np.ndarray:
-    """Zero-mean, unit-std 3D Gaussian random field with correlation length ``scale`` (fraction of the volume)."""
-    f = ndimage.gaussian_filter(rng.standard_normal((size, size, size)), sigma=max(scale * size, 0.5), mode="wrap")
-    return (f - f.mean()) / (f.std() + 1e-12)
-
-
 def _rot_z(theta: float) -> np.ndarray:
     """Rotation in the axial (y, x) plane, about the first (z) axis, in (z, y, x) coordinates."""
     c, s = np.cos(theta), np.sin(theta)
@@ -121,12 +114,7 @@ def ct_volume_np(seed: int, size: int = 32) -> np.ndarray:
         _add_ellipsoid(vol, centre + r_body @ (u * axes_body), rng.uniform(0.02, 0.1, size=3), _rotation(rng),
                        rng.uniform(0.3, 0.6), within=inner)
     vol = np.clip(vol, 0, None)
-    # smooth multiplicative texture + fine-grained texture inside the body
-    tex = 1 + rng.uniform(0.03, 0.10) * _smooth_field(rng, size, rng.uniform(0.04, 0.12)) \
-        + rng.uniform(0.0, 0.04) * _smooth_field(rng, size, 0.015)
-    vol = vol * np.where(body, tex, 1.0)
-    vol = ndimage.gaussian_filter(vol, sigma=0.5 * size / 64, mode="nearest")  # partial-volume edge blur
-    return np.clip(vol, 0.0, 1.0).astype(np.float32)
+    return _texture_and_blur(vol, body, rng, size)
 
 
 def ct_volumes(seeds: int | Iterable[int], size: int = 32) -> torch.Tensor:
