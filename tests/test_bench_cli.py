@@ -153,3 +153,26 @@ def test_torchrun_two_ranks(tmp_path):
     assert len(per_image) == 8 and all(r["status"] == "ok" for r in per_image)
     assert len({r["key"] for r in per_image}) == 8                           # every row exactly once
     assert len(list((tmp_path / "rows").rglob("*.json"))) == 8
+
+
+def test_task_tuned_options_apply_unless_overridden_and_n_samples_averages_chains(tmp_path, capsys):
+    from invdiff.bench.runner import plan
+
+    cfg = {"tasks": ["ct-8view"], "solvers": ["dps", "diffpir"], "prior": None, "sweep": {"dps.n_samples": [1, 2]},
+           "n_images": 1, "first_image": 0, "size": 32, "depth": 8, "noise": 0.01}
+    if not HAVE_CT_PRIOR:
+        pytest.skip("shipped prior not installed")
+    rows, _ = plan(cfg, {"diffpir": {"zeta": 0.3}})
+    opts = {r.label: r.options for r in rows}
+    assert opts["dps (n_samples=1)"] == {"weight": 1000.0, "n_samples": 1}  # the task's tuned weight
+    assert opts["dps (n_samples=2)"]["n_samples"] == 2
+    assert opts["diffpir"] == {"lambda_": 1.0, "zeta": 0.3}                   # a run's own value wins
+    rc, _, err = bench(["--tasks", "ct-8view", "--solvers", "dds", "--sweep", "dds.n_samples=1,3", "--out", tmp_path,
+                        *TINY, "--n-images", "1"], capsys)
+    assert rc == 0, err
+    rows = {r["solver"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert rows["dds (n_samples=3)"]["NFE"] == rows["dds (n_samples=1)"]["NFE"] == 3   # one batched call per step
+    assert rows["dds (n_samples=3)"]["NFE_images"] == 3 * rows["dds (n_samples=1)"]["NFE_images"] == 9
+    rc, _, err = bench(["--tasks", "ct-8view", "--solvers", "tv", "--set", "tv.n_samples=2", "--out", tmp_path / "b",
+                        *TINY], capsys)
+    assert rc != 0 and "n_samples" in err                                     # deterministic solvers: refused

@@ -178,7 +178,8 @@ def run_row(r: RowSpec, cfg: dict, prior_cache: dict) -> dict:
     return {"task": r.task, "solver": r.solver, "label": r.label, "prior": r.prior or "-", "options": r.options,
             "image": r.image, "seed": seed, "image_seed": HELDOUT_SEED_START + seed, "PSNR": met["PSNR"],
             "SSIM": met["SSIM"], "NMSE": met["NMSE"],
-            "NFE": rec.nfe, "seconds": m.seconds, "peak_mb": m.peak_mb, "status": "ok", "key": r.key}
+            "NFE": rec.nfe, "NFE_images": int(rec.info.get("nfe_images", rec.nfe)),
+            "seconds": m.seconds, "peak_mb": m.peak_mb, "status": "ok", "key": r.key}
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -191,8 +192,8 @@ def summarise(rows: list[dict]) -> list[dict]:
         ok = [r for r in rs if r.get("status") == "ok"]
         s = {"task": task, "solver": label, "prior": rs[0].get("prior", "-"), "n": len(ok),
              "errors": len(rs) - len(ok), "options": rs[0].get("options", {})}
-        for k in ("PSNR", "SSIM", "NMSE", "NFE", "seconds"):
-            v = np.array([float(r[k]) for r in ok], dtype=np.float64)
+        for k in ("PSNR", "SSIM", "NMSE", "NFE", "NFE_images", "seconds"):
+            v = np.array([float(r.get(k, r.get("NFE"))) for r in ok], dtype=np.float64)  # old rows: no NFE_images
             s[k] = float(v.mean()) if len(v) else None
             if k in ("PSNR", "SSIM", "NMSE"):
                 s[f"{k}_std"] = float(v.std(ddof=1)) if len(v) > 1 else None
@@ -236,18 +237,19 @@ def plot_psnr_vs_nfe(summary: list[dict], path: Path):
     for ax, t in zip(axes.flat, tasks):
         rows = [s for s in summary if s["task"] == t and s["PSNR"] is not None]
         diff = [s for s in rows if s["NFE"] and s["NFE"] > 0]
+        cost = lambda s: s.get("NFE_images") or s["NFE"]  # noqa: E731 (K batched chains cost K per call)
         by_solver: dict = {}
         for s in diff:
             by_solver.setdefault(s["solver"].split(" ")[0], []).append(s)
         for name, ss in sorted(by_solver.items()):
-            ss.sort(key=lambda s: s["NFE"])
-            ax.plot([s["NFE"] for s in ss], [s["PSNR"] for s in ss], "o-", label=name)
+            ss.sort(key=cost)
+            ax.plot([cost(s) for s in ss], [s["PSNR"] for s in ss], "o-", label=name)
         for i, s in enumerate(r for r in rows if not r["NFE"]):
             ax.axhline(s["PSNR"], ls="--", lw=1, color=f"C{(len(by_solver) + i) % 10}", label=f"{s['solver']} (no prior)")
         if diff:
             ax.set_xscale("log")
         ax.set_title(t, fontsize=9)
-        ax.set_xlabel("NFE (denoiser evaluations)")
+        ax.set_xlabel("image evaluations of the denoiser")
         ax.set_ylabel("PSNR (dB)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -286,18 +288,19 @@ def write_outputs(out: Path, cfg: dict, options: dict, specs: list[RowSpec], not
 
     rows = collect(out, specs)
     summary = summarise(rows)
-    cols = ["task", "solver", "prior", "n", "PSNR", "PSNR_std", "SSIM", "SSIM_std", "NMSE", "NFE", "seconds",
-            "peak_mb", "errors"]
+    cols = ["task", "solver", "prior", "n", "PSNR", "PSNR_std", "SSIM", "SSIM_std", "NMSE", "NFE", "NFE_images",
+            "seconds", "peak_mb", "errors"]
     text = ("Held-out phantoms (invdiff.datasets, never seen in training); metrics by the fastMRI volume protocol "
             "without crop (PSNR/NMSE with data_range = reference max, SSIM mean over slices; complex images as "
-            "magnitudes); mean and sample std over n images; NFE = denoiser evaluations; seconds = wall time of "
+            "magnitudes); mean and sample std over n images; NFE = denoiser calls (a batched call of K chains "
+            "counts 1), NFE_images = images through the denoiser (it counts K: the compute); seconds = wall time of "
             f"invdiff.solve; peak_mb = peak memory growth (MiB). Noise sigma = {cfg['noise']}, size {cfg['size']}, "
             f"{torch.get_num_threads()} torch thread(s).\n\n## PSNR / SSIM\n\n" + grid_table(summary)
             + ("\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else "") + "\n## All configurations\n")
     write_results(out, "results", summary, cols, title="invdiff bench", notes=text,
                   meta={"config": cfg, "solver_options": options, "notes": notes, "per_image": rows})
-    pcols = ["task", "label", "prior", "image", "image_seed", "PSNR", "SSIM", "NMSE", "NFE", "seconds", "peak_mb", "status",
-             "error"]
+    pcols = ["task", "label", "prior", "image", "image_seed", "PSNR", "SSIM", "NMSE", "NFE", "NFE_images", "seconds",
+             "peak_mb", "status", "error"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=pcols, extrasaction="ignore")
     w.writeheader()
