@@ -220,3 +220,13 @@ def test_runs_on_every_operator(name, gen):
     if name in ("inpainting", "mri"):
         mc = invdiff.solve(y, op, prior, solver="mcgdiff", n_samples=4, num_steps=8, seed=0)
         assert mc.samples.shape == (4, 1, channels, 16, 16) and torch.isfinite(mc.samples).all()
+
+
+def test_reconstruction_std_is_the_weighted_particle_std():
+    """rec.std is the weighted std of the particle ensemble (not the spread of the resampled draws)."""
+    prior, op = gmm2d()
+    rec = invdiff.solve(torch.tensor([[0.4]]), op, prior, solver="smc", n_samples=32, num_steps=20, seed=1)
+    P, W = rec.info["particles"].double(), rec.info["weights"].double()
+    m = (W[..., None] * P).sum(0)
+    want = ((W[..., None] * (P - m) ** 2).sum(0)).sqrt()
+    assert torch.allclose(rec.std.double(), want, atol=1e-5) and rec.std.dtype == rec.mean.dtype

@@ -23,7 +23,8 @@ class Reconstruction:
 
     mean:    point estimate (posterior mean for samplers, the estimate for optimisers), same shape as x.
     samples: (n_samples, *x.shape) or None.
-    std:     per-pixel standard deviation across samples (n_samples > 1), else None.
+    std:     per-pixel posterior standard deviation: the solver's own estimate where it has one (the weighted
+             particle std of SMC / MCGdiff), else the spread of the samples (n_samples > 1), else None.
     nfe:     denoiser evaluations actually made (batched calls), counted by wrapping the prior.
     seconds: wall time of the solve.
     info:    solver name, resolved options, and solver-specific diagnostics (ESS for SMC, mask for ADS, ...).
@@ -44,6 +45,7 @@ class SolverOutput:
     mean: torch.Tensor | None = None
     samples: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
+    std: torch.Tensor | None = None   # the solver's own per-pixel std (e.g. weighted particles); else from samples
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,9 @@ def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "d
     seconds = time.perf_counter() - t0
     samples = out.samples
     mean = out.mean if out.mean is not None else samples.mean(0)
-    std = samples.std(0) if samples is not None and samples.shape[0] > 1 else None
+    std = out.std
+    if std is None and samples is not None and samples.shape[0] > 1:
+        std = samples.std(0)
     info = {"solver": solver, "seed": seed, "n_samples": n_samples, "options": dict(options)}
     if counted is not None:
         info["nfe_images"] = counted.nfe_images

@@ -190,4 +190,4 @@ def mcgdiff(y, physics, prior, *, generator, n_samples=1, progress=False, num_st
         "n_resample": hist["n_resample"], "unique_ancestors": hist["unique_ancestors"],
         "n_quarantined": hist["n_quarantined"], "nfe_per_particle": calls["calls"],
     }
-    return SolverOutput(mean=mean, samples=samples, info=info)
+    return SolverOutput(mean=mean, samples=samples, info=info, std=info["std"].to(mean.dtype))

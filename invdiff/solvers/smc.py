@@ -443,4 +443,4 @@ def smc(y, physics, prior, *, generator, n_samples=1, progress=False, variant: s
         "cg_residual_max": max(cg_res) if cg_res else None, "substeps": substeps,
         "prior_mean_var": (float(torch.as_tensor(m0).double().mean()), tau2),
     }
-    return SolverOutput(mean=mean, samples=samples, info=info)
+    return SolverOutput(mean=mean, samples=samples, info=info, std=info["std"].to(mean.dtype))
