@@ -70,7 +70,7 @@ from .._validate import check_choice, check_in_range, check_positive, fail
 from ..schedules import VPSchedule
 from .base import SolverOutput, chains_batch, chains_unbatch, progress_bar, register
 from .primitives import conjugate_gradient, noise_sigma
-from .ztv import PRESETS as ZTV_PRESETS, ZTVADMM, default_preset
+from .ztv import PRESETS as ZTV_PRESETS, ZTVADMM, check_volume_problem, default_preset
 
 #: paper's eta per step budget (Sec. 5, "eta = 0.15 / 0.5 / 0.8 for 19 / 49 / 99 NFE")
 ETA_PRESETS = {20: 0.15, 50: 0.5, 100: 0.8}
@@ -235,17 +235,7 @@ def dds3d(y, physics, prior, *, generator, n_samples=1, progress=False, num_step
     _check_steps(num_steps, cg_iters)
     eta = _eta(eta, num_steps)
     check_choice("preset", preset, ["auto"] + list(ZTV_PRESETS))
-    if getattr(prior, "spatial_dims", None) != 3:
-        fail("prior", "a volume prior (spatial_dims == 3); lift a 2D prior first (from invdiff.priors.lift "
-                      "import lift; lift(prior, chunk=8))", f"a prior with spatial_dims={getattr(prior, 'spatial_dims', None)}")
-    with torch.no_grad():
-        x_shape = tuple(physics.A_adjoint(y).shape)
-    if len(x_shape) != 5:
-        fail("physics", "a volume operator whose images are (B, C, D, H, W) (CT3D, SliceWise, MRI with a 4-entry "
-                        "img_size) for dds3d", f"images of shape {x_shape}")
-    if x_shape[2] < 2:
-        fail("y", "measurements of a volume with D >= 2 slices (z-TV couples neighbouring slices; use solver='dds' "
-                  "for a single slice)", f"a volume of D = {x_shape[2]} slice")
+    check_volume_problem(y, physics, prior, "dds3d", chunk_hint=8)
     name = default_preset(physics) if preset == "auto" and (rho is None or lam is None) else preset
     if name == "auto":
         admm = ZTVADMM(rho, lam, cg_iters=cg_iters, boundary=boundary)

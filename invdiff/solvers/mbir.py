@@ -49,7 +49,7 @@ import torch
 
 from .._validate import check_choice, check_in_range, check_positive, fail
 from .base import SolverOutput, chains_batch, chains_unbatch, progress_bar, register
-from .ztv import PRESETS as ZTV_PRESETS, ZTVADMM, default_preset, tomography_of
+from .ztv import PRESETS as ZTV_PRESETS, ZTVADMM, check_volume_problem, default_preset, tomography_of
 
 #: step budgets: the released N, and the fewest steps found stable (module docstring)
 MBIR_PRESETS = {"faithful": {"num_steps": 2000}, "fast": {"num_steps": 300}}
@@ -125,14 +125,7 @@ def diffusion_mbir(y, physics, prior, *, generator, n_samples=1, progress=False,
     check_positive("sigma_min", sigma_min)
     check_in_range("eps", eps, 0.0, 1.0, lo_open=True, hi_open=True)
     check_choice("z_preset", z_preset, ["auto"] + list(ZTV_PRESETS))
-    if getattr(prior, "spatial_dims", None) != 3:
-        fail("prior", "a volume prior (spatial_dims == 3); lift a 2D prior first (from invdiff.priors.lift "
-                      "import lift; lift(prior, chunk=12))", f"a prior with spatial_dims={getattr(prior, 'spatial_dims', None)}")
-    with torch.no_grad():
-        x_shape = tuple(physics.A_adjoint(y).shape)
-    if len(x_shape) != 5 or x_shape[2] < 2:
-        fail("y", "measurements of a volume (B, C, D, H, W) with D >= 2 slices for diffusion-mbir",
-             f"images of shape {x_shape}")
+    x_shape = check_volume_problem(y, physics, prior, "diffusion-mbir", chunk_hint=12)
     sigma_max = default_sigma_max(prior, x_shape) if sigma_max is None else sigma_max
     check_positive("sigma_max", sigma_max)
     if not sigma_max > sigma_min:

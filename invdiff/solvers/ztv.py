@@ -253,4 +253,24 @@ class ZTVADMM:
                 f"boundary={self.boundary!r})")
 
 
-__all__ = ["ZTVADMM", "PRESETS", "ct_adjoint_scale", "angular_coverage", "default_preset", "tomography_of"]
+def check_volume_problem(y: torch.Tensor, physics, prior, solver: str, chunk_hint: int = 8) -> tuple:
+    """The checks every z-coupled volume solver makes: a volume prior (``spatial_dims == 3``), an operator whose
+    images are volumes ``(B, C, D, H, W)``, and D >= 2 slices. Returns the image shape."""
+    from .._validate import fail
+
+    if getattr(prior, "spatial_dims", None) != 3:
+        fail("prior", "a volume prior (spatial_dims == 3); lift a 2D prior first (from invdiff.priors.lift "
+                      f"import lift; lift(prior, chunk={chunk_hint}))",
+             f"a prior with spatial_dims={getattr(prior, 'spatial_dims', None)}")
+    with torch.no_grad():
+        x_shape = tuple(physics.A_adjoint(y).shape)
+    if len(x_shape) != 5:
+        fail("physics", "a volume operator whose images are (B, C, D, H, W) (CT3D, SliceWise, MRI with a 4-entry "
+                        f"img_size) for {solver}", f"images of shape {x_shape}")
+    if x_shape[2] < 2:
+        fail("y", f"measurements of a volume with D >= 2 slices for {solver} (z-TV couples neighbouring slices; use "
+                  "a 2D solver for a single slice)", f"a volume of D = {x_shape[2]} slice")
+    return x_shape
+
+
+__all__ = ["check_volume_problem", "ZTVADMM", "PRESETS", "ct_adjoint_scale", "angular_coverage", "default_preset", "tomography_of"]
