@@ -418,8 +418,8 @@ GMM_NOTES = """Observations (64 runs per setting; distances in units of the post
   only optimisation noise: with sigma_v folded into lam the data/prior balance is not the Bayesian one, and the
   regulariser is a weighted sum over noise levels of smoothed log-priors, not log p itself. A smaller lr shrinks
   the runs' spread (0.46 -> 0.12 in 16-D) but not the bias.
-- The sampler view of the same solver is in benchmarks/results/exactness.md: sliced-Wasserstein 3.6-13x the Monte
-  Carlo floor and 90 % intervals that cover 35-69 % of exact posterior draws.
+- The sampler view of the same solver is in benchmarks/results/exactness.md: sliced-Wasserstein 5.4-18x the Monte
+  Carlo floor and 90 % intervals that cover 32-69 % of exact posterior draws.
 """
 
 if __name__ == "__main__":
