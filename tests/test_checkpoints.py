@@ -244,7 +244,9 @@ def test_score_sde_ve_uncentered_uses_ema_and_config_sidecar(tmp_path):
         h = net.forward_unet(2 * x - 1, torch.log(sigma))
         ref = x + sigma.reshape(-1, 1, 1, 1) * h                       # D = x + sigma^2 * score, score = h / sigma
         assert torch.allclose(prior(x, sigma), ref, atol=1e-5)
-        assert torch.allclose(prior.score(x, sigma), h / sigma.reshape(-1, 1, 1, 1), rtol=1e-3, atol=1e-4)
+        # score = (D - x) / sigma^2: at sigma = 0.01 the float32 difference D - x carries ~1e-7 absolute error,
+        # i.e. ~1e-3 in the score (whose scale is |h| / sigma ~ 100): the tolerance must allow that (was flaky)
+        assert torch.allclose(prior.score(x, sigma), h / sigma.reshape(-1, 1, 1, 1), rtol=1e-3, atol=5e-3)
     raw = load_checkpoint(path, use_ema=False)
     with torch.no_grad():
         assert not torch.allclose(raw(x, sigma), prior(x, sigma))
