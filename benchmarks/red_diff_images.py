@@ -2,7 +2,7 @@
 
 Part "images": 64x64 held-out phantoms (``split_seeds("heldout", n)``, never seen in training), the shipped priors
 as installed (``ct-phantom-64``, 1 channel in [0, 1]; ``mri-brainphantom-64``, complex as 2 channels in [-1, 1];
-both still training: rerun after a re-export). Tasks, all with Gaussian noise sigma = 0.01:
+rerun after a re-export). Tasks, all with Gaussian noise sigma = 0.01:
 
 - inpaint-box: one missing 26x26 box (40 % of each side) at a random place;
 - inpaint-random: 70 % of the pixels missing at random;
@@ -373,35 +373,38 @@ def main(argv=None):
     print(f"done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
 
-RESULT_NOTES = """Observations (run of 2026-11-24, priors at training step 4000 of 10000; 4 images per row, 2 at
-1000 NFE; all numbers move when the priors are re-exported: rerun this script):
+RESULT_NOTES = """Observations (run of 2026-12-06, priors at training steps 15500 (CT) and 10750 (MRI); 4 images per row, 2 at
+1000 NFE; the tuned (lr, lam) and DPS weights were selected with the step-4000 priors and kept; all numbers move
+when the priors are re-exported: rerun this script):
 
-- Matched NFE (PSNR): tuned RED-Diff is the best diffusion method on 8-view CT (26.8 dB at 100 NFE vs DiffPIR 25.6,
-  DPS 25.3) and on 4x multi-coil MRI (26.4 vs DiffPIR 25.9, DPS 24.3; TV 24.1, l1-wavelet 23.9), and level with
-  DDRM and TV on deblurring (29.0 vs 29.2 and 29.3). Its SSIM is lower than DPS's on CT and MRI (0.72 vs 0.78,
-  0.68 vs 0.79): a single run keeps pixel-level noise from its stochastic updates (next point), which costs more
-  SSIM than PSNR. TV remains the best method on CT (28.0 dB) with these priors. Per NFE RED-Diff costs about what
-  DDRM costs and half of DPS (no backpropagation through the network); DiffPIR is 3x slower on CT and MRI.
-- Presets: the released values (lam 0.25, lr 0.1-0.5 on [-1, 1], made for 1000 steps on ImageNet) lose 4.8-5.7 dB
-  to the per-task tuned values at 50/100 steps on MRI and 0.2-2.1 dB on deblurring and inpainting (on random
-  inpainting at 50 NFE the preset is 0.7 dB better than the value tuned on the two tuning images). The tuned lam is
+- Matched NFE (PSNR at 100 NFE): tuned RED-Diff is the best diffusion method on 8-view CT (27.1 dB vs DiffPIR 25.8,
+  DPS 25.6) and on 4x multi-coil MRI (27.2 vs DiffPIR 27.1, DPS 25.5; TV 24.1, l1-wavelet 23.9), and 0.7 dB below
+  DDRM on deblurring (29.1 vs 29.8; TV 29.3). Its SSIM is lower than DPS's on CT and MRI (0.74 vs 0.80, 0.70 vs
+  0.84): a single run keeps pixel-level noise from its stochastic updates (next points), which costs more SSIM than
+  PSNR. TV remains the best method on CT in this table (28.0 dB; DiffPIR here runs deepinv's defaults, single
+  chains: see priors/NOTES.md for tuned, averaged DPS/DiffPIR beating TV). Per NFE RED-Diff costs what DDRM costs
+  and half of DPS (no backpropagation through the network); DiffPIR is 3x slower on CT and MRI.
+- Presets: the released values (lam 0.25, lr 0.1-0.5 on [-1, 1], made for 1000 steps on ImageNet) lose 5.8-6.4 dB
+  to the per-task tuned values at 50/100 steps on MRI and 0.2-2.4 dB on deblurring and inpainting (on random
+  inpainting at 50 NFE the preset is 0.8 dB better than the value tuned on the two tuning images). The tuned lam is
   2.5-125x smaller than the preset's (0.001-0.05 on the prior's range), except for CT, whose preset was set from
   this tuning.
 - Inpainting at 1000 NFE, where a single RED-Diff run (the paper's setting) does not match DPS: random 70 % missing
-  28.4 vs 31.1 dB, box 25.2 vs 26.7 dB. The gap is in the unmeasured pixels (RMSE 0.039 vs 0.028 and 0.117 vs
-  0.088); on the measured ones RED-Diff is as accurate as DPS (0.010 vs 0.009), on the box more (0.010 vs 0.024:
-  DPS does not enforce the data exactly). It is mostly each run's own optimisation noise: in an unmeasured pixel the
-  only gradient is lam * w_t * (eps_hat - eps), with a fresh eps every step, and Adam divides it by its own running
-  RMS, so neither lam nor w_t sets the step there: those pixels keep moving by up to about lr per step to the end.
-  Independent runs differ there by about their error (run-to-run std 0.032 random, 0.077 box), and the mean of
-  4 runs (4x the image evaluations) reaches DPS@1000 (31.2 and 26.9 dB). On the box the runs also disagree on what
-  to put in the hole (mode-seeking: each run completes it differently; see red_diff_gmm.md), so averaging
-  blurs the fill; the 2 box images split (DPS 28.5 / 24.9 dB, RED-Diff 26.1 / 24.4 dB). At 50/100 NFE RED-Diff
-  has not converged on inpainting (random: 25.9 dB tuned at 100 NFE vs 28.4 at 1000), while DPS with a tuned
-  weight is already at 29.9 dB and DDRM at 29.8 dB.
+  29.1 vs 31.9 dB, box 24.5 vs 27.6 dB. The gap is in the unmeasured pixels (RMSE 0.036 vs 0.026 and 0.125 vs
+  0.078); on the measured ones RED-Diff is about as accurate as DPS (0.010 vs 0.008), on the box more (0.010 vs
+  0.022: DPS does not enforce the data exactly). It is mostly each run's own optimisation noise: in an unmeasured
+  pixel the only gradient is lam * w_t * (eps_hat - eps), with a fresh eps every step, and Adam divides it by its
+  own running RMS, so neither lam nor w_t sets the step there: those pixels keep moving by up to about lr per step
+  to the end. Independent runs differ there by about their error (run-to-run std 0.029 random, 0.062 box), and the
+  mean of 4 runs (4x the image evaluations) closes most of the gap (random 31.5 vs DPS 31.9 dB) or passes DPS (box
+  28.0 vs 27.6 dB). On the box the runs also disagree on what to put in the hole (mode-seeking: each run completes
+  it differently; see red_diff_gmm.md), so averaging blurs the fill. Decaying Adam's step to 0 does not help: the
+  holes start at the pseudo-inverse (0) and need the distance (cosine decay: -2 to -6 dB at 100 NFE on the tuning
+  images). At 50/100 NFE RED-Diff has not converged on inpainting (random: 26.2 dB tuned at 100 NFE vs 29.1 at
+  1000), while DPS with a tuned weight is already at 31.0 dB and DDRM at 29.8 dB.
 - peak_mb is the growth of the process RSS during a call; the allocator reuses freed memory, so most rows read ~0.
-- This default run (4 images, 2 at 1000 NFE, 1 thread) took 690 s of CPU time (16 min wall on the shared 2-core
-  machine, load about 3); ``--images`` / ``--nfe1000-images`` scale it.
+- This default run (4 images, 2 at 1000 NFE, 1 thread) took 645 s wall on the 2-core machine (sharing it with the
+  SMC image benchmark); ``--images`` / ``--nfe1000-images`` scale it.
 """
 GMM_NOTES = """Observations (64 runs per setting; distances in units of the posterior's spread sqrt(tr Cov_post)):
 
