@@ -131,8 +131,10 @@ def resolve_with_solver_options(defaults: dict, config_file=None, overrides=(), 
     return cfg, options
 
 
-def check_solver_options(solver: str, options: dict) -> dict:
-    """Refuse options the solver does not take, listing the ones it does."""
+def check_solver_options(solver: str, options: dict, *, chains: bool = False) -> dict:
+    """Refuse options the solver does not take, listing the ones it does. ``chains=True`` (``invdiff bench``) also
+    accepts ``n_samples`` for samplers: K chains per row, reconstructed by their mean (``reconstruct`` has its own
+    ``n_samples`` key instead)."""
     from .solvers.base import get
 
     spec = get(solver)
@@ -141,7 +143,7 @@ def check_solver_options(solver: str, options: dict) -> dict:
         return options
     known = sorted(n for n, p in params.items()
                    if n not in _SOLVER_RESERVED and (p.kind == p.KEYWORD_ONLY or p.default is not p.empty))
-    if spec.sampler:  # solve(n_samples=K): K chains / particles; the reconstruction is their mean
+    if chains and spec.sampler:
         known = sorted(known + ["n_samples"])
     bad = sorted(set(options) - set(known))
     if bad:

@@ -60,6 +60,7 @@ def one_image(tmp_path):
     (["--solver", "tv", "--task", "bogus"], "argument '--task'"),
     (["--solver", "tv", "--set", "bogus=1"], "argument '--set'"),
     (["--solver", "tv", "--set", "solver.bogus=1"], "argument 'tv.<option>'"),
+    (["--solver", "dds", "--prior", "ct-phantom-64", "--set", "dds.n_samples=2"], "argument 'dds.<option>'"),  # use n_samples
     ([], "argument '--solver'"),
 ])
 def test_bad_arguments_one_clear_message(tmp_path, one_image, capsys, args, words):

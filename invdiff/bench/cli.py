@@ -116,7 +116,7 @@ def main(argv=None) -> int:
             fail("--sweep", f"SOLVER.OPTION with SOLVER among {known}", k)
     for s in set(options) | {k.split(".", 1)[0] for k in sweep}:
         check_solver_options(s, dict(options.get(s, {}), **{k.split(".", 1)[1]: None for k in sweep
-                                                             if k.split(".", 1)[0] == s}))
+                                                             if k.split(".", 1)[0] == s}), chains=True)
     if not (isinstance(cfg["n_images"], int) and cfg["n_images"] >= 1):
         fail("--n-images", "an int >= 1", cfg["n_images"])
     if cfg["prior"] is not None:

@@ -193,7 +193,8 @@ def summarise(rows: list[dict]) -> list[dict]:
         s = {"task": task, "solver": label, "prior": rs[0].get("prior", "-"), "n": len(ok),
              "errors": len(rs) - len(ok), "options": rs[0].get("options", {})}
         for k in ("PSNR", "SSIM", "NMSE", "NFE", "NFE_images", "seconds"):
-            v = np.array([float(r.get(k, r.get("NFE"))) for r in ok], dtype=np.float64)  # old rows: no NFE_images
+            # rows written before NFE_images existed: one chain, so NFE_images = NFE
+            v = np.array([float(r["NFE"] if k == "NFE_images" and k not in r else r[k]) for r in ok], dtype=np.float64)
             s[k] = float(v.mean()) if len(v) else None
             if k in ("PSNR", "SSIM", "NMSE"):
                 s[f"{k}_std"] = float(v.std(ddof=1)) if len(v) > 1 else None

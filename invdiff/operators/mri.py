@@ -107,7 +107,6 @@ class MRI(_Cartesian, InvdiffPhysics, dinv.physics.MRI):
     def _param_batch(self) -> int:
         return int(self.mask.shape[0])
 
-
     def A(self, x, mask=None, **kwargs):
         self.update_parameters(mask=mask, **kwargs)
         self._check_x_shape(x)
@@ -173,7 +172,6 @@ class MultiCoilMRI(_Cartesian, InvdiffPhysics, dinv.physics.MultiCoilMRI):
     @property
     def n_coils(self) -> int:
         return int(self.coil_maps.shape[1])
-
 
     def update_parameters(self, mask=None, coil_maps=None, **kwargs):
         if getattr(self, "_invdiff_ready", False):

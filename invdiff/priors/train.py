@@ -397,12 +397,18 @@ def memory_format(cfg: TrainConfig) -> torch.memory_format:
     return torch.channels_last_3d if cfg.dims == 3 else torch.channels_last
 
 
-def build_prior(cfg: TrainConfig, channels: int) -> NeuralPrior:
+def net_config_of(cfg: TrainConfig, channels: int) -> dict:
+    """The network's constructor arguments (saved in the prior's header) for this config."""
     net_config = dict(in_channels=channels, cond_channels=cfg.cond_channels, base_channels=cfg.base_channels,
                       channel_mult=list(cfg.channel_mult), num_blocks=cfg.num_blocks,
                       attn_levels=list(cfg.attn_levels), emb_dim=cfg.emb_dim, dropout=cfg.dropout)
     if cfg.dims != 2:  # 2D configs stay as before dims existed (see CompactUNet.config)
         net_config["dims"] = cfg.dims
+    return net_config
+
+
+def build_prior(cfg: TrainConfig, channels: int) -> NeuralPrior:
+    net_config = net_config_of(cfg, channels)
     net = build_network(cfg.arch, net_config)
     value_range = (0.0, 1.0) if channels == 1 else (-1.0, 1.0)
     size = (cfg.size,) * cfg.dims
@@ -673,21 +679,21 @@ def read_init_weights(src: str) -> dict:
 def _apply_init_config(cfg: TrainConfig, init: dict) -> int:
     """Check the architecture of a warm start against ``cfg``; take its preconditioning and step count."""
     pm = init["prior"]
-    want = build_prior(dataclasses.replace(cfg, sigma_data=1.0, data_shift=0.0), int(pm["channels"])).metadata()
-    if pm.get("arch") != want["arch"] or dict(pm.get("net_config", {})) != want["net_config"]:
-        fail("init_from", f"weights of the configured network {want['arch']} {want['net_config']}",
-             f"{init['path']}: {pm.get('arch')} {pm.get('net_config')}")
     if int(pm.get("spatial_dims", 2)) != cfg.dims:
         fail("init_from", f"a {cfg.dims}-D prior (dims={cfg.dims})", f"{init['path']}: spatial_dims={pm.get('spatial_dims')}")
-    src = {"sigma_data": pm["precond"]["sigma_data"], "data_shift": pm["precond"].get("data_shift", 0.0),
-           "p_mean": init["config"].get("p_mean")}
-    for k, v in src.items():  # the preconditioning is part of the network's function: keep it
-        if v is None:
-            continue
+    want = net_config_of(cfg, int(pm["channels"]))
+    if pm.get("arch") != cfg.arch or dict(pm.get("net_config", {})) != want:
+        fail("init_from", f"weights of the configured network {cfg.arch} {want}",
+             f"{init['path']}: {pm.get('arch')} {pm.get('net_config')}")
+    # the preconditioning is part of the network's function: kept (a different value is refused); the training
+    # noise distribution p_mean may change (taken from the source unless given)
+    for k, v in (("sigma_data", pm["precond"]["sigma_data"]), ("data_shift", pm["precond"].get("data_shift", 0.0))):
         if getattr(cfg, k) is None:
             setattr(cfg, k, float(v))
-        elif abs(float(getattr(cfg, k)) - float(v)) > 1e-9 and k != "p_mean":
+        elif abs(float(getattr(cfg, k)) - float(v)) > 1e-9:
             fail(k, f"{v} (the value of init_from {init['path']})", getattr(cfg, k))
+    if cfg.p_mean is None and init["config"].get("p_mean") is not None:
+        cfg.p_mean = float(init["config"]["p_mean"])
     cfg.init_step = init["step"]
     cfg.init_regenerate = init["regenerate"]
     if cfg.steps <= cfg.init_step:
@@ -1060,7 +1066,7 @@ def model_card(name, meta, prior, ev, loss_rows, *, dtype, fp_dev, sample_steps,
         f"- architecture: `{prior.arch}` {json.dumps(prior.net_config)}; {n_params / 1e6:.2f} M parameters; fully "
         f"convolutional (trained at {shape_str}, accepts sizes that are multiples of "
         f"{2 ** (len(cfg['channel_mult']) - 1)} natively, others are padded)",
-        *([f"- native 3D prior (`spatial_dims = 3`): denoises volumes (B, C, D, H, W) with 3x3x3 convolutions"]
+        *(["- native 3D prior (`spatial_dims = 3`): denoises volumes (B, C, D, H, W) with 3x3x3 convolutions"]
           if dims == 3 else []),
         f"- channels: {prior.channels} ({'complex as real/imag' if prior.channels == 2 else 'real'}); value range "
         f"{list(prior.value_range) if prior.value_range else None}",
