@@ -13,6 +13,8 @@ import pickle
 import pytest
 import torch
 
+from conftest import assert_close_f32
+
 from invdiff import schedules as S
 from invdiff.priors import checkpoints as C
 from invdiff.priors.checkpoints import CheckpointError, CheckpointNotFoundError, load_checkpoint
@@ -98,7 +100,7 @@ def test_guided_diffusion_uncentered_nearest_and_class_conditional(tmp_path):
     with torch.no_grad():
         ab = S.sigma_to_alpha_bar(sigma).reshape(-1, 1, 1, 1)
         eps = net(ab.sqrt() * x, t.float(), torch.tensor([2, 2]))
-        assert torch.allclose(prior(x, sigma), x - sigma.reshape(-1, 1, 1, 1) * eps, atol=1e-5)
+        assert_close_f32(prior(x, sigma), x - sigma.reshape(-1, 1, 1, 1) * eps)
 
 
 def test_deepinv_diffunet_checkpoint_loads_despite_its_schedule_buffers(tmp_path):
@@ -117,7 +119,7 @@ def test_deepinv_diffunet_checkpoint_loads_despite_its_schedule_buffers(tmp_path
     sigma = S.VPSchedule().sigma(t).float() / 2
     with torch.no_grad():
         eps = ref.forward_diffusion(S.VPSchedule().scale(t).float() * (2 * x - 1), t)[:, :1]
-        assert torch.allclose(prior(x, sigma), x - sigma * eps, atol=1e-5)
+        assert_close_f32(prior(x, sigma), x - sigma * eps)
 
 
 # =====================================================================================================
@@ -136,7 +138,7 @@ def test_edm_ncsnpp_matches_deepinv_edm_preconditioning(tmp_path, model_type):
     net._was_trained_on_minus_one_one, net.pixel_std = True, 0.5        # deepinv's own [0, 1] EDM wrapper
     x, sigma = images(), torch.tensor([0.02, 3.0])
     with torch.no_grad():
-        assert torch.allclose(prior(x, sigma), net(x, sigma), atol=1e-5)
+        assert_close_f32(prior(x, sigma), net(x, sigma))
 
 
 def test_edm_vp_and_ve_preconditioning_equations(tmp_path):
@@ -149,13 +151,13 @@ def test_edm_vp_and_ve_preconditioning_equations(tmp_path):
     t = ((0.1 ** 2 + 2 * 19.9 * torch.log(1 + (2 * sigma) ** 2)).sqrt() - 0.1) / 19.9
     with torch.no_grad():
         ref = (xs - ss * net.forward_unet(xs / (1 + ss ** 2).sqrt(), 999 * t) + 1) / 2
-        assert torch.allclose(vp(x, sigma), ref, atol=1e-5)
+        assert_close_f32(vp(x, sigma), ref)
     net = tiny_ncsnpp("ncsn")
     torch.save(net.state_dict(), tmp_path / "ve.pt")
     ve = load_checkpoint(tmp_path / "ve.pt", precond="ve")
     with torch.no_grad():
         ref = (xs + ss * net.forward_unet(xs, torch.log(sigma)) + 1) / 2     # ln(sigma'/2) = ln(sigma)
-        assert torch.allclose(ve(x, sigma), ref, atol=1e-5)
+        assert_close_f32(ve(x, sigma), ref)
 
 
 def test_edm_adm_class_conditional(tmp_path):
@@ -172,7 +174,7 @@ def test_edm_adm_class_conditional(tmp_path):
     x, sigma = images(), torch.tensor([0.1, 10.0])
     with torch.no_grad():
         ref = net(x, sigma, class_labels=torch.nn.functional.one_hot(torch.tensor([1, 1]), 3))
-        assert torch.allclose(prior(x, sigma), ref, atol=1e-5)
+        assert_close_f32(prior(x, sigma), ref)
 
 
 # =====================================================================================================
@@ -243,7 +245,7 @@ def test_score_sde_ve_uncentered_uses_ema_and_config_sidecar(tmp_path):
     with torch.no_grad():
         h = net.forward_unet(2 * x - 1, torch.log(sigma))
         ref = x + sigma.reshape(-1, 1, 1, 1) * h                       # D = x + sigma^2 * score, score = h / sigma
-        assert torch.allclose(prior(x, sigma), ref, atol=1e-5)
+        assert_close_f32(prior(x, sigma), ref)
         # score = (D - x) / sigma^2: at sigma = 0.01 the float32 difference D - x carries ~1e-7 absolute error,
         # i.e. ~1e-3 in the score (whose scale is |h| / sigma ~ 100): the tolerance must allow that (was flaky)
         assert torch.allclose(prior.score(x, sigma), h / sigma.reshape(-1, 1, 1, 1), rtol=1e-3, atol=5e-3)
@@ -264,7 +266,7 @@ def test_score_sde_vp_centered(tmp_path):
     t = (-0.1 + torch.sqrt(0.1 ** 2 - 2 * 19.9 * log_ab)) / 19.9        # alpha_bar(t) = exp(-t^2 19.9/2 - 0.1 t)
     with torch.no_grad():
         eps = net.forward_unet(xs / (1 + ss ** 2).sqrt(), 999 * t)
-        assert torch.allclose(prior(x, sigma), (xs - ss * eps + 1) / 2, atol=1e-5)
+        assert_close_f32(prior(x, sigma), (xs - ss * eps + 1) / 2)
 
 
 def test_score_sde_refuses_unsupported_or_mismatched_configs(tmp_path):
@@ -319,7 +321,7 @@ def test_diffusers_score_sde_ve_folder(tmp_path):
     x, sigma = images(), torch.tensor([0.1, 20.0])
     with torch.no_grad():
         ref = x + sigma.reshape(-1, 1, 1, 1) ** 2 * unet(x, sigma).sample     # D = x + sigma^2 score
-        assert torch.allclose(prior(x, sigma), ref, atol=1e-5)
+        assert_close_f32(prior(x, sigma), ref)
 
 
 # =====================================================================================================
