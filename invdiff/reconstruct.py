@@ -366,7 +366,8 @@ def _magnitude(x: torch.Tensor) -> np.ndarray:
 
 
 def _run_fastmri(item: Item, cfg, prior, solver, options, seed):
-    from .datasets.fastmri import apply_mask, column_mask, default_mask_kind, kspace_to_tensor, read_fastmri, zero_filled
+    from .datasets.fastmri import (apply_mask, column_mask, default_mask_kind, kspace_to_tensor, read_fastmri,
+                                   zero_filled)
     from .metrics import center_crop, fastmri_metrics
     from .operators import MRI, MultiCoilMRI, espirit_maps
 

@@ -295,8 +295,8 @@ KNEE_ACQUISITIONS = ("CORPD_FBK", "CORPDFS_FBK")
 
 
 def anatomy(info: FastMRIInfo) -> str | None:
-    """The file's anatomy, "knee", "brain" or None: from the ``acquisition`` attribute (CORPD* knee, AX* brain), else the file name
-    (fastMRI's brain files are named ``file_brain_*``, knee files ``file<digits>.h5``)."""
+    """The file's anatomy, "knee", "brain" or None: from the ``acquisition`` attribute (CORPD* knee, AX* brain),
+    else the file name (fastMRI's brain files are named ``file_brain_*``, knee files ``file<digits>.h5``)."""
     acq = str(info.attrs.get("acquisition", "")).upper()
     if acq in KNEE_ACQUISITIONS or acq.startswith("COR"):
         return "knee"

@@ -137,6 +137,10 @@ def fastmri_columns(kind: str, num_cols: int, acceleration: float, center_fracti
     from .masks import _check_args
 
     check_choice("kind", kind, FASTMRI_MASK_KINDS)
+    if isinstance(num_cols, bool) or not isinstance(num_cols, (int, np.integer)) or num_cols < 1:
+        fail("num_cols", "a positive int (the k-space width W)", num_cols,
+             ValueError if isinstance(num_cols, (int, np.integer)) and not isinstance(num_cols, bool) else TypeError)
+    num_cols = int(num_cols)
     _, R, cf = _check_args((1, num_cols), acceleration, center_fraction, None)
     seed = _check_seed(seed)
     W = num_cols
