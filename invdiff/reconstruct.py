@@ -2,8 +2,9 @@
 
 Inputs (files, or folders searched recursively) and what is reconstructed:
 
-  fastMRI .h5 (k-space)      MRI from the measured k-space, undersampled with a per-file seeded column mask
-                             (test files: their own mask); multi-coil with ESPIRiT coil maps. Output: an h5
+  fastMRI .h5 (k-space)      MRI from the measured k-space, undersampled with fastMRI's own per-file mask (knee:
+                             RandomMaskFunc, brain: EquispacedMaskFractionFunc, bit for bit; test files: their
+                             own mask); multi-coil with ESPIRiT coil maps. Output: an h5
                              file of the same name with dataset 'reconstruction' (slices, h, w) cropped like the
                              target: the fastMRI submission format, scored by 'fastmri/evaluate.py'.
   .h5 with 'sinogram'        CT from the measured sinograms (attributes 'angles' in degrees, 'image_size').
@@ -53,6 +54,7 @@ import numpy as np
 import torch
 
 from ._validate import check_choice, fail
+from .datasets.fastmri import MASK_CHOICES
 
 TASKS = ("auto", "mri", "ct", "inpainting", "deblur")
 
@@ -64,7 +66,7 @@ DEFAULTS = {
     "prior": None,               # a shipped prior name or a checkpoint path (needed by diffusion solvers)
     "task": "auto",              # auto | mri | ct | inpainting | deblur
     # MRI
-    "mask": "equispaced",        # column mask family (fastMRI: equispaced for brain, random for knee)
+    "mask": "auto",              # auto: fastMRI's own mask (knee fastmri-random, brain fastmri-equispaced-fraction)
     "acceleration": 4,
     "center_fraction": None,     # None: fastMRI's pairing (0.08 for < 8x, 0.04 for >= 8x)
     "coils": 0,                  # simulated MRI only: 0 = single coil, N = N birdcage coils
@@ -364,7 +366,8 @@ def _magnitude(x: torch.Tensor) -> np.ndarray:
 
 
 def _run_fastmri(item: Item, cfg, prior, solver, options, seed):
-    from .datasets.fastmri import apply_mask, column_mask, kspace_to_tensor, read_fastmri, zero_filled
+    from .datasets.fastmri import (apply_mask, column_mask, default_mask_kind, kspace_to_tensor, read_fastmri,
+                                   zero_filled)
     from .metrics import center_crop, fastmri_metrics
     from .operators import MRI, MultiCoilMRI, espirit_maps
 
@@ -402,7 +405,8 @@ def _run_fastmri(item: Item, cfg, prior, solver, options, seed):
     attrs = {"acquisition": vol.info.attrs.get("acquisition"), "patient_id": vol.info.attrs.get("patient_id"),
              "max": float(vol.target.max()) if vol.target is not None else None,
              "acceleration": vol.info.attrs.get("acceleration", cfg["acceleration"]),
-             "realised_acceleration": realised, "mask": "file" if vol.mask is not None else cfg["mask"],
+             "realised_acceleration": realised, "mask": "file" if vol.mask is not None else
+             (default_mask_kind(vol.info) if cfg["mask"] == "auto" else cfg["mask"]),
              "solver": solver, "prior": str(cfg["prior"]), "nfe": nfe, "challenge": vol.info.challenge}
     return recon, extra, metrics, {"nfe": nfe, "attrs": attrs, "shape": list(recon.shape)}
 
@@ -417,7 +421,8 @@ def _simulate_physics(task: str, cfg, H: int, W: int, name: str, gen: torch.Gene
         N = max(H, W)
         return CT(N, n_views=int(cfg["views"]), angle_range=float(cfg["angle_range"]), sigma=sigma, rng=gen), N
     if task == "mri":
-        mask = make_mask(cfg["mask"], (H, W), cfg["acceleration"], cfg["center_fraction"], seed=seed_for_file(name))
+        mask = make_mask("equispaced" if cfg["mask"] == "auto" else cfg["mask"], (H, W), cfg["acceleration"],
+                         cfg["center_fraction"], seed=seed_for_file(name))
         if int(cfg["coils"]) > 0:
             return MultiCoilMRI(mask, birdcage_maps(int(cfg["coils"]), (H, W)), img_size=(2, H, W), sigma=sigma,
                                 rng=gen), None
@@ -605,7 +610,8 @@ def _parser():
     p.add_argument("--prior", help="shipped prior name (invdiff.priors.available()) or checkpoint path")
     p.add_argument("--task", help="one of " + ", ".join(TASKS) + " (default auto: from the file type)")
     p.add_argument("--acceleration", type=float, help="MRI acceleration (default 4)")
-    p.add_argument("--mask", help="MRI column mask: equispaced, random or gaussian")
+    p.add_argument("--mask", help="MRI mask: auto (default; fastMRI files: fastMRI's own, knee fastmri-random, brain "
+                   "fastmri-equispaced-fraction; images: equispaced), " + ", ".join(MASK_CHOICES[1:]) + ", poisson")
     p.add_argument("--center-fraction", type=float, help="MRI fully sampled centre fraction")
     p.add_argument("--views", type=int, help="CT views (simulated sparse view, default 32)")
     p.add_argument("--angle-range", type=float, help="CT degrees covered by the views (limited angle < 180)")
@@ -645,7 +651,7 @@ def main(argv=None) -> int:
     if int(cfg["n_samples"]) > 1 and not get_solver(solver).sampler:
         fail("n_samples", f"1 for the deterministic solver {solver!r}", cfg["n_samples"])
     check_choice("--task", cfg["task"], TASKS)
-    check_choice("--mask", cfg["mask"], ("equispaced", "random", "gaussian", "poisson"))
+    check_choice("--mask", cfg["mask"], MASK_CHOICES + ("poisson",))
     check_choice("npy", cfg["npy"], ("image", "sinogram"))
     prior = load_prior_checked(solver, cfg["prior"])
     if solver in VOLUME_SOLVERS:
