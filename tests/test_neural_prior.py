@@ -171,7 +171,7 @@ def test_shipped_prior_denoises_heldout_phantoms(name, gen):
     if name not in available():
         pytest.skip(f"{name} weights not installed yet")
     from invdiff.datasets import ct_phantoms, mri_phantoms, split_seeds
-    from invdiff.priors.train import psnr
+    from invdiff.training import psnr
 
     p = load(name)
     assert isinstance(p, NeuralPrior) and p.name == name
