@@ -16,8 +16,8 @@ import torch
 from conftest import assert_close_f32
 
 from invdiff import schedules as S
-from invdiff.priors import checkpoints as C
-from invdiff.priors.checkpoints import CheckpointError, CheckpointNotFoundError, load_checkpoint
+from invdiff.priors import loaders as C
+from invdiff.priors.loaders import CheckpointError, CheckpointNotFoundError, load_checkpoint
 
 torch.set_num_threads(1)
 

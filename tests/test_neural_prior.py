@@ -150,9 +150,9 @@ def test_registry_loads_invdiff_path_and_delegates_other_formats(tmp_path, monke
     other = tmp_path / "foreign.pt"
     other.write_bytes(b"whatever")
     calls = []
-    fake = types.ModuleType("invdiff.priors.checkpoints")
+    fake = types.ModuleType("invdiff.priors.loaders")
     fake.load_checkpoint = lambda p, *, device, **kw: calls.append((str(p), device, kw)) or "delegated"
-    monkeypatch.setitem(sys.modules, "invdiff.priors.checkpoints", fake)
+    monkeypatch.setitem(sys.modules, "invdiff.priors.loaders", fake)
     assert load(other, device="cpu", arch="x") == "delegated"
     assert calls == [(str(other), "cpu", {"arch": "x"})]
 

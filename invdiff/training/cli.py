@@ -16,6 +16,7 @@ from .config import TrainConfig, load_config_file, make_config, validate_config
 from .export import export
 from .loop import train
 
+
 # ================================================================================================
 # CLI
 # ================================================================================================

@@ -3,13 +3,13 @@ validation, and the command that regenerates a run (:func:`regenerate_command`, 
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .._validate import check_choice, check_positive, fail
+
 
 # ================================================================================================
 # configuration

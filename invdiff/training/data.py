@@ -17,6 +17,7 @@ import torch
 from .._validate import fail
 from .config import TrainConfig
 
+
 # ================================================================================================
 # data sources: callables (step, batch_size) -> x0 or (x0, cond)
 # ================================================================================================

@@ -16,6 +16,7 @@ from .checkpoint import read_train_checkpoint
 from ..priors.neural import NeuralPrior
 from .config import PHANTOM_KINDS, regenerate_command
 
+
 # ================================================================================================
 # sampling, evaluation, export
 # ================================================================================================

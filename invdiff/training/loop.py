@@ -32,6 +32,7 @@ from .checkpoint import load_checkpoint_into, read_init_weights, read_train_chec
 from .config import TrainConfig, config_to_json, memory_format
 from .data import _split, batch_part, make_source, resolve_config
 
+
 # ================================================================================================
 # model, state, one training step
 # ================================================================================================
