@@ -55,18 +55,22 @@ class SolverSpec:
     needs_prior: bool
     sampler: bool  # True if independent runs give posterior samples
     doc: str
+    volume: bool = False  # True if it reconstructs whole volumes (B, C, D, H, W) with a volume prior
 
 
 _REGISTRY: dict[str, SolverSpec] = {}
 
 
-def register(name: str, *, needs_prior: bool = True, sampler: bool = True):
-    """Decorator: register ``fn`` as solver ``name``."""
+def register(name: str, *, needs_prior: bool = True, sampler: bool = True, volume: bool = False):
+    """Decorator: register ``fn`` as solver ``name``.
+
+    ``volume=True`` marks a solver that reconstructs whole volumes ``(B, C, D, H, W)`` under a volume operator
+    (``invdiff reconstruct`` / ``bench`` then hand it the whole stack and lift a 2D prior slice by slice)."""
 
     def deco(fn):
         if name in _REGISTRY:
             raise RuntimeError(f"solver {name!r} registered twice")
-        _REGISTRY[name] = SolverSpec(name, fn, needs_prior, sampler, (fn.__doc__ or "").strip())
+        _REGISTRY[name] = SolverSpec(name, fn, needs_prior, sampler, (fn.__doc__ or "").strip(), volume)
         return fn
 
     return deco
