@@ -51,7 +51,7 @@ import torch
 from ._validate import check_choice, fail
 from .datasets.fastmri import MASK_CHOICES
 from .jobs import (DistContext, Item, barrier, check_solver_options, is_volume_solver, load_prior_checked,
-                   prior_for_volumes, resolve_with_solver_options, run_items)
+                   prior_for_volumes, resolve_config, run_items)
 from .jobs import join as dist_context
 
 TASKS = ("auto", "mri", "ct", "inpainting", "deblur")
@@ -421,7 +421,7 @@ def main(argv=None) -> int:
     flags = {key: getattr(a, attr) for attr, key in _FLAG_KEYS.items() if getattr(a, attr) is not None}
     if isinstance(flags.get("acceleration"), float) and flags["acceleration"].is_integer():
         flags["acceleration"] = int(flags["acceleration"])
-    cfg, all_options = resolve_with_solver_options(DEFAULTS, a.config, a.set, extra=flags)
+    cfg, all_options = resolve_config(DEFAULTS, a.config, a.set, extra=flags)
     solver = cfg["solver"]
     if solver is None:
         fail("--solver", f"a solver name, one of {solvers_available()}", "nothing")
