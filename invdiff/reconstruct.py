@@ -139,8 +139,8 @@ def _solve_chunks(n: int, cfg, build, prior, solver, options, seed: int):
     """Solve the n slices of an input: ``build(lo, hi, gen, volume) -> (y, physics)``; returns (means, stds, nfe)
     with means/stds ``(n, C, H, W)``.
 
-    2D solvers: chunks of ``batch_slices`` slices in the batch axis. Volume solvers (``register(..., volume=True)``): the
-    whole stack as one volume ``(1, C, n, H, W)`` under a volume operator (slice stack), with a 2D prior lifted
+    2D solvers: chunks of ``batch_slices`` slices in the batch axis. Volume solvers (``register(..., volume=True)``):
+    the whole stack as one volume ``(1, C, n, H, W)`` under a volume operator (slice stack), with a 2D prior lifted
     slice by slice (``invdiff.priors.lift``, ``batch_slices`` slices per network call).
     """
     import invdiff
