@@ -236,11 +236,13 @@ def check_prior_fits(prior: Prior, image_size, *, pixel_spacing=None, strict: bo
     if patch is None:
         ok_sizes = validated or [tuple(trained)]
         if size not in ok_sizes:
-            ratio = max(s / t for s, t in zip(size, trained))
+            ratios = [s / t for s, t in zip(size, trained)]
+            ratio = max(ratios) if max(ratios) > 1 else min(ratios)
+            scale = f"{ratio:.3g}x larger" if ratio > 1 else f"{1 / ratio:.3g}x smaller"
             problems.append(
                 f"prior {name!r} was trained on whole {_fmt(trained)} images (one pixel = 1/{trained[-1]} of the "
                 f"field-of-view width) and validated at {', '.join(map(_fmt, ok_sizes))}; the image{where} is {_fmt(size)}: "
-                f"if it shows a whole field of view, its structures are {ratio:.3g}x larger in pixels than the prior "
+                f"if it shows a whole field of view, its structures are {scale} in pixels than the prior "
                 f"learnt")
     else:
         patch = tuple(int(s) for s in patch)
@@ -260,7 +262,7 @@ def check_prior_fits(prior: Prior, image_size, *, pixel_spacing=None, strict: bo
     if not problems:
         return None
     msg = ("; ".join(problems) + ". Results outside the trained size / scale can be far worse than a classical "
-           "solver (issue 11): use a prior trained for this size and scale, or resample the image.")
+           "solver: use a prior trained for this size and scale, or resample the image.")
     if strict:
         raise PriorSizeError(msg + " (strict mode: refused)")
     warnings.warn(msg + " (strict=True makes this an error)", PriorSizeWarning, stacklevel=stacklevel + 1)
