@@ -108,7 +108,8 @@ def verdicts(rows: list[dict]) -> list[str]:
                    f"DDS {word[p]} {name} in PSNR and {word[q]} it in SSIM")
         elif p <= 0 and q <= 0:
             say = (f"{name} ties DDS" if (p, q) == (0, 0) else f"{name} beats DDS" if p < 0 and q < 0 else
-                   f"{name} {word[-p]} DDS in PSNR and {word[-q]} it in SSIM") + ": the diffusion prior brings no gain here"
+                   f"{name} {word[-p]} DDS in PSNR and {word[-q]} it in SSIM")
+            say += ": the diffusion prior brings no gain here"
         else:
             better, worse = ("PSNR", "SSIM") if p > 0 else ("SSIM", "PSNR")
             say = f"mixed: DDS is better in {better}, {name} in {worse}"
@@ -176,7 +177,8 @@ def run(cfg, out: Path) -> list[dict]:
 
 def _figure(panels, rows, out, atomic_path):
     """Per task two rows: truth and estimates; below them the DDS chains' std and each estimate's |error|,
-    all maps of a task on one colour scale (so the std can be read against the error it should predict)."""
+    all maps of a task on one colour scale (so the std can be read against the error it should predict), set by
+    the classical and DDS errors (the adjoint's error saturates it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,7 +195,8 @@ def _figure(panels, rows, out, atomic_path):
         top[0].imshow(img(pn.truth), cmap="gray", vmin=0, vmax=vmax)
         top[0].set_title(f"{pn.task}\ntruth", fontsize=8)
         errs = [(name, (est - pn.truth).abs()) for name, est in pn.estimates]
-        emax = max(float(torch.quantile(e.flatten().float(), 0.995)) for _, e in errs) or 1.0
+        scored = [e for name, e in errs if name != "adjoint"] or [e for _, e in errs]   # the adjoint saturates
+        emax = max(float(torch.quantile(e.flatten().float(), 0.995)) for e in scored) or 1.0
         for j, (name, est) in enumerate(pn.estimates, start=1):
             r = [r for r in rows if r["task"] == pn.task and r["solver"] == name]
             top[j].imshow(img(est), cmap="gray", vmin=0, vmax=vmax)

@@ -176,7 +176,8 @@ def check_sigma(sigma, x: torch.Tensor, name: str = "sigma") -> None:
         fail(name, "a noise level >= 0 (number or tensor)", sigma, TypeError)
     if x.device.type == "cpu" and not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
-        fail("x", "finite values (the noisy image to denoise)", f"tensor of shape {tuple(x.shape)} with {n_bad} NaN/Inf entries")
+        fail("x", "finite values (the noisy image to denoise)",
+             f"tensor of shape {tuple(x.shape)} with {n_bad} NaN/Inf entries")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -241,7 +242,8 @@ def check_prior_fits(prior: Prior, image_size, *, pixel_spacing=None, strict: bo
             scale = f"{ratio:.3g}x larger" if ratio > 1 else f"{1 / ratio:.3g}x smaller"
             problems.append(
                 f"prior {name!r} was trained on whole {_fmt(trained)} images (one pixel = 1/{trained[-1]} of the "
-                f"field-of-view width) and validated at {', '.join(map(_fmt, ok_sizes))}; the image{where} is {_fmt(size)}: "
+                f"field-of-view width) and validated at {', '.join(map(_fmt, ok_sizes))}; the image{where} is "
+                f"{_fmt(size)}: "
                 f"if it shows a whole field of view, its structures are {scale} in pixels than the prior "
                 f"learnt")
     else:
