@@ -157,7 +157,7 @@ def check_sigma(sigma, x: torch.Tensor, name: str = "sigma") -> None:
     """One clear error for a negative or NaN noise level, and for NaN/Inf in ``x``, without a GPU sync.
 
     A number is checked in Python (free). A tensor ``sigma`` and the values of ``x`` are checked when they live
-    on the CPU (a reduction over the image: ~1 % of a 64x64 network call, measured in
+    on the CPU (a reduction over the image: 0.1-0.3 % of a 64x64 network call, measured in
     ``benchmarks/results/prior_checks.md``); on a GPU the value checks are skipped, because reading a result back
     would stall the sampling loop on every call (shapes and dtypes are still checked).
     """
