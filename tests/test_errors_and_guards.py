@@ -138,6 +138,11 @@ def test_size_guard_fires_on_shipped_64_prior_at_320_and_not_at_64():
         warnings.simplefilter("error", PriorSizeWarning)
         rec = invdiff.solve(small(torch.zeros(1, 1, 64, 64)), small, p, solver="dds", num_steps=1, strict=True)
     assert rec.nfe == 1
+    with warnings.catch_warnings():                       # a classical solver does not use the prior: no check
+        warnings.simplefilter("error", PriorSizeWarning)
+        invdiff.solve(y, big, p, solver="adjoint", strict=True)
+    with pytest.raises(TypeError, match="argument 'strict': expected True or False"):
+        invdiff.solve(y, big, p, solver="dds", num_steps=1, strict="yes")
 
 
 @needs_shipped

@@ -217,6 +217,8 @@ def check_prior_fits(prior: Prior, image_size, *, pixel_spacing=None, strict: bo
         >>> w[0].category.__name__
         'PriorSizeWarning'
     """
+    if not isinstance(strict, bool):
+        fail("strict", "True or False", strict, TypeError)
     inner = getattr(prior, "prior2d", None)      # Lifted2DPrior: a 2D prior applied slice by slice
     base = inner if isinstance(inner, Prior) else prior
     inner_cp = getattr(base, "inner", None)      # CountingPrior

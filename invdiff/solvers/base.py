@@ -134,7 +134,7 @@ def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "d
     if n_samples > 1 and not spec.sampler:
         fail("n_samples", f"1 for the deterministic solver {solver!r}", n_samples)
     # size guard (issue 11 item 4): once, before the solver starts; per-slice H, W for lifted 2D priors
-    if prior is not None and getattr(physics, "x_shape", None):
+    if spec.needs_prior and getattr(physics, "x_shape", None):
         check_prior_fits(prior, physics.x_shape, strict=strict, stacklevel=2)
     if progress is None:
         import sys
