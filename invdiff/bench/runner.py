@@ -178,7 +178,7 @@ def run_row(r: RowSpec, cfg: dict, prior_cache: dict) -> dict:
             "image": r.image, "seed": seed, "image_seed": HELDOUT_SEED_START + seed, "PSNR": met["PSNR"],
             "SSIM": met["SSIM"], "NMSE": met["NMSE"],
             "NFE": rec.nfe, "NFE_images": int(rec.info.get("nfe_images", rec.nfe)),
-            "seconds": m.seconds, "peak_mb": m.peak_mb, "status": "ok", "key": r.key}
+            "seconds": m.seconds, "peak_mb": m.peak_mb, "growth_mb": m.growth_mb, "status": "ok", "key": r.key}
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -294,7 +294,9 @@ def write_outputs(out: Path, cfg: dict, options: dict, specs: list[RowSpec], not
             "without crop (PSNR/NMSE with data_range = reference max, SSIM mean over slices; complex images as "
             "magnitudes); mean and sample std over n images; NFE = denoiser calls (a batched call of K chains "
             "counts 1), NFE_images = images through the denoiser (it counts K: the compute); seconds = wall time of "
-            f"invdiff.solve; peak_mb = peak memory growth (MiB). Noise sigma = {cfg['noise']}, size {cfg['size']}, "
+            f"invdiff.solve; peak_mb = peak memory during the solve (MiB): peak resident memory of the whole process "
+            "on CPU (kernel high-water mark, everything resident included), torch's peak allocated memory on CUDA "
+            "(invdiff.bench.measure). Noise sigma = {cfg['noise']}, size {cfg['size']}, "
             f"{torch.get_num_threads()} torch thread(s).\n\n## PSNR / SSIM\n\n" + grid_table(summary)
             + ("\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else "") + "\n## All configurations\n")
     write_results(out, "results", summary, cols, title="invdiff bench", notes=text,

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from .._validate import check_tensor, fail, check_positive
-from ..priors.base import CountingPrior, Prior
+from ..priors.base import CountingPrior, Prior, check_prior_fits
 
 
 @dataclass
@@ -103,7 +103,7 @@ def make_generator(seed: int | None, device) -> torch.Generator:
 
 
 def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "dds", *, seed: int | None = 0,
-          n_samples: int = 1, progress: bool | None = None, **options: Any) -> Reconstruction:
+          n_samples: int = 1, progress: bool | None = None, strict: bool = False, **options: Any) -> Reconstruction:
     """Reconstruct x from y = A x + n with ``solver``.
 
     Args:
@@ -114,6 +114,8 @@ def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "d
         seed: seeds the solver's own ``torch.Generator`` (results do not depend on global RNG state).
         n_samples: number of posterior samples (independent runs, or particles/draws for SMC).
         progress: show a progress bar (default: only on an interactive terminal).
+        strict: refuse (``PriorSizeError``) instead of warning (``PriorSizeWarning``) when the prior is applied to an
+            image size / pixel scale it was not trained or validated for (:func:`invdiff.priors.base.check_prior_fits`).
         **options: solver-specific options (see the solver's docstring).
 
     Example:
@@ -125,7 +127,7 @@ def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "d
         torch.Size([1, 3])
     """
     spec = get(solver)
-    check_tensor("y", y, finite=True)
+    check_tensor("y", y, finite=True, floating=True)
     if hasattr(physics, "check_y"):
         physics.check_y(y)  # invdiff operators: shape / channel / dtype checks with one clear message
     check_positive("n_samples", n_samples, integer=True)
@@ -135,6 +137,9 @@ def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "d
         fail("prior", "an invdiff Prior (invdiff.priors.load(...) or GaussianMixture)", prior, TypeError)
     if n_samples > 1 and not spec.sampler:
         fail("n_samples", f"1 for the deterministic solver {solver!r}", n_samples)
+    # size guard (issue 11 item 4): once, before the solver starts; per-slice H, W for lifted 2D priors
+    if spec.needs_prior and getattr(physics, "x_shape", None):
+        check_prior_fits(prior, physics.x_shape, strict=strict, stacklevel=2)
     if progress is None:
         import sys
 
