@@ -1,0 +1,252 @@
+r"""Sparse system matrix of deepinv's Radon transform: exact :math:`A` and :math:`A^\top` as two CSR products.
+
+deepinv's ``Radon`` (parallel and fan beam) zero-pads the image to :math:`P = \lceil\sqrt2 N\rceil` pixels
+(unless ``circle``), samples it bilinearly (``grid_sample``, ``align_corners=True``, zero padding) at the
+points :math:`g_{i,j,k}` of a precomputed grid (ray step :math:`i`, view :math:`j`, detector bin :math:`k`)
+and sums along the ray:
+
+.. math::  (R x)_{k,j} = \sum_i \sum_{p} h(g^x_{i,j,k} - p_x)\, h(g^y_{i,j,k} - p_y)\, x_p,
+           \qquad h(t) = \max(0, 1 - |t|)
+
+(grid coordinates in pixels of the padded image). That is linear in :math:`x`, so
+:math:`R_{(k,j), p} = \sum_i h(\cdot)h(\cdot)` is a sparse matrix with about :math:`2`-:math:`3` entries per
+pixel a ray crosses. :func:`build_system_matrix` computes it from deepinv's own grid, with the weights in
+float32 exactly as ``grid_sample`` forms them, so :math:`R x` equals deepinv's forward projection up to the
+order of the float32 sums (measured: :math:`\le 10^{-6}` relative, ``benchmarks/results/ct_operators.md``).
+:math:`R^\top` is the transposed matrix, stored as its own CSR, so both directions are one CSR-times-dense
+product of the same cost (:math:`A^\top` is the exact adjoint of :math:`A` in float32).
+
+Rows are in sinogram order (detector bin major, then view: row :math:`k \cdot n_{views} + j`) and columns
+in image order (row-major pixels), so a ``(B, C, N, N)`` batch is one product with the ``(N^2, B C)``
+matrix of its columns.
+
+Matrices are cached per geometry (an LRU dictionary keyed by a digest of the grid definition, then by
+device and dtype): two operators with the same geometry share the same matrix object; the first use on a
+CUDA device copies it there once (:func:`system_matrix`).
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+#: the cache drops least-recently used matrices while it holds more than this many bytes (the newest is
+#: always kept). Operators keep their own matrices alive whatever the cache holds.
+CACHE_BYTES = 4 * 2 ** 30
+
+# grid points handled per chunk while building (bounds the build's working memory to ~0.5 GB)
+_CHUNK_POINTS = 6_000_000
+
+
+def geometry_key(radon, n: int) -> str:
+    """Digest of everything deepinv's grid (so the matrix) depends on: N, circle, fan parameters, angles, dtype."""
+    h = hashlib.sha1()
+    fp = sorted((radon.fan_parameters or {}).items()) if radon.fan_beam else []
+    h.update(repr((int(n), bool(radon.circle), bool(radon.fan_beam), fp, tuple(radon.all_grids.shape),
+                   str(radon.all_grids.dtype))).encode())
+    h.update(radon.theta.detach().cpu().numpy().tobytes())         # deepinv builds the grid from these alone
+    return h.hexdigest()
+
+
+def _padding(n: int, circle: bool) -> tuple[int, int]:
+    """(padded size, pad before) exactly as deepinv's ``Radon.forward`` pads a N x N image."""
+    if circle:
+        return n, 0
+    sqrt2 = (2 * torch.ones(1)).sqrt()                                 # float32, as deepinv
+    pad = int((sqrt2 * n - n).ceil())
+    return n + pad, (n + pad) // 2 - n // 2
+
+
+def _circle_mask(n: int) -> np.ndarray:
+    """deepinv's ``circle=True`` support mask (float32 arithmetic as in ``Radon.forward``), flattened."""
+    yax = 2 * torch.arange(n, dtype=torch.float32)[None, :].expand(n, -1) / (n - 1) - 1.0
+    return ((yax.T ** 2 + yax ** 2) <= 1).reshape(-1).numpy()
+
+
+def build_system_matrix(radon, n: int) -> sp.csr_matrix:
+    r"""The matrix :math:`R` of deepinv ``Radon`` module ``radon`` for N x N images (float32 CSR, no normalisation).
+
+    Vectorised over all grid points, in chunks of views. Rows ``k * n_views + j``, columns ``row * N + col``.
+    """
+    grid = radon.all_grids.detach().cpu()
+    if grid.dim() != 4 or grid.shape[0] != 1:                         # parallel_computation=False layout
+        grid = torch.cat(list(grid), 2)
+    grid = grid[0].to(torch.float32)                                   # (L, n_views * n_det, 2)
+    nv = int(radon.theta.numel())
+    L, ncol, _ = grid.shape
+    nd = ncol // nv
+    wp, before = _padding(n, bool(radon.circle))
+    g = grid.reshape(L, nv, nd, 2).permute(2, 1, 0, 3)                 # (n_det, n_views, L, 2): row-major rows
+    vpc = max(1, _CHUNK_POINTS // (L * nd))
+    rows = []
+    for j0 in range(0, nv, vpc):
+        gc = g[:, j0:j0 + vpc].reshape(-1, L, 2)                       # rows of views j0.. (n_det * v, L, 2)
+        # grid_sample, align_corners=True: unnormalise in float32, then bilinear weights of the 4 neighbours
+        ix = (gc[..., 0] + 1) / 2 * (wp - 1)
+        iy = (gc[..., 1] + 1) / 2 * (wp - 1)
+        fx, fy = ix.floor(), iy.floor()
+        x0 = fx.to(torch.int64) - before                               # columns / rows in the unpadded image
+        y0 = fy.to(torch.int64) - before
+        wx = ((fx + 1 - ix), (ix - fx))
+        wy = ((fy + 1 - iy), (iy - fy))
+        okx = ((x0 >= 0) & (x0 < n), (x0 >= -1) & (x0 < n - 1))
+        oky = ((y0 >= 0) & (y0 < n), (y0 >= -1) & (y0 < n - 1))
+        base = y0 * n + x0
+        cols, vals, oks = [], [], []
+        for dy in (0, 1):
+            for dx in (0, 1):
+                cols.append(base + (dy * n + dx))
+                vals.append(wx[dx] * wy[dy])
+                oks.append(okx[dx] & oky[dy])
+        col = torch.stack(cols, -1).reshape(gc.shape[0], -1)           # (rows, 4 L): a row's entries together
+        val = torch.stack(vals, -1).reshape(gc.shape[0], -1)
+        ok = torch.stack(oks, -1).reshape(gc.shape[0], -1) & (val != 0)
+        counts = ok.sum(1)
+        m = sp.csr_matrix((val[ok].numpy(), col[ok].to(torch.int32).numpy(),
+                           np.concatenate([[0], np.cumsum(counts.numpy())])), shape=(gc.shape[0], n * n))
+        m.sum_duplicates()                                             # sums over ray steps i, sorts columns
+        rows.append(m)
+    # chunks hold rows (k, j) for k all, j in the chunk: interleave back to row k * n_views + j
+    mat = sp.vstack(rows, format="csr")
+    order = np.concatenate([np.arange(nd * v).reshape(nd, v) + off
+                            for off, v in zip(np.cumsum([0] + [r.shape[0] for r in rows[:-1]]),
+                                              [r.shape[0] // nd for r in rows])], axis=1).reshape(-1)
+    mat = mat[order]
+    if radon.circle:
+        mat = mat @ sp.diags(_circle_mask(n).astype(np.float32))
+        mat.eliminate_zeros()
+    mat.sort_indices()
+    return mat.astype(np.float32)
+
+
+def _torch_csr(m: sp.csr_matrix) -> torch.Tensor:
+    idx = np.int32 if max(m.nnz, m.shape[1]) < 2 ** 31 - 1 else np.int64
+    return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(idx)), torch.from_numpy(m.indices.astype(idx)),
+                                   torch.from_numpy(np.ascontiguousarray(m.data, dtype=np.float32)),
+                                   size=m.shape, check_invariants=False)
+
+
+@dataclass(eq=False)
+class SystemMatrix:
+    r"""One geometry's :math:`R` and :math:`R^\top` as torch CSR tensors on one device / dtype.
+
+    ``forward`` is ``(M, npix)``, ``transpose`` is ``(npix, M)``; ``build_seconds`` is the time the CPU build
+    took (0 for a device copy); ``norm`` caches :math:`\|R\|_2` once an operator computed it.
+    """
+
+    key: str
+    forward: torch.Tensor
+    transpose: torch.Tensor
+    build_seconds: float = 0.0
+    norm: torch.Tensor | None = None
+
+    def __deepcopy__(self, memo):                  # immutable and shared: copies of an operator share it too
+        return self
+
+    def __copy__(self):
+        return self
+
+    @property
+    def nnz(self) -> int:
+        return int(self.forward.values().numel())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of both CSR matrices (values, column indices, row pointers)."""
+        return sum(t.crow_indices().numel() * t.crow_indices().element_size()
+                   + t.col_indices().numel() * t.col_indices().element_size()
+                   + t.values().numel() * t.values().element_size() for t in (self.forward, self.transpose))
+
+    @property
+    def device(self) -> torch.device:
+        return self.forward.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.forward.dtype
+
+
+_CACHE: "OrderedDict[tuple, SystemMatrix]" = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def _evict():
+    total = sum(m.nbytes for m in _CACHE.values())
+    while len(_CACHE) > 1 and total > CACHE_BYTES:
+        _, m = _CACHE.popitem(last=False)
+        total -= m.nbytes
+
+
+def system_matrix(radon, n: int, key: str | None = None, device=None, dtype=torch.float32) -> SystemMatrix:
+    """The cached :class:`SystemMatrix` of ``radon`` on ``device`` (default CPU) in ``dtype``.
+
+    Built on the CPU on first use of a geometry (vectorised, see :func:`build_system_matrix`); a device or
+    dtype copy is made once from the CPU float32 matrix and cached too.
+    """
+    key = key or geometry_key(radon, n)
+    device = torch.device(device if device is not None else "cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    ck = (key, str(device), dtype)
+    with _LOCK:
+        hit = _CACHE.get(ck)
+        if hit is not None:
+            _CACHE.move_to_end(ck)
+            return hit
+    if device.type == "cpu" and dtype == torch.float32:
+        t0 = time.perf_counter()
+        m = build_system_matrix(radon, n)
+        mt = m.T.tocsr()
+        mt.sort_indices()
+        sm = SystemMatrix(key, _torch_csr(m), _torch_csr(mt), time.perf_counter() - t0)
+    else:
+        base = system_matrix(radon, n, key)
+        sm = SystemMatrix(key, base.forward.to(device=device, dtype=dtype),
+                          base.transpose.to(device=device, dtype=dtype), 0.0, base.norm)
+    with _LOCK:
+        _CACHE[ck] = sm
+        _CACHE.move_to_end(ck)
+        _evict()
+    return sm
+
+
+def cache_info() -> list[dict]:
+    """What the cache holds, oldest first: geometry key (12 characters), device, dtype, nnz, MiB."""
+    with _LOCK:
+        return [dict(key=k[0][:12], device=k[1], dtype=str(k[2]), nnz=m.nnz, mib=m.nbytes / 2 ** 20)
+                for k, m in _CACHE.items()]
+
+
+def clear_cache() -> None:
+    """Forget every cached matrix (operators that hold one keep it)."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+class _CSRMatmul(torch.autograd.Function):
+    r""":math:`Y = M X` with :math:`M^\top` given: the backward pass is :math:`M^\top G` (itself differentiable)."""
+
+    @staticmethod
+    def forward(ctx, x, mat, mat_t):
+        ctx.mats = (mat, mat_t)
+        return mat @ x
+
+    @staticmethod
+    def backward(ctx, g):
+        mat, mat_t = ctx.mats
+        return _CSRMatmul.apply(g, mat_t, mat), None, None
+
+
+def csr_matmul(mat: torch.Tensor, mat_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    r""":math:`M X` for a CSR ``mat`` and a dense ``(ncols, K)`` ``x``; gradients use the CSR ``mat_t`` = :math:`M^\top`."""
+    return _CSRMatmul.apply(x, mat, mat_t)
+
+
+__all__ = ["SystemMatrix", "build_system_matrix", "system_matrix", "geometry_key", "cache_info", "clear_cache",
+           "csr_matmul", "CACHE_BYTES"]
