@@ -82,52 +82,48 @@ def build_system_matrix(radon, n: int) -> sp.csr_matrix:
     L, ncol, _ = grid.shape
     nd = ncol // nv
     wp, before = _padding(n, bool(radon.circle))
-    g = grid.reshape(L, nv, nd, 2).permute(2, 1, 0, 3)                 # (n_det, n_views, L, 2): row-major rows
-    vpc = max(1, _CHUNK_POINTS // (L * nd))
+    g = grid.reshape(L, nv, nd, 2).permute(2, 1, 0, 3)                 # (n_det, n_views, L, 2): row order
+    kpc = max(1, _CHUNK_POINTS // (L * nv))                            # detector bins per chunk
     rows = []
-    for j0 in range(0, nv, vpc):
-        gc = g[:, j0:j0 + vpc].reshape(-1, L, 2)                       # rows of views j0.. (n_det * v, L, 2)
+    corner = torch.tensor([0, 1, n, n + 1], dtype=torch.int32)          # nw, ne, sw, se neighbours
+    for k0 in range(0, nd, kpc):
+        gc = g[k0:k0 + kpc].reshape(-1, L, 2)                          # rows k * n_views + j, k = k0.., all j
         # grid_sample, align_corners=True: unnormalise in float32, then bilinear weights of the 4 neighbours
-        ix = (gc[..., 0] + 1) / 2 * (wp - 1)
-        iy = (gc[..., 1] + 1) / 2 * (wp - 1)
-        fx, fy = ix.floor(), iy.floor()
-        x0 = fx.to(torch.int64) - before                               # columns / rows in the unpadded image
-        y0 = fy.to(torch.int64) - before
-        wx = ((fx + 1 - ix), (ix - fx))
-        wy = ((fy + 1 - iy), (iy - fy))
-        okx = ((x0 >= 0) & (x0 < n), (x0 >= -1) & (x0 < n - 1))
-        oky = ((y0 >= 0) & (y0 < n), (y0 >= -1) & (y0 < n - 1))
-        base = y0 * n + x0
-        cols, vals, oks = [], [], []
-        for dy in (0, 1):
-            for dx in (0, 1):
-                cols.append(base + (dy * n + dx))
-                vals.append(wx[dx] * wy[dy])
-                oks.append(okx[dx] & oky[dy])
-        col = torch.stack(cols, -1).reshape(gc.shape[0], -1)           # (rows, 4 L): a row's entries together
-        val = torch.stack(vals, -1).reshape(gc.shape[0], -1)
-        ok = torch.stack(oks, -1).reshape(gc.shape[0], -1) & (val != 0)
-        counts = ok.sum(1)
-        m = sp.csr_matrix((val[ok].numpy(), col[ok].to(torch.int32).numpy(),
-                           np.concatenate([[0], np.cumsum(counts.numpy())])), shape=(gc.shape[0], n * n))
+        pc = (gc + 1) / 2 * (wp - 1)                                   # (rows, L, 2) pixel coordinates
+        f = pc.floor()
+        near = ((f >= before - 1) & (f < before + n)).all(-1)          # grid points that touch the image
+        counts = near.sum(1)
+        pc = pc[near]                                                  # (S, 2), grouped by row
+        f = pc.floor()
+        ix, iy, fx, fy = pc[:, 0], pc[:, 1], f[:, 0], f[:, 1]
+        x0 = fx.to(torch.int32) - before                               # columns / rows in the unpadded image
+        y0 = fy.to(torch.int32) - before
+        wx1, wy1 = ix - fx, iy - fy
+        wx0, wy0 = (fx + 1) - ix, (fy + 1) - iy
+        wx0 *= x0 >= 0                                                  # neighbours outside the image: weight 0
+        wx1 *= x0 < n - 1
+        wy0 *= y0 >= 0
+        wy1 *= y0 < n - 1
+        val = torch.stack([wx0 * wy0, wx1 * wy0, wx0 * wy1, wx1 * wy1], 1)
+        col = ((y0 * n + x0)[:, None] + corner).clamp_(0, n * n - 1)    # (weight-0 entries may point anywhere)
+        indptr = np.zeros(gc.shape[0] + 1, np.int64)
+        np.cumsum(4 * counts.numpy(), out=indptr[1:])
+        m = sp.csr_matrix((val.reshape(-1).numpy(), col.reshape(-1).numpy(), indptr), shape=(gc.shape[0], n * n))
         m.sum_duplicates()                                             # sums over ray steps i, sorts columns
+        m.eliminate_zeros()
         rows.append(m)
-    # chunks hold rows (k, j) for k all, j in the chunk: interleave back to row k * n_views + j
     mat = sp.vstack(rows, format="csr")
-    order = np.concatenate([np.arange(nd * v).reshape(nd, v) + off
-                            for off, v in zip(np.cumsum([0] + [r.shape[0] for r in rows[:-1]]),
-                                              [r.shape[0] // nd for r in rows])], axis=1).reshape(-1)
-    mat = mat[order]
     if radon.circle:
         mat = mat @ sp.diags(_circle_mask(n).astype(np.float32))
         mat.eliminate_zeros()
     mat.sort_indices()
-    return mat.astype(np.float32)
+    return mat
 
 
 def _torch_csr(m: sp.csr_matrix) -> torch.Tensor:
     idx = np.int32 if max(m.nnz, m.shape[1]) < 2 ** 31 - 1 else np.int64
-    return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(idx)), torch.from_numpy(m.indices.astype(idx)),
+    return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(idx, copy=False)),
+                                   torch.from_numpy(m.indices.astype(idx, copy=False)),
                                    torch.from_numpy(np.ascontiguousarray(m.data, dtype=np.float32)),
                                    size=m.shape, check_invariants=False)
 
