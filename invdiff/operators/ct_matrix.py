@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -122,10 +123,12 @@ def build_system_matrix(radon, n: int) -> sp.csr_matrix:
 
 def _torch_csr(m: sp.csr_matrix) -> torch.Tensor:
     idx = np.int32 if max(m.nnz, m.shape[1]) < 2 ** 31 - 1 else np.int64
-    return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(idx, copy=False)),
-                                   torch.from_numpy(m.indices.astype(idx, copy=False)),
-                                   torch.from_numpy(np.ascontiguousarray(m.data, dtype=np.float32)),
-                                   size=m.shape, check_invariants=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(idx, copy=False)),
+                                       torch.from_numpy(m.indices.astype(idx, copy=False)),
+                                       torch.from_numpy(np.ascontiguousarray(m.data, dtype=np.float32)),
+                                       size=m.shape, check_invariants=False)
 
 
 @dataclass(eq=False)
