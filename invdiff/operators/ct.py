@@ -27,7 +27,7 @@ import torch
 
 from .._validate import check_tensor, fail
 from .base import InvdiffPhysics, gaussian_noise
-from .ct_matrix import csr_matmul, geometry_key, system_matrix
+from .ct_matrix import csr_matmul, geometry_key, on_device, system_matrix
 from .stack import SliceWise
 
 
@@ -222,7 +222,7 @@ class CT(InvdiffPhysics, dinv.physics.Tomography):
         k = (t.device, t.dtype)
         sm = self._systems.get(k)
         if sm is None:
-            sm = system_matrix(self.radon, self.img_width, self._geometry, t.device, t.dtype)
+            sm = on_device(self._system, t.device, t.dtype)
             self._systems[k] = sm
         return sm
 

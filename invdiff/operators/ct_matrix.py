@@ -22,7 +22,7 @@ matrix of its columns.
 
 Matrices are cached per geometry (an LRU dictionary keyed by a digest of the grid definition, then by
 device and dtype): two operators with the same geometry share the same matrix object; the first use on a
-CUDA device copies it there once (:func:`system_matrix`).
+CUDA device copies it there once (:func:`system_matrix`, :func:`on_device`).
 """
 from __future__ import annotations
 
@@ -182,34 +182,44 @@ def _evict():
         total -= m.nbytes
 
 
-def system_matrix(radon, n: int, key: str | None = None, device=None, dtype=torch.float32) -> SystemMatrix:
-    """The cached :class:`SystemMatrix` of ``radon`` on ``device`` (default CPU) in ``dtype``.
-
-    Built on the CPU on first use of a geometry (vectorised, see :func:`build_system_matrix`); a device or
-    dtype copy is made once from the CPU float32 matrix and cached too.
-    """
+def system_matrix(radon, n: int, key: str | None = None) -> SystemMatrix:
+    """The cached CPU float32 :class:`SystemMatrix` of ``radon`` for N x N images (built on first use)."""
     key = key or geometry_key(radon, n)
-    device = torch.device(device if device is not None else "cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    ck = (key, str(device), dtype)
+    ck = (key, "cpu", torch.float32)
     with _LOCK:
         hit = _CACHE.get(ck)
         if hit is not None:
             _CACHE.move_to_end(ck)
             return hit
-    if device.type == "cpu" and dtype == torch.float32:
-        t0 = time.perf_counter()
-        m = build_system_matrix(radon, n)
-        mt = m.T.tocsr()
-        mt.sort_indices()
-        sm = SystemMatrix(key, _torch_csr(m), _torch_csr(mt), time.perf_counter() - t0)
-    else:
-        base = system_matrix(radon, n, key)
-        sm = SystemMatrix(key, base.forward.to(device=device, dtype=dtype),
-                          base.transpose.to(device=device, dtype=dtype), 0.0, base.norm)
+    if radon.all_grids.numel() == 0:
+        raise RuntimeError("this Radon module's sampling grids were released; build the matrix before that")
+    t0 = time.perf_counter()
+    m = build_system_matrix(radon, n)
+    mt = m.T.tocsr()
+    mt.sort_indices()
+    return _store(ck, SystemMatrix(key, _torch_csr(m), _torch_csr(mt), time.perf_counter() - t0))
+
+
+def on_device(sm: SystemMatrix, device, dtype=torch.float32) -> SystemMatrix:
+    """``sm`` copied to ``device`` / ``dtype`` once; the copy is cached under the same geometry key."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device == sm.device and dtype == sm.dtype:
+        return sm
+    ck = (sm.key, str(device), dtype)
     with _LOCK:
-        _CACHE[ck] = sm
+        hit = _CACHE.get(ck)
+        if hit is not None:
+            _CACHE.move_to_end(ck)
+            return hit
+    return _store(ck, SystemMatrix(sm.key, sm.forward.to(device=device, dtype=dtype),
+                                   sm.transpose.to(device=device, dtype=dtype), 0.0, sm.norm))
+
+
+def _store(ck, sm: SystemMatrix) -> SystemMatrix:
+    with _LOCK:
+        sm = _CACHE.setdefault(ck, sm)
         _CACHE.move_to_end(ck)
         _evict()
     return sm
@@ -247,5 +257,5 @@ def csr_matmul(mat: torch.Tensor, mat_t: torch.Tensor, x: torch.Tensor) -> torch
     return _CSRMatmul.apply(x, mat, mat_t)
 
 
-__all__ = ["SystemMatrix", "build_system_matrix", "system_matrix", "geometry_key", "cache_info", "clear_cache",
+__all__ = ["SystemMatrix", "build_system_matrix", "system_matrix", "on_device", "geometry_key", "cache_info", "clear_cache",
            "csr_matmul", "CACHE_BYTES"]
