@@ -145,3 +145,22 @@ def _adjoint_error_cuda(op):
     y = torch.randn(2, *op.y_shape, device="cuda")
     lhs = (op.A(x).double() * y.double()).sum()
     return float(((lhs - (x.double() * op.A_adjoint(y).double()).sum()).abs() / lhs.abs()).cpu())
+
+
+def test_disk_cache_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setattr(ct_matrix, "DISK_CACHE", str(tmp_path))
+    ct_matrix.clear_cache()
+    a = CT(18, n_views=5, fan_beam=True)
+    files = list(tmp_path.glob("ct-*.npz"))
+    assert [f.name for f in files] == [f"ct-{a._geometry}.npz"]
+    ct_matrix.clear_cache()
+    b = CT(18, n_views=5, fan_beam=True)                                   # loaded from the file
+    assert b._system is not a._system
+    for t in ("forward", "transpose"):
+        sa, sb = getattr(a._system, t), getattr(b._system, t)
+        assert torch.equal(sa.crow_indices(), sb.crow_indices()) and torch.equal(sa.col_indices(), sb.col_indices())
+        assert torch.equal(sa.values(), sb.values())
+    files[0].write_bytes(b"not a matrix")                                  # a damaged file is rebuilt
+    ct_matrix.clear_cache()
+    c = CT(18, n_views=5, fan_beam=True)
+    assert torch.equal(c._system.forward.values(), a._system.forward.values())
