@@ -228,8 +228,8 @@ def _load(path: Path, n: int) -> sp.csr_matrix | None:
     try:
         with np.load(path) as z:
             m = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(int(s) for s in z["shape"]))
-    except (OSError, KeyError, ValueError):
-        return None                                                    # unreadable: rebuild (and overwrite)
+    except Exception:  # noqa: BLE001 - any unreadable or damaged file is rebuilt (and overwritten)
+        return None
     return m if m.shape[1] == n * n and m.data.dtype == np.float32 else None
 
 
