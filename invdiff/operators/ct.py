@@ -139,7 +139,14 @@ class CT(InvdiffPhysics, dinv.physics.Tomography):
             instead of :math:`\lceil\sqrt2 N\rceil`.
         rng: optional noise generator.
 
-    Shapes: ``x`` is ``(B, C, N, N)``, ``y`` is ``(B, C, n_detectors, n_views)``; float32.
+    Shapes: ``x`` is ``(B, C, N, N)``, ``y`` is ``(B, C, n_detectors, n_views)``; float32 (other float dtypes
+    and CUDA devices get a copy of the matrix on first use, cached).
+
+    Cost (``benchmarks/results/ct_operators.md``, 1 thread): ``A`` and ``A_adjoint`` are one sparse product
+    each, of equal cost, over all ``B * C`` columns at once. At 512 px / 180 views the two CSR matrices hold
+    1.6 GB (105 M entries each) and take about a minute to build the first time a geometry is used in a
+    process (then shared by every operator of that geometry; see :data:`invdiff.operators.ct_matrix.DISK_CACHE`
+    to keep them across processes).
 
     Example:
         >>> import torch
@@ -268,7 +275,8 @@ class CT3D(SliceWise):
 
     Args: as :class:`CT`, with ``img_size = (C, D, N, N)``.
 
-    Shapes: ``x`` is ``(B, C, D, N, N)``, ``y`` is ``(B, C, D, n_detectors, n_views)``.
+    Shapes: ``x`` is ``(B, C, D, N, N)``, ``y`` is ``(B, C, D, n_detectors, n_views)``. ``A`` and ``A_adjoint``
+    are one sparse product with the 2D matrix over all ``B * C * D`` slices.
 
     Example:
         >>> import torch
