@@ -89,12 +89,12 @@ def test_matrix_cached_per_geometry():
 
 
 def test_batched_and_stacked_are_one_product_and_match_slices():
-    op = CT((2, 16, 16), n_views=5)
+    op, one = CT((2, 16, 16), n_views=5), CT(16, n_views=5)                # one: the same geometry, 1 channel
     x = torch.randn(3, 2, 16, 16, generator=_g(0))
     y = op.A(x)
     for b in range(3):
         for c in range(2):
-            assert torch.allclose(y[b, c], op.A(x[b:b + 1, c:c + 1].contiguous())[0, 0], atol=1e-6)
+            assert torch.allclose(y[b, c], one.A(x[b:b + 1, c:c + 1].contiguous())[0, 0], atol=1e-6)
     op3 = CT3D((1, 4, 16, 16), n_views=5)
     x3 = torch.randn(2, 1, 4, 16, 16, generator=_g(1))
     y3 = op3.A(x3)
