@@ -196,7 +196,8 @@ class CT(InvdiffPhysics, dinv.physics.Tomography):
 
         ``self.radon`` / ``self.iradon`` stay for their angles and filters; calling them directly is not supported.
         """
-        for mod, names in ((self.radon, ("all_grids",)), (getattr(self, "iradon", None), ("all_grids", "xgrid", "ygrid"))):
+        parts = ((self.radon, ("all_grids",)), (getattr(self, "iradon", None), ("all_grids", "xgrid", "ygrid")))
+        for mod, names in parts:
             for nm in names if mod is not None else ():
                 if getattr(mod, nm, None) is not None:
                     mod.register_buffer(nm, torch.empty(0, dtype=getattr(mod, nm).dtype), persistent=False)

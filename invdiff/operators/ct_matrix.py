@@ -84,7 +84,7 @@ def _circle_mask(n: int) -> np.ndarray:
 def build_system_matrix(radon, n: int) -> sp.csr_matrix:
     r"""The matrix :math:`R` of deepinv ``Radon`` module ``radon`` for N x N images (float32 CSR, no normalisation).
 
-    Vectorised over all grid points, in chunks of views. Rows ``k * n_views + j``, columns ``row * N + col``.
+    Vectorised over all grid points, in chunks of detector bins. Rows ``k * n_views + j``, columns ``row * N + col``.
     """
     grid = radon.all_grids.detach().cpu()
     if grid.dim() != 4 or grid.shape[0] != 1:                         # parallel_computation=False layout
@@ -286,9 +286,9 @@ class _CSRMatmul(torch.autograd.Function):
 
 
 def csr_matmul(mat: torch.Tensor, mat_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    r""":math:`M X` for a CSR ``mat`` and a dense ``(ncols, K)`` ``x``; gradients use the CSR ``mat_t`` = :math:`M^\top`."""
+    r""":math:`M X` for a CSR ``mat`` and a dense ``(ncols, K)`` ``x``; gradients use ``mat_t`` = :math:`M^\top` (CSR)."""
     return _CSRMatmul.apply(x, mat, mat_t)
 
 
-__all__ = ["DISK_CACHE", "SystemMatrix", "build_system_matrix", "system_matrix", "on_device", "geometry_key", "cache_info", "clear_cache",
-           "csr_matmul", "CACHE_BYTES"]
+__all__ = ["DISK_CACHE", "CACHE_BYTES", "SystemMatrix", "build_system_matrix", "system_matrix", "on_device",
+           "geometry_key", "cache_info", "clear_cache", "csr_matmul"]
