@@ -286,7 +286,7 @@ class _CSRMatmul(torch.autograd.Function):
 
 
 def csr_matmul(mat: torch.Tensor, mat_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    r""":math:`M X` for a CSR ``mat`` and a dense ``(ncols, K)`` ``x``; gradients use ``mat_t`` = :math:`M^\top` (CSR)."""
+    r""":math:`M X` for CSR ``mat`` and dense ``(ncols, K)`` ``x``; gradients use ``mat_t`` = :math:`M^\top` (CSR)."""
     return _CSRMatmul.apply(x, mat, mat_t)
 
 
