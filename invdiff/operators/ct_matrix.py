@@ -96,7 +96,7 @@ def build_system_matrix(radon, n: int) -> sp.csr_matrix:
     wp, before = _padding(n, bool(radon.circle))
     g = grid.reshape(L, nv, nd, 2).permute(2, 1, 0, 3)                 # (n_det, n_views, L, 2): row order
     kpc = max(1, _CHUNK_POINTS // (L * nv))                            # detector bins per chunk
-    rows = []
+    data, indices, row_nnz = [], [], []
     corner = torch.tensor([0, 1, n, n + 1], dtype=torch.int32)          # nw, ne, sw, se neighbours
     for k0 in range(0, nd, kpc):
         gc = g[k0:k0 + kpc].reshape(-1, L, 2)                          # rows k * n_views + j, k = k0.., all j
@@ -123,8 +123,15 @@ def build_system_matrix(radon, n: int) -> sp.csr_matrix:
         m = sp.csr_matrix((val.reshape(-1).numpy(), col.reshape(-1).numpy(), indptr), shape=(gc.shape[0], n * n))
         m.sum_duplicates()                                             # sums over ray steps i, sorts columns
         m.eliminate_zeros()
-        rows.append(m)
-    mat = sp.vstack(rows, format="csr")
+        data.append(m.data)
+        indices.append(m.indices.astype(np.int32, copy=False))
+        row_nnz.append(np.diff(m.indptr))
+    row_nnz = np.concatenate(row_nnz)
+    idx = np.int32 if row_nnz.sum() < 2 ** 31 - 1 else np.int64
+    indptr = np.zeros(nd * nv + 1, idx)
+    np.cumsum(row_nnz, out=indptr[1:])
+    mat = sp.csr_matrix((np.concatenate(data), np.concatenate(indices).astype(idx, copy=False), indptr),
+                        shape=(nd * nv, n * n))
     if radon.circle:
         mat = mat @ sp.diags(_circle_mask(n).astype(np.float32))
         mat.eliminate_zeros()
