@@ -1,0 +1,224 @@
+r"""Sampler overhead: time outside the network per diffusion sampler (issue 14 item 2).
+
+For each sampler and task, one run with timers around the prior's network: ``net_s`` is the time inside the
+network forward (and, for samplers that differentiate through it, the network's part of the backward pass,
+measured by two autograd hooks around the network call), ``total_s`` the whole ``invdiff.solve`` call. The ratio
+``total / net`` is the issue's "total <= 1.25 x NFE x network time" criterion (1.25 = 20 % outside the network).
+
+``before`` columns are measured on another checkout of the code (``--before PATH``: a directory holding an
+``invdiff`` package, e.g. ``git archive main invdiff | tar -x -C DIR``), each (sampler, task) right after the
+``after`` measurement in the same process pair, so both see the same machine state. 1 torch thread everywhere.
+
+    python benchmarks/overhead.py --before /tmp/invdiff-main --out benchmarks/results/overhead
+    python benchmarks/overhead.py --device cuda --size 64 --out benchmarks/results/overhead_gpu   # benchmarks/gpu.sh
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+#: (solver, task, options): small step counts (the overhead per step does not depend on how many steps run),
+#: tuned per-task options come from the task itself
+CASES = [
+    ("dds", "ct-8view", {"num_steps": 20}),
+    ("dds", "mri-4x-multicoil", {"num_steps": 20}),
+    ("red-diff", "ct-8view", {"num_steps": 20}),
+    ("red-diff", "mri-4x-multicoil", {"num_steps": 20}),
+    ("dps", "ct-8view", {"num_steps": 20}),
+    ("dps", "mri-4x-multicoil", {"num_steps": 20}),
+    ("diffpir", "ct-8view", {"num_steps": 20}),
+    ("diffpir", "mri-4x-multicoil", {"num_steps": 20}),
+    ("ddrm", "mri-4x-singlecoil", {"num_steps": 20}),     # DDRM needs an SVD operator: single-coil MRI instead
+    ("smc", "ct-8view", {"num_steps": 20, "n_samples": 4}),
+    ("smc", "mri-4x-multicoil", {"num_steps": 20, "n_samples": 4}),
+    ("mcgdiff", "mri-4x-singlecoil", {"num_steps": 20, "n_samples": 4}),  # needs an SVD-able operator
+    ("dds3d", "ct3d-8view", {"num_steps": 10, "depth": 4}),
+    ("dds3d", "mri3d-4x", {"num_steps": 10, "depth": 4}),
+    ("diffusion-mbir", "ct3d-8view", {"num_steps": 10, "depth": 4}),
+    ("diffusion-mbir", "mri3d-4x", {"num_steps": 10, "depth": 4}),
+    ("dds", "ct-8view", {"num_steps": 20, "n_samples": 4}),
+    ("red-diff", "mri-4x-multicoil", {"num_steps": 20, "n_samples": 4}),
+]
+
+# --------------------------------------------------------------------------------------------------------------
+# the measurement (runs in a child process whose PYTHONPATH selects the code version)
+# --------------------------------------------------------------------------------------------------------------
+CHILD = r'''
+import json, sys, time, warnings
+import torch
+torch.set_num_threads(1)
+warnings.simplefilter("ignore")
+import invdiff
+from invdiff.bench.tasks import get_task
+from invdiff.priors import load
+from invdiff.priors.lift import lift
+
+solver, task_name, opts, device, size, precision = json.loads(sys.argv[1])
+opts = dict(opts)
+depth = opts.pop("depth", 4)
+n_samples = opts.pop("n_samples", 1)
+sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
+state = {"net": 0.0, "t_bwd": None, "forward": 0, "backward": 0}
+
+
+class _BwdEnd(torch.autograd.Function):          # on the network input: its backward ends the network's backward
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        sync()
+        if state["t_bwd"] is not None:
+            state["net"] += time.perf_counter() - state["t_bwd"]
+            state["t_bwd"] = None
+            state["backward"] += 1
+        return g
+
+
+class _BwdStart(torch.autograd.Function):        # on the network output: its backward starts the network's backward
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        sync()
+        state["t_bwd"] = time.perf_counter()
+        return g
+
+
+class TimedNet(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, *args):
+        grad = torch.is_grad_enabled() and x.requires_grad
+        if grad:
+            x = _BwdEnd.apply(x)
+        sync()
+        t0 = time.perf_counter()
+        out = self.net(x, *args)
+        sync()
+        state["net"] += time.perf_counter() - t0
+        state["forward"] += 1
+        return _BwdStart.apply(out) if grad and out.requires_grad else out
+
+
+task = get_task(task_name)
+prior = load(task.prior, device=device)
+prior.net = TimedNet(prior.net)
+kw = {}
+if precision != "fp32":
+    kw["precision"] = precision
+x = task.images([0], size=size, depth=depth).to(device)
+phys = task.physics(size=size, depth=depth, sigma=0.01, rng=torch.Generator(device=device).manual_seed(0))
+y = phys(x)
+if task.dims == 3:
+    prior = lift(prior, chunk=8)
+options = {**task.solver_options.get(solver, {}), **opts, **kw}
+invdiff.solve(y, phys, prior, solver, seed=0, n_samples=n_samples, **dict(options, num_steps=2))  # warm-up
+state.update(net=0.0, forward=0, backward=0)
+sync()
+t0 = time.perf_counter()
+rec = invdiff.solve(y, phys, prior, solver, seed=0, n_samples=n_samples, **options)
+sync()
+total = time.perf_counter() - t0
+from invdiff.metrics import psnr
+print("RESULT" + json.dumps({"total_s": total, "net_s": state["net"], "net_forward": state["forward"],
+                             "net_backward": state["backward"], "nfe": rec.nfe,
+                             "psnr": float(psnr(rec.mean.cpu(), x.cpu()))}))
+'''
+
+
+def measure(code_dir: str, solver: str, task: str, opts: dict, device: str, size: int, precision: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=code_dir, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps([solver, task, opts, device, size, precision])],
+                         env=env, capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT"):
+            r = json.loads(line[6:])
+            r["ratio"] = r["total_s"] / max(r["net_s"], 1e-12)
+            return r
+    return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1][:200]}
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        try:
+            return subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                                  capture_output=True, text=True).stdout.strip()
+        except OSError:
+            return "cuda (nvidia-smi not found)"
+    return f"{platform.processor() or platform.machine()} CPU, 1 torch thread"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--before", default=None, help="directory holding the 'before' invdiff package")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--only", default=None, help="comma-separated solvers")
+    ap.add_argument("--out", default="benchmarks/results/overhead")
+    args = ap.parse_args(argv)
+    here = str(Path(__file__).resolve().parents[1])
+    rows = []
+    for solver, task, opts in CASES:
+        if args.only and solver not in args.only.split(","):
+            continue
+        row = {"solver": solver, "task": task, **{k: v for k, v in opts.items()}}
+        row["after"] = measure(here, solver, task, opts, args.device, args.size, args.precision)
+        if args.before:
+            row["before"] = measure(args.before, solver, task, opts, args.device, args.size, "fp32")
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    meta = {"device": device_name(args.device), "size": args.size, "precision": args.precision,
+            "torch_threads": 1, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "before": "the code at main before the speed work (separate checkout, same run)" if args.before else None}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    out.with_suffix(".md").write_text(table(meta, rows))
+
+
+def _fmt(r: dict | None, key: str, f: str) -> str:
+    if not r:
+        return "-"
+    if "error" in r:
+        return "error"
+    return format(r[key], f)
+
+
+def table(meta: dict, rows: list[dict]) -> str:
+    lines = [f"# Sampler overhead: total time / time inside the network ({meta['size']}x{meta['size']})", "",
+             f"Device: {meta['device']}; network precision {meta['precision']}; {meta['date']}. "
+             "Generated by `benchmarks/overhead.py`. Goal: ratio <= 1.25 (<= 20 % of the time outside the network). "
+             "Network time = forward calls, plus the network's share of the backward pass for samplers that "
+             "differentiate through it (DPS). Timings on a shared machine: ratios are more stable than seconds.", ""]
+    if meta.get("before"):
+        lines += [f"`before`: {meta['before']}.", ""]
+    lines += ["| solver | task | steps | chains | NFE | net s | total s | ratio | before: total s | before: ratio "
+              "| PSNR | before: PSNR |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a, b = r.get("after"), r.get("before")
+        lines.append(f"| {r['solver']} | {r['task']} | {r.get('num_steps')} | {r.get('n_samples', 1)} | "
+                     f"{_fmt(a, 'nfe', 'd')} | {_fmt(a, 'net_s', '.2f')} | {_fmt(a, 'total_s', '.2f')} | "
+                     f"{_fmt(a, 'ratio', '.2f')} | {_fmt(b, 'total_s', '.2f')} | {_fmt(b, 'ratio', '.2f')} | "
+                     f"{_fmt(a, 'psnr', '.2f')} | {_fmt(b, 'psnr', '.2f')} |")
+    errs = [f"- {r['solver']} / {r['task']} ({k}): {r[k]['error']}" for r in rows for k in ("after", "before")
+            if r.get(k) and "error" in r[k]]
+    if errs:
+        lines += ["", "Errors:"] + errs
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
