@@ -134,7 +134,7 @@ total = time.perf_counter() - t0
 from invdiff.metrics import psnr
 print("RESULT" + json.dumps({"total_s": total, "net_s": state["net"], "net_forward": state["forward"],
                              "net_backward": state["backward"], "nfe": rec.nfe,
-                             "psnr": float(psnr(rec.mean.cpu(), x.cpu()))}))
+                             "psnr": float(psnr(rec.mean.cpu(), x.cpu(), data_range=1.0, complex=task.data == "mri").mean())}))
 '''
 
 

@@ -50,7 +50,7 @@ import torch
 
 from ._validate import check_choice, fail
 from .datasets.fastmri import MASK_CHOICES
-from .jobs import (DistContext, Item, barrier, check_solver_options, is_volume_solver, load_prior_checked,
+from .jobs import (DistContext, Item, barrier, check_device, check_solver_options, is_volume_solver, load_prior_checked,
                    prior_for_volumes, resolve_config, run_items)
 from .jobs import join as dist_context
 
@@ -81,6 +81,8 @@ DEFAULTS = {
     "blur_size": 9,
     # common
     "noise": 0.01,               # measurement noise std on the [0, 1] image scale
+    "device": "cpu",             # cpu | cuda | cuda:N: where the solver runs (inputs are read and written on the CPU)
+    "precision": "fp32",         # fp32 | bf16 | fp16: the prior network's autocast precision
     "batch_slices": 8,           # slices reconstructed together
     "n_samples": 1,              # posterior samples (their std is written next to the mean)
     "seed": 0,
@@ -145,9 +147,10 @@ def _solve_chunks(n: int, cfg, build, prior, solver, options, seed: int):
     """
     import invdiff
 
+    device = cfg.get("device", "cpu")
     if is_volume_solver(solver):
         gen = torch.Generator().manual_seed(seed)
-        y, op = build(0, n, gen, True)
+        y, op = to_device(*build(0, n, gen, True), device)
         rec = invdiff.solve(y, op, prior, solver=solver, seed=seed, n_samples=int(cfg["n_samples"]), progress=False,
                             **options)
         unvol = lambda t: None if t is None else t.detach()[0].movedim(1, 0)  # noqa: E731  (1,C,D,H,W)->(D,C,H,W)
@@ -157,7 +160,7 @@ def _solve_chunks(n: int, cfg, build, prior, solver, options, seed: int):
     for c, lo in enumerate(range(0, n, B)):
         hi = min(n, lo + B)
         gen = torch.Generator().manual_seed(seed + c)
-        y, op = build(lo, hi, gen, False)
+        y, op = to_device(*build(lo, hi, gen, False), device)
         rec = invdiff.solve(y, op, prior, solver=solver, seed=seed + c, n_samples=int(cfg["n_samples"]),
                             progress=False, **options)
         means.append(rec.mean.detach())
@@ -400,6 +403,8 @@ def _parser():
     p.add_argument("--keep", type=float, help="inpainting: fraction of observed pixels")
     p.add_argument("--noise", type=float, help="measurement noise std on the [0, 1] scale (default 0.01)")
     p.add_argument("--seed", type=int, help="global seed (per-file seeds derive from it)")
+    p.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--precision", help="prior network precision: fp32 (default), bf16 or fp16")
     p.add_argument("--overwrite", action="store_true", default=None, help="redo inputs whose output exists")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     p.add_argument("--config", help="config file (JSON or key = value lines); keys: " + ", ".join(DEFAULTS))
@@ -410,7 +415,8 @@ def _parser():
 
 _FLAG_KEYS = {"solver": "solver", "prior": "prior", "task": "task", "acceleration": "acceleration", "mask": "mask",
               "center_fraction": "center_fraction", "views": "views", "angle_range": "angle_range", "keep": "keep",
-              "noise": "noise", "seed": "seed", "overwrite": "overwrite", "progress": "progress"}
+              "noise": "noise", "seed": "seed", "overwrite": "overwrite", "progress": "progress",
+              "device": "device", "precision": "precision"}
 
 
 def main(argv=None) -> int:
@@ -435,7 +441,8 @@ def main(argv=None) -> int:
     check_choice("--task", cfg["task"], TASKS)
     check_choice("--mask", cfg["mask"], MASK_CHOICES + ("poisson",))
     check_choice("npy", cfg["npy"], ("image", "sinogram"))
-    prior = load_prior_checked(solver, cfg["prior"])
+    device = check_device(cfg["device"])
+    prior = load_prior_checked(solver, cfg["prior"], device=device, precision=str(cfg["precision"]))
     if is_volume_solver(solver):
         prior = prior_for_volumes(prior, int(cfg["batch_slices"]))
     torch.set_num_threads(int(cfg["threads"]))

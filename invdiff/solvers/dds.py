@@ -92,13 +92,17 @@ def dds_timesteps(num_steps: int, schedule: VPSchedule) -> tuple[list[int], list
     return ts[::-1], prev[::-1]
 
 
-def dds_data_consistency(x0: torch.Tensor, y: torch.Tensor, physics, *, dc: str, gamma: float, cg_iters: int):
-    """Step 3: M CG steps initialised at x0 (prox: (I + g A^T A) x = x0 + g A^T y; ls: A^T A x = A^T y)."""
-    ATy = physics.A_adjoint(y)
+def dds_data_consistency(x0: torch.Tensor, y: torch.Tensor, physics, *, dc: str, gamma: float, cg_iters: int,
+                         ATy: torch.Tensor | None = None):
+    """Step 3: M CG steps initialised at x0 (prox: (I + g A^T A) x = x0 + g A^T y; ls: A^T A x = A^T y).
+
+    ``ATy``: :math:`A^\top y` when the caller holds it (it does not change along the chain); computed otherwise.
+    """
+    ATy = physics.A_adjoint(y) if ATy is None else ATy
     if dc == "prox":
-        return conjugate_gradient(lambda v: v + gamma * physics.A_adjoint(physics.A(v)), x0 + gamma * ATy, x0=x0,
+        return conjugate_gradient(lambda v: v + gamma * physics.A_adjoint_A(v), x0 + gamma * ATy, x0=x0,
                                   max_iter=cg_iters)
-    return conjugate_gradient(lambda v: physics.A_adjoint(physics.A(v)), ATy, x0=x0, max_iter=cg_iters)
+    return conjugate_gradient(physics.A_adjoint_A, ATy, x0=x0, max_iter=cg_iters)
 
 
 def default_dc(physics) -> str:
@@ -179,8 +183,12 @@ def dds(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps:
     if dc == "auto":
         dc = default_dc(physics)
     if data_consistency is None:
+        cache = {}
+
         def data_consistency(x0, yy, ph):
-            return dds_data_consistency(x0, yy, ph, dc=dc, gamma=gamma, cg_iters=cg_iters)
+            if cache.get("y") is not yy:                                 # A^T y is loop-invariant: once per solve
+                cache.update(y=yy, ATy=ph.A_adjoint(yy))
+            return dds_data_consistency(x0, yy, ph, dc=dc, gamma=gamma, cg_iters=cg_iters, ATy=cache["ATy"])
         info_dc = dc
     else:
         if not callable(data_consistency):

@@ -60,8 +60,11 @@ def conjugate_gradient(H: Callable[[torch.Tensor], torch.Tensor], b: torch.Tenso
     # round-off (pHp ~ 0) and blow up (seen on single-coil MRI, where CG converges in 1-2 steps)
     floor = torch.finfo(b.real.dtype if b.is_complex() else b.dtype).eps * 10
     active = rs.sqrt() > floor * b_norm
+    # early exit when every sample is frozen: reading the flag back stalls an accelerator once per iteration, so
+    # it is checked on the CPU only (elsewhere frozen samples take zero steps, with the same result)
+    early_exit = b.device.type == "cpu"
     for k in range(max_iter):
-        if not bool(active.any()):
+        if early_exit and not bool(active.any()):
             break
         Hp = H(p)
         pHp = inner(p, Hp)
