@@ -125,3 +125,16 @@ def test_solvers_run_on_cuda_and_match_cpu(task_name, solver):
     c = t.data == "mri"
     assert abs(float(psnr(gpu.mean.cpu(), x, data_range=1.0, complex=c)) -
                float(psnr(cpu.mean, x, data_range=1.0, complex=c))) < 2.0
+
+
+def test_vectorised_diffpir_schedule_is_bit_identical_to_deepinv():
+    import deepinv as dinv
+
+    from invdiff.solvers.deepinv_baselines import _diffpir_class
+
+    den = torch.nn.Identity()
+    for sigma in (0.01, torch.tensor([0.005])):
+        ref = dinv.sampling.DiffPIR(den, dinv.optim.data_fidelity.L2(), sigma=0.01, max_iter=37, lambda_=3.0)
+        fast = _diffpir_class()(den, dinv.optim.data_fidelity.L2(), sigma=0.01, max_iter=37, lambda_=3.0)
+        for a, b in zip(ref.get_noise_schedule(sigma), fast.get_noise_schedule(sigma)):
+            assert a.dtype == b.dtype and torch.equal(a.reshape(-1), b.reshape(-1))

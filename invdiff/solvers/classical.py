@@ -48,7 +48,7 @@ def cg(y, physics, prior=None, *, generator=None, n_samples=1, progress=False, l
     check_positive("max_iter", max_iter, integer=True)
     with torch.no_grad():
         b = physics.A_adjoint(y)
-        x = conjugate_gradient(lambda v: physics.A_adjoint(physics.A(v)) + lam * v, b, max_iter=max_iter, tol=tol)
+        x = conjugate_gradient(lambda v: physics.A_adjoint_A(v) + lam * v, b, max_iter=max_iter, tol=tol)
     return SolverOutput(mean=x, info={"lam": lam, "cg_iters": max_iter})
 
 

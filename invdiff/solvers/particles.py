@@ -452,7 +452,7 @@ def sample_linear_gaussian(physics, y: torch.Tensor, *, sigma_y: float, alpha: f
         start = torch.cat([m0, m0]) if return_mean else m0.clone()
 
         def H(v):
-            return v + k * physics.A_adjoint(physics.A(v))
+            return v + k * physics.A_adjoint_A(v)
 
         x = conjugate_gradient(H, b, x0=start, max_iter=cg_iters, tol=cg_tol)
         res = b - H(x)

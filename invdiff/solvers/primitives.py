@@ -110,7 +110,7 @@ def op_norm_sq(physics, x_like: torch.Tensor, n_iter: int = 30, generator: torch
     lam = 0.0
     with torch.no_grad():
         for _ in range(n_iter):
-            w = physics.A_adjoint(physics.A(v))
+            w = physics.A_adjoint_A(v)
             lam = float(inner(v, w).sum())
             v = w / w.norm().clamp_min(1e-30)
     return lam

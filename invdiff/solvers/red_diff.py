@@ -208,7 +208,7 @@ def initial_estimate(y: torch.Tensor, physics, init="pinv", init_iters: int = 30
         if isinstance(physics, MatrixOperator) or _binary_singular_values(physics):
             with preserve_solver_settings(physics):
                 return physics.A_dagger(y)
-        return conjugate_gradient(lambda v: physics.A_adjoint(physics.A(v)), physics.A_adjoint(y),
+        return conjugate_gradient(physics.A_adjoint_A, physics.A_adjoint(y),
                                   max_iter=init_iters)
 
 
