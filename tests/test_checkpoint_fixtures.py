@@ -266,3 +266,75 @@ def test_score_sde_nf_without_a_group_split_names_nf(tmp_path):
     with pytest.raises(CheckpointError, match=r"nf=2.*min\(C // 4, 32\)"):
         load_checkpoint(tmp_path / "tiny.pth", sde="vp", image_size=16, centered=True, ch_mult=[1],
                         num_res_blocks=1, attn_resolutions=[])
+
+
+_DEFAULTS_PY = '''\
+import ml_collections
+import torch
+
+
+def get_default_configs():
+  config = ml_collections.ConfigDict()
+  config.training = training = ml_collections.ConfigDict()
+  training.continuous = True
+  open("{marker}", "w").write("the config was executed")
+  config.data = data = ml_collections.ConfigDict()
+  data.image_size = 256
+  data.centered = False
+  data.num_channels = 2
+  config.model = model = ml_collections.ConfigDict()
+  model.sigma_max = 378
+  model.sigma_min = 0.01
+  model.embedding_type = 'fourier'
+  config.device = torch.device('cuda:0') if torch.cuda.is_available() else torch.device('cpu')
+  return config
+'''
+
+_CONFIG_PY = '''\
+"""NCSN++ with the VE SDE, in the style of score-MRI's configs/ve/*.py."""
+from configs.default_lsun_configs import get_default_configs
+
+
+def get_config():
+  config = get_default_configs()
+  training = config.training
+  training.sde = 'vesde'
+  data = config.data
+  data.image_size = 16
+  model = config.model
+  model.name = 'ncsnpp'
+  model.scale_by_sigma = True
+  model.nf = 32
+  model.ch_mult = (1, 2, 4)
+  model.num_res_blocks = 1
+  model.attn_resolutions = (8,)
+  model.fir = True
+  model.fir_kernel = [1, 3, 3, 1]
+  model.resblock_type = 'biggan'
+  model.progressive = 'none'
+  model.progressive_input = 'residual'
+  config.model.conv_size = 3
+  return config
+'''
+
+
+def test_score_sde_python_config_is_parsed_not_run(tmp_path):
+    """score_sde / score-MRI ship ml_collections python configs: their literal assignments are read (following
+    get_default_configs() to its file), the code never runs (the marker file is not written)."""
+    path, data, _ = _score_sde_training_state(tmp_path, "sde_ve_ncsnpp_nf32_c32-64-128")
+    marker = tmp_path / "executed.txt"
+    (tmp_path / "repo" / "configs" / "ve").mkdir(parents=True)
+    (tmp_path / "repo" / "configs" / "default_lsun_configs.py").write_text(_DEFAULTS_PY.format(marker=marker))
+    cfg = tmp_path / "repo" / "configs" / "ve" / "fastmri_knee_16_ncsnpp_continuous.py"
+    cfg.write_text(_CONFIG_PY)
+    prior = load_checkpoint(path, config=cfg)
+    assert not marker.exists()
+    assert prior.info["sde"] == "ve" and prior.info["arch"]["channel_mult"] == [1, 2, 4]
+    out = native_denoiser(prior, data["x_t"], data["std"], centered=False)
+    assert_close_f32(out, data["expected"], rel=REL)
+    # the defaults file must be found: one error saying which and where
+    (tmp_path / "repo" / "configs" / "default_lsun_configs.py").unlink()
+    with pytest.raises(CheckpointError, match=r"get_default_configs.*configs.default_lsun_configs.*not found"):
+        load_checkpoint(path, config=cfg)
+    with pytest.raises(CheckpointError, match="config file .* does not exist"):
+        load_checkpoint(path, config=tmp_path / "nope.py")

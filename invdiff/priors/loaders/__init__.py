@@ -138,6 +138,9 @@ def load_checkpoint(path, *, device="cpu", format: str | None = None, config=Non
     if p.is_dir() or format == "diffusers" or (p.is_file() and p.name in _WEIGHT_NAMES and (p.parent / "config.json").is_file()):
         if format not in (None, "diffusers"):
             raise CheckpointError(f"'{p}' is a folder: only diffusers model folders are loaded from folders, not {format!r}")
+        if config is not None:
+            raise CheckpointError(f"argument 'config': not used for the diffusers folder '{p}' (its config.json and "
+                                  f"scheduler_config.json are read); pass settings as keyword arguments")
         return _build_diffusers(p, arch_kwargs, device)
     obj = read_checkpoint_file(p, device="cpu")
     sd, extras = _unwrap(obj, p)
