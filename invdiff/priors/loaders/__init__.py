@@ -11,6 +11,7 @@ Layout (one module per external format, its key-conversion rules next to the arc
 -----------------------------------------------------------------------------------------------------
 - :mod:`.detect` -- safe file reading, state-dict unwrapping, format detection, strict loading, config sidecars;
 - :mod:`.wrappers` -- the invdiff denoiser contract around a network (discrete VP, preconditioned);
+- :mod:`.groupnorm` -- EDM / score_sde's GroupNorm group rule :math:`\min(32, \lfloor C/4\rfloor)` for deepinv networks;
 - :mod:`.guided_diffusion`, :mod:`.edm` (ADM / NCSN++), :mod:`.score_sde`, :mod:`.diffusers_folder` -- one format each;
 - this module: :func:`load_checkpoint`, which reads, detects and dispatches.
 

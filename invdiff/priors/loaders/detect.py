@@ -328,8 +328,9 @@ def read_ml_collections_config(path) -> dict:
 
     >>> import tempfile, pathlib
     >>> f = pathlib.Path(tempfile.mkdtemp()) / "c.py"
-    >>> _ = f.write_text("def get_config():\n  config = ml_collections.ConfigDict()\n"
-    ...                  "  config.model = model = ml_collections.ConfigDict()\n  model.nf = 64\n  return config\n")
+    >>> lines = ["def get_config():", "  config = ml_collections.ConfigDict()",
+    ...          "  config.model = model = ml_collections.ConfigDict()", "  model.nf = 64", "  return config"]
+    >>> _ = f.write_text(chr(10).join(lines))
     >>> read_ml_collections_config(f)
     {'model': {'nf': 64}}
     """
