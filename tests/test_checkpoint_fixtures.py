@@ -119,6 +119,10 @@ def test_guided_diffusion_matches_original_with_num_head_channels(tmp_path):
     assert "config=" in str(err.value)
     prior = load_checkpoint(path, **extra["loader_kwargs"])
     assert_close_f32(native_denoiser(prior, x_n, sigma_n, centered=True), expected, rel=REL)
+    with pytest.raises(CheckpointError, match=r"num_head_channels=48 does not divide the 64-channel"):
+        load_checkpoint(path, num_head_channels=48)
+    with pytest.raises(CheckpointError, match=r"num_head_channels=-1 .* num_heads is not set"):
+        load_checkpoint(path, num_head_channels=-1)
     # a wrong head count is a different network (why it must be stated): far outside the tolerance
     wrong = load_checkpoint(path, num_head_channels=16)
     err = (native_denoiser(wrong, x_n, sigma_n, centered=True) - expected).abs().max()
@@ -188,6 +192,11 @@ def test_guided_diffusion_heads_from_a_dds_config_json(tmp_path):
     bad["model"]["num_channels"] = 64
     path.with_suffix(".json").write_text(json.dumps(bad))
     with pytest.raises(CheckpointError, match="num_channels=64"):
+        load_checkpoint(path)
+    bad = _dds_dict()
+    bad["model"]["attention_resolutions"] = "16,8"                       # the weights have attention at 8 only
+    path.with_suffix(".json").write_text(json.dumps(bad))
+    with pytest.raises(CheckpointError, match="attention_resolutions='16,8'"):
         load_checkpoint(path)
 
 

@@ -199,15 +199,24 @@ def _check_config(cfg: _Config, source: str, arch: dict, learn_sigma_weights: bo
                 out_channels=arch["out_channels"], num_res_blocks=arch["num_res_blocks"],
                 use_scale_shift_norm=arch["use_scale_shift_norm"], resblock_updown=arch["resblock_updown"],
                 class_cond=bool(arch["num_classes"]), learn_sigma=learn_sigma_weights)
-    bad = [f"{k}={cfg[k]!r} (weights: {v!r})" for k, v in seen.items()
-           if cfg.get(k) is not None and (bool(cfg[k]) if isinstance(v, bool) else int(cfg[k])) != v]
+    def differs(given, v):
+        try:
+            return (bool(given) if isinstance(v, bool) else int(given)) != v
+        except (TypeError, ValueError):
+            return True
+
+    bad = [f"{k}={cfg[k]!r} (weights: {v!r})" for k, v in seen.items() if cfg.get(k) is not None and differs(cfg[k], v)]
     res, ar = cfg["image_size"], cfg["attention_resolutions"]
-    if res is not None and ar is not None:
-        want = sorted({int(res) // int(r) for r in str(ar).replace(" ", "").strip("()[]").split(",") if r})
+    if res is not None and ar is not None:                  # guided-diffusion: attention where image_size // ds = r
         have = sorted(2 ** lv for lv in arch["attention_levels"])
-        if [d for d in want if d < 2 ** n_levels] != have:
-            bad.append(f"attention_resolutions={ar!r} at image_size={res} (weights: attention at "
-                       f"{[int(res) // d for d in have]})")
+        try:
+            want = sorted({int(res) // int(r) for r in str(ar).replace(" ", "").strip("()[]").split(",") if r})
+            ok = [d for d in want if d < 2 ** n_levels] == have
+        except (TypeError, ValueError, ZeroDivisionError):
+            ok = False
+        if not ok:
+            bad.append(f"attention_resolutions={ar!r} at image_size={res!r} (weights: attention at downsampling "
+                       f"factors {have})")
     if bad:
         where = f" (config '{cfg.sidecar_path}')" if cfg.sidecar_path else ""
         raise CheckpointError(f"cannot load '{source}' as guided-diffusion: the settings contradict the "
