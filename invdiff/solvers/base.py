@@ -55,18 +55,23 @@ class SolverSpec:
     needs_prior: bool
     sampler: bool  # True if independent runs give posterior samples
     doc: str
+    partial_y: bool = False  # reads only some entries of y (active acquisition): NaN elsewhere / None allowed
 
 
 _REGISTRY: dict[str, SolverSpec] = {}
 
 
-def register(name: str, *, needs_prior: bool = True, sampler: bool = True):
-    """Decorator: register ``fn`` as solver ``name``."""
+def register(name: str, *, needs_prior: bool = True, sampler: bool = True, partial_y: bool = False):
+    """Decorator: register ``fn`` as solver ``name``.
+
+    ``partial_y=True``: the solver reads only the entries of ``y`` it chooses (active acquisition, ``ads``), so
+    :func:`solve` leaves the finiteness and shape checks of ``y`` to it and lets ``y`` be None.
+    """
 
     def deco(fn):
         if name in _REGISTRY:
             raise RuntimeError(f"solver {name!r} registered twice")
-        _REGISTRY[name] = SolverSpec(name, fn, needs_prior, sampler, (fn.__doc__ or "").strip())
+        _REGISTRY[name] = SolverSpec(name, fn, needs_prior, sampler, (fn.__doc__ or "").strip(), partial_y)
         return fn
 
     return deco
@@ -121,9 +126,10 @@ def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "d
         torch.Size([1, 3])
     """
     spec = get(solver)
-    check_tensor("y", y, finite=True)
-    if hasattr(physics, "check_y"):
-        physics.check_y(y)  # invdiff operators: shape / channel / dtype checks with one clear message
+    if not spec.partial_y:
+        check_tensor("y", y, finite=True)
+        if hasattr(physics, "check_y"):
+            physics.check_y(y)  # invdiff operators: shape / channel / dtype checks with one clear message
     check_positive("n_samples", n_samples, integer=True)
     if spec.needs_prior and prior is None:
         fail("prior", f"a prior for solver {solver!r} (see invdiff.priors.available())", "None")
@@ -136,7 +142,7 @@ def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "d
 
         progress = sys.stderr.isatty()
     counted = CountingPrior(prior) if prior is not None else None
-    gen = make_generator(seed, y.device)
+    gen = make_generator(seed, y.device if y is not None else "cpu")
     t0 = time.perf_counter()
     out = spec.fn(y, physics, counted, generator=gen, n_samples=n_samples, progress=progress, **options)
     seconds = time.perf_counter() - t0
