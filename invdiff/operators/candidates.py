@@ -30,7 +30,7 @@ operator (fully sampled)                   unit             meas_shape
 =========================================  ===============  ==================================================
 ``MRI`` 2D / slice-wise 4-entry img_size    column (W axis)  (2, H) / (2, D, H)
 ``MultiCoilMRI`` (same)                     column           (2, N, H) / (2, N, D, H)
-``SliceWise(MRI or MultiCoilMRI)``          column           (2, D, H) / (2, N, D, H)
+``SliceWise(MRI or MultiCoilMRI)``          column           (2, D, H) / (2, D, N, H)
 ``CT`` parallel or fan beam, ``CT3D``       view (angle)     (C, n_det) / (C, D, n_det)
 ``Inpainting``                              pixel or patch   (C,) / (C, p, p)
 ``MatrixOperator``                          row or group     () / (g,)

@@ -124,12 +124,17 @@ def predictive_score(pred: torch.Tensor, score: str = "gmm", sigma: float = 1.0)
     if score == "variance":
         p = pred.to(F64)
         return (p - p.mean(0, keepdim=True)).pow(2).mean(0).sum(-1)
-    D = pairwise_sq_dist(pred)
-    if score == "gmm":                                                  # official positive kernel
-        return torch.logsumexp(D / (2 * sigma ** 2), dim=2).sum(1)
-    # Huber et al. (2008) lower bound, nats: -1/N sum_i log 1/N sum_j N(mu_i; mu_j, 2 s^2 I)
-    log_k = -D / (4 * sigma ** 2) - 0.5 * d * math.log(4 * math.pi * sigma ** 2)
-    return -(torch.logsumexp(log_k, dim=2) - math.log(N)).mean(1)
+    # D is (n, N, N): chunk over candidates to hold at most ~2^23 float64 entries at a time
+    step = max(1, (1 << 23) // (N * N))
+    out = []
+    for c0 in range(0, n, step):
+        D = pairwise_sq_dist(pred[:, c0:c0 + step])
+        if score == "gmm":                                              # official positive kernel
+            out.append(torch.logsumexp(D / (2 * sigma ** 2), dim=2).sum(1))
+        else:  # Huber et al. (2008) lower bound, nats: -1/N sum_i log 1/N sum_j N(mu_i; mu_j, 2 s^2 I)
+            log_k = -D / (4 * sigma ** 2) - 0.5 * d * math.log(4 * math.pi * sigma ** 2)
+            out.append(-(torch.logsumexp(log_k, dim=2) - math.log(N)).mean(1))
+    return torch.cat(out)
 
 
 def acquisition_steps(num_steps: int, n_acquire: int, window: tuple[float, float]) -> list[tuple[int, int]]:
@@ -169,7 +174,8 @@ def ads(y, physics, prior, *, generator, n_samples=1, progress=False, accelerati
         particles: int | None = None, num_steps: int | None = None, window=None, per_step: int | None = None,
         score: str = "gmm", entropy_sigma: float | None = None, center_fraction: float | str | None = "auto",
         unit: str | None = None, patch: int | None = None, groups=None, eta: float | None = None,
-        cg_iters: int = 5, gamma: float | None = None, dc: str = "auto", chunk: int | None = None):
+        cg_iters: int = 5, gamma: float | None = None, dc: str = "auto", guidance: str = "dds",
+        dps_weight: float = 1.0, chunk: int | None = None):
     r"""Active maximum-entropy subsampling (see module docstring).
 
     ``y`` is the fully sampled measurement ``(1, *physics.y_shape)`` (only chosen entries are read; NaN allowed
@@ -228,6 +234,8 @@ def ads(y, physics, prior, *, generator, n_samples=1, progress=False, accelerati
             fail("y", f"one fully sampled measurement of shape {want} (ADS acquires for one image at a time)", y)
     eta = _eta(eta, num_steps)
     check_choice("dc", dc, ["auto", "prox", "ls"])
+    check_choice("guidance", guidance, ["dds", "dps"])
+    check_positive("dps_weight", dps_weight)
     if chunk is not None:
         check_positive("chunk", chunk, integer=True)
     # ---- candidate set, budget, fixed block ------------------------------------------------------------------
@@ -298,9 +306,18 @@ def ads(y, physics, prior, *, generator, n_samples=1, progress=False, accelerati
     with torch.no_grad():
         for k, (t, t_prev) in enumerate(progress_bar(list(zip(ts, prev)), progress, "ads")):
             a, a_prev = ab(t), ab(t_prev)
-            x0_hat = map_chunked(denoise, x, a, chunk=chunk)                       # Tweedie, one NFE
+            if guidance == "dps" and sub is not None:                              # official: DPS step
+                with torch.enable_grad():
+                    xg = x.detach().requires_grad_(True)
+                    x0_hat = map_chunked(denoise, xg, a, chunk=chunk)
+                    res = (sub.A(x0_hat) - y_acq).reshape(particles, -1)
+                    grad = torch.autograd.grad(res.norm(dim=1).sum(), xg)[0]      # grad of w ||y - A x0_hat(x_t)||
+                x0_hat = x0_hat.detach()
+            else:
+                x0_hat = map_chunked(denoise, x, a, chunk=chunk)                   # Tweedie, one NFE
+                grad = None
             eps_hat = (x - a ** 0.5 * x0_hat) / (1 - a) ** 0.5
-            if sub is not None:                                                    # DDS data consistency
+            if sub is not None and guidance == "dds":                              # DDS data consistency
                 x0 = dds_data_consistency(x0_hat, y_acq.expand(particles, *cs.y_shape), sub, dc=dc, gamma=gamma,
                                           cg_iters=cg_iters)
             else:
@@ -319,6 +336,8 @@ def ads(y, physics, prior, *, generator, n_samples=1, progress=False, accelerati
                 break
             z = torch.randn(x.shape, generator=generator, device=gdev, dtype=x.dtype).to(x.device)
             x = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * (eta * z + (1 - eta ** 2) ** 0.5 * eps_hat)  # Eq. 17
+            if grad is not None:
+                x = x - dps_weight * grad
     samples = x0[:, None]
     chosen_all = torch.nonzero(acquired).reshape(-1)
     info = {"mask": cs.to_mask(chosen_all), "order": order, "scores": torch.stack(scores) if scores else
@@ -327,7 +346,7 @@ def ads(y, physics, prior, *, generator, n_samples=1, progress=False, accelerati
             "budget": budget, "acceleration": n / budget, "particles": particles, "num_steps": num_steps,
             "window": tuple(window), "score": score, "entropy_sigma": entropy_sigma,
             "center_fraction": center_fraction, "eta": eta, "cg_iters": cg_iters, "gamma": gamma, "dc": dc,
-            "preset": preset, "prospective": acquire is not None}
+            "guidance": guidance, "dps_weight": dps_weight, "preset": preset, "prospective": acquire is not None}
     if "angles" in cs.info:
         info["angles"] = cs.info["angles"][chosen_all]
     return SolverOutput(mean=samples.mean(0), samples=samples, std=samples.std(0), info=info)
