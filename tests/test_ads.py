@@ -244,3 +244,15 @@ def test_ads_bad_operator_callback_and_measurements():
         invdiff.solve(y.repeat(2, 1, 1, 1), op, prior, solver="ads", budget=4, **FAST)
     with pytest.raises(TypeError, match="argument 'y'"):
         invdiff.solve(None, op, prior, solver="ads", budget=4, **FAST)
+
+
+def test_presets_set_particles_and_steps():
+    prior = GaussianMixture(torch.ones(1), torch.zeros(1, 4), torch.eye(4)[None])
+    op = MatrixOperator(torch.eye(4), sigma=0.1)
+    y = op.A(torch.ones(1, 4))
+    rec = invdiff.solve(y, op, prior, solver="ads", budget=2, preset="fast")
+    assert (rec.info["particles"], rec.info["num_steps"], rec.nfe, rec.info["nfe_images"]) == (8, 50, 50, 400)
+    rec = invdiff.solve(y, op, prior, solver="ads", budget=2, preset="fast", n_samples=4, num_steps=10)
+    assert rec.samples.shape == (4, 1, 4) and rec.nfe == 10
+    with pytest.raises(ValueError, match="argument 'particles'"):
+        invdiff.solve(y, op, prior, solver="ads", budget=2, n_samples=4, particles=8)

@@ -16,11 +16,24 @@ batched through the prior (one network call per step for all). Each step, with t
 3. at a scheduled step, the acquisition (below) on the predictions :math:`A \tilde x_0^{(i)}`;
 4. re-noising :math:`x_{t'} = \sqrt{\bar\alpha_{t'}}\tilde x_0 + \sqrt{1-\bar\alpha_{t'}}(\eta z + \sqrt{1-\eta^2}\hat\epsilon)`.
 
-*Why DDS's data consistency and not the official DPS step* (:math:`x_{t-1} \mathrel{-}= \omega\nabla_{x_t}\|y - A\hat x_0\|`):
-the DPS gradient needs a vector-Jacobian product through the network per particle and step (about 2-3x the cost
-of the forward call) and thousands of steps (official: 10 000); CG on :math:`\hat x_0` needs no backpropagation, is
-the library's tuned data consistency (``benchmarks/results/dds*.md``), and keeps the particles consistent with the
-acquired data at 50-100 steps, which is what the predictive at the next acquisition is conditioned on.
+``guidance="dps"`` replaces step 2 by the official DPS step (ADS ``pixel_guidance.py``): after the DDIM-type
+update, :math:`x_{t'} \mathrel{-}= \omega\nabla_{x_t}\|y_S - A_S\hat x_0(x_t)\|_2` (``dps_weight`` :math:`\omega`; the
+norm, not its square), one vector-Jacobian product through the network per step for all particles.
+
+*Why DDS's data consistency is the default*: the DPS gradient costs a backward pass through the network per step
+(about 2-3x the forward call) and the official setting needs 10 000 steps; CG on :math:`\hat x_0` needs no
+backpropagation, is the library's tuned data consistency (``benchmarks/results/dds*.md``) and keeps the particles
+consistent with the acquired data at 50-100 steps. Its limit, measured in ``benchmarks/results/ads_exactness.md``:
+CG changes :math:`\hat x_0` only in the range of :math:`A_S^\top`, so what an acquisition says about *correlated*
+unmeasured entries (a pixel's neighbours) reaches the particles only through later denoising steps, whereas the DPS
+gradient carries it through the network's Jacobian at once.
+
+*Window.* The presets acquire in the second half of the reverse steps, (0.5, 1), not early as the official
+fastMRI setting ((0.005, 0.25) of 10 000 steps): early Tweedie estimates are shrunk towards the prior mean by a
+direction-dependent factor, so their spread ranks candidates by the wrong quantity. Measured against the exact
+greedy choice with a Gaussian prior (``benchmarks/results/ads_exactness.md``, 1024 particles, variance score):
+Fourier rows 0.83 -> 0.96 agreement, MRI columns 0.83 -> 1.0 (within 0.01 nats: columns +k and -k tie exactly),
+pixels 0.17 -> 0.58 (0.58 with ``guidance="dps"``, 0.75 within 0.01 nats).
 
 **Acquisition** (dossier §3.2). At each scheduled step, for every candidate :math:`c` not yet acquired, the
 predictions :math:`\hat y_c^{(i)} = A_c\tilde x_0^{(i)}` (:math:`d` real entries) give the pairwise squared distances
@@ -40,8 +53,8 @@ never an already acquired one; the mask is shared by all particles.
 **Schedule.** ``budget`` candidates in total (or ``n // acceleration``), of which the operator's fixed block (the
 MRI centre: ``center_fraction``, fastMRI default 0.08 below 8x, 0.04 from 8x; none for CT, pixels, rows) is
 measured before the first step. The others are chosen at ``n_events = min(remaining, steps in window)`` steps
-spread evenly over the reverse-step window ``[window[0], window[1])`` (fractions of ``num_steps``; official
-fastMRI: [50, 2500] of 10 000 = (0.005, 0.25)), the remainder spread one extra per event from the first.
+spread evenly over the reverse-step window ``[window[0], window[1])`` (fractions of ``num_steps``; presets
+(0.5, 1); official fastMRI: [50, 2500] of 10 000 = (0.005, 0.25)), the remainder spread one extra per event from the first.
 
 **Measurements.** Retrospective: the chosen entries of ``y_full`` are read, no others (``y_full`` may hold NaN
 elsewhere). Prospective: ``acquire(candidates) -> measurements`` is called with the int64 candidate ids of one
@@ -49,16 +62,21 @@ event and must return a float tensor ``(k, *meas_shape)`` (``CandidateSet.meas_s
 None. Either way the final answer only depends on the chosen measurements.
 
 **Presets** (``preset``; particles x steps; NFE = network calls (``rec.nfe``, batched over particles) and images
-denoised (``info["nfe_images"]``); the official setting costs 1.6e5 images denoised plus as many VJPs):
+denoised (``info["nfe_images"]``); the official fastMRI setting costs 16 particles x 10 000 steps = 1.6e5 images
+denoised per slice plus as many VJPs):
 
-==========  =========  =====  ================  ===========  ===========================
-preset      particles  steps  window            rec.nfe      images denoised
-==========  =========  =====  ================  ===========  ===========================
-"fast"      8          50     (0.0, 0.5)        50           400
-"default"   16         100    (0.0, 0.5)        100          1 600  (1 % of official)
-"quality"   16         200    (0.0, 0.5)        200          3 200  (2 %)
-"official"  16         10000  (0.005, 0.25)     10 000       160 000 (DDS DC, no VJP)
-==========  =========  =====  ================  ===========  ===========================
+==========  =========  =====  ================  ===========  ====================================
+preset      particles  steps  window            rec.nfe      images denoised (share of official)
+==========  =========  =====  ================  ===========  ====================================
+"fast"      8          50     (0.5, 1.0)        50           400 (0.25 %)
+"default"   16         100    (0.5, 1.0)        100          1 600 (1 %)
+"quality"   16         200    (0.5, 1.0)        200          3 200 (2 %)
+"official"  16         1000   (0.005, 0.25)     1 000        16 000 (10 %)
+==========  =========  =====  ================  ===========  ====================================
+
+"official" keeps the official particle count and window; its 10 000 steps live on a continuous cosine schedule,
+while the shipped priors are trained on the 1000-step DDPM grid, so 1000 steps is the finest grid here. With
+``guidance="dps"`` every step adds one VJP for all particles (about 2-3x the cost of the network call).
 
 Outputs: ``mean`` (particle mean, (1, *x_shape)), ``samples`` (N, 1, *x_shape), ``std``; ``info``: ``mask``
 (``CandidateSet.to_mask``: (H, W) for MRI, (1, H, W) for inpainting, a bool vector over the views / rows for
@@ -73,8 +91,8 @@ Example:
     >>> prior = GaussianMixture(torch.ones(1), torch.zeros(1, 6), torch.diag(torch.arange(1., 7.))[None])
     >>> op = MatrixOperator(torch.eye(6), sigma=0.1)
     >>> rec = invdiff.solve(op.A(torch.ones(1, 6)), op, prior, solver="ads", budget=2, particles=64, num_steps=20)
-    >>> rec.info["mask"].tolist(), rec.nfe
-    ([False, False, False, False, True, True], 20)
+    >>> int(rec.info["mask"].sum()), len(rec.info["order"]), rec.nfe, rec.samples.shape
+    (2, 2, 20, torch.Size([64, 1, 6]))
 """
 from __future__ import annotations
 
@@ -94,8 +112,8 @@ from .primitives import noise_sigma
 F64 = torch.float64
 
 #: particles, num_steps, window (fractions of the reverse steps) per preset (module docstring table)
-PRESETS = {"fast": (8, 50, (0.0, 0.5)), "default": (16, 100, (0.0, 0.5)), "quality": (16, 200, (0.0, 0.5)),
-           "official": (16, 10000, (0.005, 0.25))}
+PRESETS = {"fast": (8, 50, (0.5, 1.0)), "default": (16, 100, (0.5, 1.0)), "quality": (16, 200, (0.5, 1.0)),
+           "official": (16, 1000, (0.005, 0.25))}
 SCORES = ("gmm", "gmm-lb", "variance")
 
 
@@ -141,14 +159,21 @@ def acquisition_steps(num_steps: int, n_acquire: int, window: tuple[float, float
     """[(step index, number of candidates)] for ``n_acquire`` candidates spread over the window (docstring)."""
     if n_acquire == 0:
         return []
-    lo = int(math.floor(window[0] * num_steps))
-    hi = max(lo + 1, int(math.ceil(window[1] * num_steps)))
-    hi = min(hi, num_steps)
+    lo, hi = _window_range(num_steps, window)
     n_win = hi - lo
     n_events = min(n_acquire, n_win)
     steps = [lo + (k * n_win) // n_events for k in range(n_events)]
     base, extra = divmod(n_acquire, n_events)
     return [(s, base + (1 if k < extra else 0)) for k, s in enumerate(steps)]
+
+
+def _window_range(num_steps: int, window) -> tuple[int, int]:
+    """Step indices [lo, hi) of the window; the last step (which returns the estimate) is excluded when there are
+    several, so that every acquisition reaches the particles through at least one data-consistency step."""
+    last = num_steps - 1 if num_steps > 1 else 1
+    lo = min(int(math.floor(window[0] * num_steps)), last - 1)
+    hi = min(max(lo + 1, int(math.ceil(window[1] * num_steps))), last)
+    return lo, hi
 
 
 def _measure(cs: CandidateSet, chosen: torch.Tensor, y_full, acquire, like: torch.Tensor) -> torch.Tensor:
@@ -185,7 +210,8 @@ def ads(y, physics, prior, *, generator, n_samples=1, progress=False, accelerati
     as the schedule spreads them). ``score`` in {"gmm", "gmm-lb", "variance"}; ``entropy_sigma`` :math:`\sigma_H`.
     ``center_fraction``: "auto" (MRI: fastMRI default for the acceleration; others none), a fraction, or None.
     ``unit``/``patch`` (inpainting), ``groups`` (matrix rows) pick the candidate set. ``eta``, ``cg_iters``,
-    ``gamma``, ``dc`` as :func:`~invdiff.solvers.dds.dds`; ``chunk`` = max particles per network call.
+    ``gamma``, ``dc`` as :func:`~invdiff.solvers.dds.dds`; ``guidance`` "dds" (CG data consistency) or "dps"
+    (official gradient step, ``dps_weight``); ``chunk`` = max particles per network call.
     """
     # ---- option checks (one block; resolved values below) ----------------------------------------------------
     check_choice("preset", preset, list(PRESETS))
@@ -355,8 +381,7 @@ def ads(y, physics, prior, *, generator, n_samples=1, progress=False, accelerati
 def _cap(events, per_step, num_steps, window):
     """Re-spread so that no event takes more than ``per_step`` candidates (more events, same window)."""
     total = sum(c for _, c in events)
-    lo = int(math.floor(window[0] * num_steps))
-    hi = min(max(lo + 1, int(math.ceil(window[1] * num_steps))), num_steps)
+    lo, hi = _window_range(num_steps, window)
     if math.ceil(total / per_step) > hi - lo:
         fail("per_step", f"at least {math.ceil(total / (hi - lo))} ({total} candidates over the {hi - lo} steps "
                          "of the window)", per_step)
