@@ -75,7 +75,12 @@ def task_mri(prior, args, rows):
             rec, sel = run_ads(full, x, prior, i, args, acceleration=R)
             masks = {"ads": rec.info["mask"]}
             for kind in ("equispaced", "random", "gaussian", "poisson"):
-                masks[kind] = make_mask(kind, (64, 64), R, cf, seed=i)
+                for attempt in range(10):          # sigpy's Poisson-disc search misses some (seed, R) pairs
+                    try:
+                        masks[kind] = make_mask(kind, (64, 64), R, cf, seed=i + 1000 * attempt)
+                        break
+                    except ValueError:
+                        continue
             rows.append({"task": "mri", "setting": f"{R}x", "image": i, "mask": "ads-own",
                          "measured": int(rec.info["mask"][0].sum()), **{k[4:]: v for k, v in sel.items()
                                                                          if k.startswith("own_")},

@@ -72,10 +72,11 @@ class MeasurementSubset:
         self.noise_model = getattr(physics, "noise_model", None)
 
     def A(self, x, **kwargs):
-        return self.meas_mask.to(x.dtype) * self.physics.A(x)
+        y = self.physics.A(x)
+        return self.meas_mask.to(device=y.device, dtype=y.dtype) * y
 
     def A_adjoint(self, y, **kwargs):
-        return self.physics.A_adjoint(self.meas_mask.to(y.dtype) * y)
+        return self.physics.A_adjoint(self.meas_mask.to(device=y.device, dtype=y.dtype) * y)
 
 
 class CandidateSet:
@@ -112,7 +113,7 @@ class CandidateSet:
     # -- per-candidate views of measurements -------------------------------------------------------
     def split(self, y: torch.Tensor) -> torch.Tensor:
         """(B, *y_shape) -> (B, n, d) per-candidate measurements."""
-        return y.reshape(y.shape[0], -1)[:, self.index]
+        return y.reshape(y.shape[0], -1)[:, self.index.to(y.device)]
 
     def merge(self, values: torch.Tensor, chosen: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Write (B, k, d) ``values`` of candidates ``chosen`` (k,) into ``out`` (default zeros (B, *y_shape))."""
