@@ -16,7 +16,7 @@ import torch
 
 from .._validate import check_positive, fail
 from .base import SolverOutput, progress_bar, register
-from .primitives import conjugate_gradient, grad_adjoint, grad_op, op_norm_sq
+from .primitives import conjugate_gradient, grad_adjoint, grad_op, normal_op, op_norm_sq
 
 
 @register("adjoint", needs_prior=False, sampler=False)
@@ -48,7 +48,7 @@ def cg(y, physics, prior=None, *, generator=None, n_samples=1, progress=False, l
     check_positive("max_iter", max_iter, integer=True)
     with torch.no_grad():
         b = physics.A_adjoint(y)
-        x = conjugate_gradient(lambda v: physics.A_adjoint_A(v) + lam * v, b, max_iter=max_iter, tol=tol)
+        x = conjugate_gradient(lambda v: normal_op(physics, v) + lam * v, b, max_iter=max_iter, tol=tol)
     return SolverOutput(mean=x, info={"lam": lam, "cg_iters": max_iter})
 
 

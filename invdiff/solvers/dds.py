@@ -69,7 +69,7 @@ import torch
 from .._validate import check_choice, check_in_range, check_positive, fail
 from ..schedules import VPSchedule
 from .base import SolverOutput, chains_batch, chains_unbatch, progress_bar, register
-from .primitives import conjugate_gradient, noise_sigma
+from .primitives import conjugate_gradient, noise_sigma, normal_op
 from .ztv import PRESETS as ZTV_PRESETS, ZTVADMM, check_volume_problem, default_preset
 
 #: paper's eta per step budget (Sec. 5, "eta = 0.15 / 0.5 / 0.8 for 19 / 49 / 99 NFE")
@@ -100,9 +100,9 @@ def dds_data_consistency(x0: torch.Tensor, y: torch.Tensor, physics, *, dc: str,
     """
     ATy = physics.A_adjoint(y) if ATy is None else ATy
     if dc == "prox":
-        return conjugate_gradient(lambda v: v + gamma * physics.A_adjoint_A(v), x0 + gamma * ATy, x0=x0,
+        return conjugate_gradient(lambda v: v + gamma * normal_op(physics, v), x0 + gamma * ATy, x0=x0,
                                   max_iter=cg_iters)
-    return conjugate_gradient(physics.A_adjoint_A, ATy, x0=x0, max_iter=cg_iters)
+    return conjugate_gradient(lambda v: normal_op(physics, v), ATy, x0=x0, max_iter=cg_iters)
 
 
 def default_dc(physics) -> str:

@@ -24,7 +24,7 @@ import torch
 from .._validate import check_positive, fail
 from ..priors.base import Prior
 from .base import SolverOutput, chains_batch, chains_unbatch, register
-from .primitives import conjugate_gradient, noise_sigma, preserve_solver_settings
+from .primitives import conjugate_gradient, noise_sigma, normal_op, preserve_solver_settings
 
 #: CG iterations of DiffPIR's data step (Eq. 13) from the denoised estimate: within 0.03 dB of deepinv's prox_l2 on
 #: CT 8-view and 4x 8-coil MRI at about half its time; 5 loses 0.1 dB on MRI, 3 loses 0.5 (benchmarks/results/diffpir_cg.md)
@@ -96,7 +96,7 @@ def _warm_l2():
             if self._y is not y:                                   # A^T y: once per solve, not once per step
                 self._y, self._ATy = y, physics.A_adjoint(y)
             g = self.norm * gamma
-            return conjugate_gradient(lambda v: v + g * physics.A_adjoint_A(v), x + g * self._ATy, x0=x,
+            return conjugate_gradient(lambda v: v + g * normal_op(physics, v), x + g * self._ATy, x0=x,
                                       max_iter=self.cg_iters)
 
     return WarmProxL2

@@ -414,7 +414,7 @@ def sample_linear_gaussian(physics, y: torch.Tensor, *, sigma_y: float, alpha: f
     :returns: (x, info) with ``info = {"method": "spectral"|"cg"|"prior", "cg_residual": float | None}``, and
         ``info["mean"]`` = :math:`\bar m` when ``return_mean`` (for CG, one extra right-hand side in the same solve).
     """
-    from .primitives import conjugate_gradient, inner
+    from .primitives import conjugate_gradient, inner, normal_op
 
     gdev = generator.device if generator is not None else torch.device("cpu")
 
@@ -452,7 +452,7 @@ def sample_linear_gaussian(physics, y: torch.Tensor, *, sigma_y: float, alpha: f
         start = torch.cat([m0, m0]) if return_mean else m0.clone()
 
         def H(v):
-            return v + k * physics.A_adjoint_A(v)
+            return v + k * normal_op(physics, v)
 
         x = conjugate_gradient(H, b, x0=start, max_iter=cg_iters, tol=cg_tol)
         res = b - H(x)

@@ -81,6 +81,13 @@ def conjugate_gradient(H: Callable[[torch.Tensor], torch.Tensor], b: torch.Tenso
     return x
 
 
+def normal_op(physics, v: torch.Tensor) -> torch.Tensor:
+    r""":math:`A^\top A v`: the operator's fused ``A_adjoint_A`` when it has one (deepinv ``LinearPhysics``;
+    invdiff's multi-coil MRI fuses the FFTs), else ``A_adjoint(A(v))`` (any object with ``A`` / ``A_adjoint``)."""
+    f = getattr(physics, "A_adjoint_A", None)
+    return f(v) if f is not None else physics.A_adjoint(physics.A(v))
+
+
 def grad_op(x: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     """Forward differences of ``x`` along ``dims`` (Neumann boundary), stacked on a new last axis."""
     out = []
@@ -110,7 +117,7 @@ def op_norm_sq(physics, x_like: torch.Tensor, n_iter: int = 30, generator: torch
     lam = 0.0
     with torch.no_grad():
         for _ in range(n_iter):
-            w = physics.A_adjoint_A(v)
+            w = normal_op(physics, v)
             lam = float(inner(v, w).sum())
             v = w / w.norm().clamp_min(1e-30)
     return lam
