@@ -44,7 +44,7 @@ CASES = [
     ("diffusion-mbir", "ct3d-8view", {"num_steps": 20, "depth": 4}),
     ("diffusion-mbir", "mri3d-4x", {"num_steps": 20, "depth": 4}),
     ("ads", "mri-full-multicoil", {"num_steps": 50, "acceleration": 4, "particles": 8}),  # ADS picks the 4x mask
-    ("ads", "ct-full-180view", {"num_steps": 50, "acceleration": 22.5, "particles": 8}),   # 8 of 180 views
+    ("ads", "ct-full-90view", {"num_steps": 50, "acceleration": 11.25, "particles": 8}),   # 8 of 90 views
     ("dds", "ct-8view", {"num_steps": 50, "n_samples": 4}),
     ("red-diff", "mri-4x-multicoil", {"num_steps": 50, "n_samples": 4}),
 ]
@@ -134,12 +134,12 @@ elif task_name == "ct-512-180view":
     task = get_task("ct-8view")
     x = ct_phantoms(split_seeds("heldout", 1), 512)
     phys = CT(512, n_views=180, sigma=0.01)
-elif task_name in ("mri-full-multicoil", "ct-full-180view"):    # ADS: the fully sampled acquisition it selects from
+elif task_name in ("mri-full-multicoil", "ct-full-90view"):    # ADS: the fully sampled acquisition it selects from
     from invdiff.operators import CT, MultiCoilMRI, birdcage_maps
     task = get_task("mri-4x-multicoil" if task_name.startswith("mri") else "ct-8view")
     x = task.images([0], size=size)
     phys = (MultiCoilMRI(torch.ones(size, size), birdcage_maps(8, (size, size)), img_size=(2, size, size), sigma=0.01)
-            if task_name.startswith("mri") else CT(size, n_views=180, sigma=0.01))
+            if task_name.startswith("mri") else CT(size, n_views=90, sigma=0.01))
 else:
     task = get_task(task_name)
     x = task.images([0], size=size, depth=depth)
