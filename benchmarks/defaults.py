@@ -13,8 +13,10 @@ the bench tasks (:mod:`invdiff.bench.tasks`, noise 0.01, 64 x 64):
   zero-filled / back-projection estimate ``adjoint``;
 - NFE and seconds per image (1 torch thread; the machine was shared, so seconds are an upper bound).
 
-Rows run in order of cost and the script stops launching rows when ``--budget`` CPU seconds are spent (rows not
-run are listed). Writes ``benchmarks/results/defaults.{json,md}``.
+Rows run in order of cost (baselines, the defaults and tunings of dds and red-diff, then the other solvers'
+defaults cheapest first) and the script
+stops launching rows when ``--budget`` CPU seconds are spent (rows not run are listed); the tables are rewritten
+after every row. Writes ``benchmarks/results/defaults.{json,md}``.
 
     python benchmarks/defaults.py [--images 2] [--budget 900] [--dps-tasks ct-8view,mri-4x-multicoil,...]
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -69,47 +72,88 @@ def main(argv=None):
     p.add_argument("--dps-tasks", default="ct-8view,mri-4x-multicoil,inpainting-random,deblur-gaussian",
                    help="DPS (1000 NFE with backpropagation) only on these tasks")
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--cache", default=None, help="folder of per-row JSON files: a rerun skips rows already there")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     cfg = {"size": 64, "depth": 8, "noise": 0.01, "first_image": 0}
     tasks, solvers = a.tasks.split(","), a.solvers.split(",")
-    priors, cache = {}, {}
+    priors, prior_cache = {}, {}
     rows, skipped, tuning = [], [], []
     t_cpu0 = time.process_time()
 
     def spent():
         return time.process_time() - t_cpu0
 
+    cache = Path(a.cache) if a.cache else None
+    if cache:
+        cache.mkdir(parents=True, exist_ok=True)
+
     def run(task, solver, label, options, prior_name, image, first=0):
+        key = f"{task}__{solver}__{label}__{json.dumps(options, sort_keys=True)}__{image}__{first}"
+        f = cache / (re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + ".json") if cache else None
+        if f is not None and f.is_file():
+            return json.loads(f.read_text())
         r = RowSpec(task, solver, label, options, prior_name, image)
-        r.key = f"{task}/{label}/{image}/{first}"
-        return run_row(r, dict(cfg, first_image=first), cache)
+        r.key = key
+        row = run_row(r, dict(cfg, first_image=first), prior_cache)
+        if f is not None:
+            f.write_text(json.dumps(row))
+        return row
+
+    def write():
+        table = summarise(rows, tuning)
+        env = environment()
+        meta = {"config": dict(cfg, images=a.images, budget_cpu_s=a.budget, tune_image=TUNE_IMAGE),
+                "cpu_seconds": spent(), "environment": env, "tuning": tuning, "skipped": skipped}
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "defaults.json", {"rows": table, "per_image": rows, "meta": meta})
+        cols = ["task", "solver", "PSNR_default", "PSNR_tuned", "gap_dB", "tuned_options", "PSNR_baseline",
+                "baseline", "PSNR_adjoint", "beats_baseline", "beats_adjoint", "NFE", "seconds", "n"]
+        md = (f"# Measured defaults vs per-task tuned vs classical baseline\n\n{__doc__.split(chr(10) * 2, 1)[1]}\n"
+              f"Held-out images 0..{a.images - 1} of each task, noise 0.01, 64 x 64, torch threads 1; CPU "
+              f"{spent():.0f} s so far (process time). Priors: the shipped `ct-phantom-64`, `mri-brainphantom-64`. "
+              f"`gap_dB` = tuned - default (only where a tuning was run; 0 when the default won on the tuning "
+              f"image).\n\n" + markdown_table(table, cols) +
+              "\n## Per-task tuning (tuning image)\n\n" + markdown_table(
+                  [dict(t, candidates=json.dumps(t["candidates"]), default=json.dumps(t["default"]),
+                        best=json.dumps(t["best"]),
+                        PSNR_tuning_image=" / ".join(f"{v:.2f}" for v in t["PSNR_tuning_image"])) for t in tuning],
+                  ["task", "solver", "default", "candidates", "PSNR_tuning_image", "best"]) +
+              "\n## Rows not run\n\n" + "".join(f"- {s}\n" for s in skipped) + f"\nEnvironment: `{env}`\n")
+        atomic_write_text(out / "defaults.md", md)
+        return md
 
     plan = []
     for tname in tasks:
         task = TASKS[tname]
-        plan.append((0, tname, task.baseline, "baseline", dict(task.baseline_options)))
-        plan.append((0, tname, "adjoint", "adjoint", {}))
+        plan.append((0, tname, task.baseline, "baseline"))
+        plan.append((0, tname, "adjoint", "adjoint"))
         for s in solvers:
             if s == "dps" and tname not in a.dps_tasks.split(","):
                 skipped.append(f"{tname} / dps: not run (DPS only on --dps-tasks, CPU budget)")
                 continue
-            plan.append((1 + SOLVERS.index(s), tname, s, "default", {}))
+            plan.append((1 + SOLVERS.index(s), tname, s, "default"))
+            if s in TUNABLE:  # right after the defaults of the tunable (cheap) solvers
+                plan.append((2.5 + SOLVERS.index(s) / 10, tname, s, "tune"))
     plan.sort(key=lambda e: e[0])
-    for _, tname, solver, label, opts in plan:
+    for _, tname, solver, label in plan:
         task = TASKS[tname]
         prior_name = task.prior if invdiff.solvers.get(solver).needs_prior else None
         if prior_name and prior_name not in priors:
             priors[prior_name] = load(prior_name)
         why = applicable(task, solver, priors.get(prior_name))
         if why:
-            skipped.append(f"{tname} / {solver}: not applicable ({why})")
+            if label != "tune":
+                skipped.append(f"{tname} / {solver}: not applicable ({why})")
             continue
         if spent() > a.budget:
-            skipped.append(f"{tname} / {solver}: not run (CPU budget {a.budget:.0f} s spent)")
+            skipped.append(f"{tname} / {solver} ({label}): not run (CPU budget {a.budget:.0f} s spent)")
             continue
-        # per-task tuning on the tuning image (red-diff, dds)
-        if label == "default" and solver in TUNABLE:
+        opts = dict(task.baseline_options) if label == "baseline" else {}
+        if label == "tune":  # per-task tuning on the tuning image (red-diff, dds), then the best on the images
+            if not any(r["task"] == tname and r["solver"] == solver and r["label"] == "default" for r in rows):
+                continue
             base = _resolved(solver, task, priors[prior_name], cfg)
             cands = [{}]
             for k in TUNABLE[solver]:
@@ -117,7 +161,7 @@ def main(argv=None):
             scores = []
             for c in cands:
                 try:
-                    scores.append(run(tname, solver, f"tune {c}", c, prior_name, 0, TUNE_IMAGE)["PSNR"])
+                    scores.append(run(tname, solver, "tune", c, prior_name, 0, TUNE_IMAGE)["PSNR"])
                 except (ValueError, TypeError, RuntimeError) as e:
                     scores.append(float("-inf"))
                     skipped.append(f"{tname} / {solver} {c}: tuning run failed ({e})"[:200])
@@ -127,33 +171,17 @@ def main(argv=None):
             if cands[best]:
                 for i in range(a.images):
                     rows.append(dict(run(tname, solver, "tuned", cands[best], prior_name, i), label="tuned"))
-        for i in range(a.images):
-            try:
-                row = run(tname, solver, label, opts, prior_name, i)
-            except (ValueError, TypeError, RuntimeError) as e:
-                skipped.append(f"{tname} / {solver}: failed ({e})"[:300])
-                break
-            rows.append(dict(row, label=label))
+        else:
+            for i in range(a.images):
+                try:
+                    row = run(tname, solver, label, opts, prior_name, i)
+                except (ValueError, TypeError, RuntimeError) as e:
+                    skipped.append(f"{tname} / {solver}: failed ({e})"[:300])
+                    break
+                rows.append(dict(row, label=label))
+        write()
         print(f"{spent():7.0f} s  {tname:<20} {solver:<10} {label:<8} {rows[-1]['PSNR'] if rows else ''}", flush=True)
-
-    table = summarise(rows, tuning)
-    env = environment()
-    meta = {"config": dict(cfg, images=a.images, budget_cpu_s=a.budget, tune_image=TUNE_IMAGE),
-            "cpu_seconds": spent(), "environment": env, "tuning": tuning, "skipped": skipped}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "defaults.json", {"rows": table, "per_image": rows, "meta": meta})
-    cols = ["task", "solver", "PSNR_default", "PSNR_tuned", "gap_dB", "tuned_options", "PSNR_baseline", "baseline",
-            "PSNR_adjoint", "beats_baseline", "beats_adjoint", "NFE", "seconds", "n"]
-    md = (f"# Measured defaults vs per-task tuned vs classical baseline\n\n{__doc__.split(chr(10) * 2, 1)[1]}\n"
-          f"Held-out images 0..{a.images - 1} of each task, noise 0.01, 64 x 64, torch threads 1; total CPU "
-          f"{spent():.0f} s. Priors: the shipped `ct-phantom-64`, `mri-brainphantom-64`. `gap_dB` = tuned - "
-          f"default (only where a tuning was run and chose other values than the default; 0 when the default won "
-          f"on the tuning image).\n\n" + markdown_table(table, cols) +
-          "\n## Rows not run\n\n" + "".join(f"- {s}\n" for s in skipped) +
-          f"\nEnvironment: `{env}`\n")
-    atomic_write_text(out / "defaults.md", md)
-    print(md)
+    print(write())
 
 
 def summarise(rows, tuning):

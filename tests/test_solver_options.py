@@ -135,11 +135,16 @@ def test_operator_kinds_of_the_bench_tasks():
 
     want = {"inpainting-box": "inpainting-holes", "inpainting-random": "inpainting-sparse",
             "deblur-gaussian": "blur", "deblur-motion": "blur", "mri-4x-singlecoil": "mri-singlecoil",
-            "mri-8x-multicoil": "mri-multicoil", "ct-16view": "ct", "ct-limited90": "ct-limited",
-            "ct3d-8view": "ct3d", "mri3d-4x": "mri3d"}
+            "ct-16view": "ct", "ct-limited90": "ct-limited",
+            "ct3d-8view": "ct3d"}
     for t, kind in want.items():
         assert operator_kind(TASKS[t].physics(32, 4)) == kind, t
     assert operator_kind(MatrixOperator(torch.eye(3), sigma=0.1)) is None
+    from invdiff.operators import MRI
+
+    mask3d = (torch.rand(4, 16, 16, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    assert operator_kind(MRI(mask3d, img_size=(2, 4, 16, 16), three_d=True, sigma=0.01)) == "mri3d"  # as mri3d-4x
+    # multi-coil: checked in test_measured_defaults_apply_only_where_measured_and_explicit_options_win
 
 
 def test_measured_defaults_apply_only_where_measured_and_explicit_options_win():
