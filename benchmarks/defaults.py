@@ -23,6 +23,7 @@ after every row. Writes ``benchmarks/results/defaults.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import time
@@ -36,6 +37,7 @@ from invdiff.bench.tables import environment, markdown_table
 from invdiff.bench.tasks import TASKS, applicable
 from invdiff.io_utils import atomic_write_json, atomic_write_text
 from invdiff.priors import load
+from invdiff.solvers.defaults import table_for
 
 OUT = Path(__file__).parent / "results"
 #: cheapest first, so that a spent budget cuts the most expensive rows
@@ -90,6 +92,8 @@ def main(argv=None):
 
     def run(task, solver, label, options, prior_name, image, first=0):
         key = f"{task}__{solver}__{label}__{json.dumps(options, sort_keys=True)}__{image}__{first}"
+        if table_for(solver):  # the solver's measured-defaults rows are part of what a row ran with
+            key += "__" + hashlib.sha1(re.sub(r" at 0x[0-9a-f]+", "", repr(table_for(solver))).encode()).hexdigest()[:10]
         f = cache / (re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + ".json") if cache else None
         if f is not None and f.is_file():
             return json.loads(f.read_text())
