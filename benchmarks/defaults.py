@@ -93,7 +93,8 @@ def main(argv=None):
     def run(task, solver, label, options, prior_name, image, first=0):
         key = f"{task}__{solver}__{label}__{json.dumps(options, sort_keys=True)}__{image}__{first}"
         if table_for(solver):  # the solver's measured-defaults rows are part of what a row ran with
-            key += "__" + hashlib.sha1(re.sub(r" at 0x[0-9a-f]+", "", repr(table_for(solver))).encode()).hexdigest()[:10]
+            rows_text = re.sub(r" at 0x[0-9a-f]+", "", repr(table_for(solver)))
+            key += "__" + hashlib.sha1(rows_text.encode()).hexdigest()[:10]
         f = cache / (re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + ".json") if cache else None
         if f is not None and f.is_file():
             return json.loads(f.read_text())

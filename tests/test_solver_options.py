@@ -162,6 +162,14 @@ def test_measured_defaults_apply_only_where_measured_and_explicit_options_win():
     noisy = MultiCoilMRI(mri.mask, birdcage_maps(4, (16, 16)), img_size=(2, 16, 16), sigma=0.1)
     assert measured("red-diff", noisy, mri_prior, {}) == {}                               # outside the sigma range
     assert measured("dds", mri, mri_prior, {})["options"]["gamma"] == pytest.approx(10.0)
+    from invdiff.operators import CT
+
+    ct_prior = Iso(value_range=(0.0, 1.0))
+    few, many = CT(16, n_views=8, sigma=0.01), CT(16, n_views=16, sigma=0.01)
+    assert measured("red-diff", few, ct_prior, {})["options"]["lam"] == 0.25             # rows may depend on views
+    assert measured("red-diff", many, ct_prior, {})["options"]["lam"] == pytest.approx(0.25 / 3)
+    assert measured("dds", few, ct_prior, {}) == {}                                      # v = 0.005 rule stays
+    assert measured("dds", many, ct_prior, {})["options"]["gamma"] == pytest.approx(50 / 3)
     x = torch.rand(1, 2, 16, 16) * 0.5
     y = mri(x)
     rec = invdiff.solve(y, mri, mri_prior, solver="red-diff", num_steps=3)
