@@ -62,7 +62,8 @@ def _solvers(argv):
         print("measured defaults (used when the option is not given; invdiff.solvers.defaults):")
         for r in rows:
             opts = ", ".join(f"{k}={v.__doc__.split(':')[0] if callable(v) else v!r}" for k, v in r.options.items())
-            print(f"  {'/'.join(r.kinds):<32} {opts}   [{r.source}]")
+            when = f" ({r.when.__doc__.strip()})" if r.when is not None else ""
+            print(f"  {'/'.join(r.kinds) + when:<32} {opts}   [{r.source}]")
     return 0
 
 
