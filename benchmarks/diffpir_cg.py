@@ -3,7 +3,8 @@
 DiffPIR (``invdiff.solvers.deepinv_baselines``) solves its data sub-problem (paper Eq. 13) with ``cg_iters`` CG
 steps started at the denoised estimate. This measures PSNR (mean over held-out images that no other benchmark row
 uses, batched in one solve) and seconds for cg_iters in {1, 2, 3, 5, 10} and for deepinv's own prox, on the 64x64
-CT 8-view and 4x 8-coil MRI tasks with DiffPIR's tuned options (lambda 1 / zeta 0.5 on CT, 3 / 0.5 on MRI), 100 steps, seed 0,
+CT 8-view and 4x 8-coil MRI tasks with DiffPIR's tuned options (lambda 1 / zeta 0.5 on CT, 3 / 0.5 on MRI),
+100 steps, seed 0,
 1 torch thread. Writes ``benchmarks/results/diffpir_cg.{json,md}``.
 
     python benchmarks/diffpir_cg.py [--images 3] [--first 1002]
@@ -48,7 +49,8 @@ def run(task_name: str, cg, images: int, first: int, steps: int) -> dict:
     finally:
         B._warm_l2 = saved
     p = psnr(rec.mean, x, data_range=1.0, complex=task.data == "mri")
-    return {"task": task_name, "cg_iters": cg, "psnr": float(p.mean()), "psnr_per_image": [round(float(v), 2) for v in p],
+    return {"task": task_name, "cg_iters": cg, "psnr": float(p.mean()),
+            "psnr_per_image": [round(float(v), 2) for v in p],
             "seconds": sec, "images": images, "steps": steps,
             "options": {k: v for k, v in rec.info.get("options", {}).items()}}
 
@@ -75,7 +77,8 @@ def main(argv=None):
              "tuned DiffPIR options of the task, shipped priors, CPU, 1 thread, shared machine (seconds indicative).",
              "", "| task | CG iterations | PSNR (mean) | per image | seconds |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['cg_iters']} | {r['psnr']:.2f} | {r['psnr_per_image']} | {r['seconds']:.1f} |")
+        lines.append(f"| {r['task']} | {r['cg_iters']} | {r['psnr']:.2f} | {r['psnr_per_image']} "
+                     f"| {r['seconds']:.1f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 #: (solver, task, options): 50 steps (20 for the volume solvers), fewer than most defaults: one-off set-up work (A^T y,
-#: a least-squares start) is spread over no more steps than at the defaults, so ratios at the defaults are the same or lower;
+#: a least-squares start) is spread over no more steps than at the defaults, so ratios at the defaults are the same
+#: or lower;
 #: tuned per-task options come from the task itself
 CASES = [
     ("dds", "ct-8view", {"num_steps": 50}),
@@ -168,8 +169,10 @@ total = time.perf_counter() - t0
 from invdiff.metrics import psnr
 print("RESULT" + json.dumps({"total_s": total, "net_s": state["net"], "net_forward": state["forward"],
                              "net_backward": state["backward"], "nfe": rec.nfe,
-                             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None,
-                             "psnr": float(psnr(rec.mean.cpu(), x.cpu(), data_range=1.0, complex=task.data == "mri").mean())}))
+                             "peak_gpu_mb": (torch.cuda.max_memory_allocated() / 2**20
+                                             if device.startswith("cuda") else None),
+                             "psnr": float(psnr(rec.mean.cpu(), x.cpu(), data_range=1.0,
+                                                complex=task.data == "mri").mean())}))
 '''
 
 
@@ -189,7 +192,8 @@ def measure(code_dir: str, solver: str, task: str, opts: dict, device: str, size
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         try:
-            return subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            return subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                                   "--format=csv,noheader"],
                                   capture_output=True, text=True).stdout.strip()
         except OSError:
             return "cuda (nvidia-smi not found)"
@@ -219,14 +223,17 @@ def main(argv=None):
             row["before"] = measure(args.before, solver, task, opts, args.device, args.size, "fp32")
         rows.append(row)
         print(json.dumps(row), flush=True)
-    meta = {"device": device_name(args.device), "size": "realistic" if args.realistic else args.size, "precision": args.precision,
+    meta = {"device": device_name(args.device), "size": "realistic" if args.realistic else args.size,
+            "precision": args.precision,
             "torch_threads": 1, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "before": "the code at main before the speed work (separate checkout, same run)" if args.before else None}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.update and out.with_suffix(".json").is_file():
         old = json.loads(out.with_suffix(".json").read_text())
-        key = lambda r: json.dumps({k: v for k, v in r.items() if k not in ("after", "before")}, sort_keys=True)  # noqa: E731
+        def key(r):
+            return json.dumps({k: v for k, v in r.items() if k not in ("after", "before")}, sort_keys=True)
+
         new_keys = {key(r) for r in rows}
         order = [json.dumps(list(c[:2]) + [c[2]], sort_keys=True) for c in CASES + CASES_REAL]
         merged = [r for r in old["rows"] if key(r) not in new_keys] + rows

@@ -61,9 +61,11 @@ def main(argv=None):
     ref = {(r["task"], r["solver"]): r["psnr"] for r in rows if r["precision"] == "fp32"}
     lines = ["# Network precision: PSNR with bf16 / fp16 autocast vs fp32", "",
              f"`benchmarks/precision.py`, {time.strftime('%Y-%m-%d', time.gmtime())}, device {args.device} (1 thread): "
-             f"held-out images {args.first}..{args.first + args.images - 1} batched, seed 0, tuned task options, shipped "
+             f"held-out images {args.first}..{args.first + args.images - 1} batched, seed 0, tuned task options, "
+             "shipped "
              "priors; only the network runs in the lower precision. CPU seconds are not a speed claim for bf16.", "",
-             "| task | solver | NFE | precision | PSNR | vs fp32 (dB) | per image | seconds |", "|---|---|---|---|---|---|---|---|"]
+             "| task | solver | NFE | precision | PSNR | vs fp32 (dB) | per image | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = r["psnr"] - ref[(r["task"], r["solver"])] if (r["task"], r["solver"]) in ref else float("nan")
         lines.append(f"| {r['task']} | {r['solver']} | {r['nfe']} | {r['precision']} | {r['psnr']:.2f} | {d:+.2f} | "
