@@ -50,8 +50,8 @@ import torch
 
 from ._validate import check_choice, fail
 from .datasets.fastmri import MASK_CHOICES
-from .jobs import (DistContext, Item, barrier, check_device, check_solver_options, is_volume_solver, load_prior_checked,
-                   prior_for_volumes, resolve_config, run_items)
+from .jobs import (DistContext, Item, barrier, check_device, check_solver_options, is_volume_solver,
+                   load_prior_checked, prior_for_volumes, resolve_config, run_items, to_device)
 from .jobs import join as dist_context
 
 TASKS = ("auto", "mri", "ct", "inpainting", "deblur")
