@@ -143,3 +143,17 @@ def test_vectorised_diffpir_schedule_is_bit_identical_to_deepinv():
         fast = _diffpir_class()(den, dinv.optim.data_fidelity.L2(), sigma=0.01, max_iter=37, lambda_=3.0)
         for a, b in zip(ref.get_noise_schedule(sigma), fast.get_noise_schedule(sigma)):
             assert a.dtype == b.dtype and torch.equal(a.reshape(-1), b.reshape(-1))
+
+
+def test_commands_take_device_and_precision_flags(tmp_path):
+    """--device / --precision reach reconstruct and bench: a bad value is one clear error before any work."""
+    from invdiff.bench.cli import main as bench_main
+    from invdiff.reconstruct import main as reconstruct_main
+
+    with pytest.raises(ValueError, match="--device"):
+        bench_main(["--device", "tpu", "--out", str(tmp_path / "b")])
+    with pytest.raises(ValueError, match="--precision"):
+        bench_main(["--precision", "fp8", "--out", str(tmp_path / "b")])
+    with pytest.raises(ValueError, match="--device"):
+        reconstruct_main([str(tmp_path), "--out", str(tmp_path / "r"), "--solver", "dds", "--prior", "ct-phantom-64",
+                          "--device", "tpu"])
