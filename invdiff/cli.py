@@ -3,6 +3,10 @@
 Every command: ``--help``, ``--config FILE`` (JSON or ``key = value`` lines) with ``--set key=value`` overrides,
 the resolved config saved next to the outputs, a progress bar on long work, and on bad input one clear message
 and exit code 2.
+
+Exit codes: 0 done; 1 some inputs (or benchmark rows) failed, the others were done; 2 bad usage, configuration or
+input, found before anything was written; 3 the output disk is full (one message; outputs written so far are
+complete, nothing partial is left; re-running the same command resumes).
 """
 from __future__ import annotations
 
@@ -42,6 +46,9 @@ COMMANDS = {
 }
 
 
+EXIT_DISK_FULL = 3
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -57,11 +64,20 @@ def main(argv=None) -> int:
         return 0
     ns = parser.parse_args(argv[:1])
     fn = COMMANDS[ns.command][0]
+    from .io_utils import DiskFullError, disk_full_error, is_disk_full
+
     try:
         return int(fn(argv[1:]) or 0)
     except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"invdiff {ns.command}: error: {e}", file=sys.stderr)
+        if not getattr(e, "echo_of_rank0", False):
+            print(f"invdiff {ns.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        err = e if isinstance(e, DiskFullError) else disk_full_error(getattr(e, "filename", None) or "output", e)
+        print(f"invdiff {ns.command}: error: {err.strerror}", file=sys.stderr)
+        return EXIT_DISK_FULL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,8 @@ the configuration in the JSON), ``results_per_image.csv``, ``psnr_vs_nfe.png`` a
 """
 from __future__ import annotations
 
+import io
+
 import hashlib
 import itertools
 import json
@@ -226,7 +228,7 @@ def plot_psnr_vs_nfe(summary: list[dict], path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io_utils import atomic_path
+    from ..io_utils import atomic_write_bytes
 
     tasks = sorted({s["task"] for s in summary if s["PSNR"] is not None})
     if not tasks:
@@ -256,9 +258,12 @@ def plot_psnr_vs_nfe(summary: list[dict], path: Path):
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, dpi=110, format="png")    # to memory: a full disk fails in one plain write
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
