@@ -181,6 +181,13 @@ def probe(item: Item, cfg) -> Item:
                 item.info = {"slices": info.num_slices, "shape": info.shape, "coils": info.coils}
                 if cfg["check_target"]:
                     _check_target_shape(info)
+                if info.challenge == "multicoil" and not info.has_mask:
+                    from .datasets.fastmri import column_mask
+
+                    msg = _acs_problem(column_mask(info, cfg["mask"], cfg["acceleration"], cfg["center_fraction"]),
+                                       cfg, item.path)
+                    if msg:
+                        item.error = f"argument '--center-fraction': expected {msg[0]}, received {msg[1]}"
         if item.kind != "fastmri":
             item.info = input_shape(item.kind, item.path)
     except DataFileError as e:
@@ -215,6 +222,21 @@ def _check_target_shape(info):
                                        f"reconSpace gives {want[0]}x{want[1]}: scores against it would compare "
                                        "another field of view (fix the file, or --set check_target=false to score "
                                        "anyway)")
+
+
+def _acs_problem(cols, cfg, path):
+    """(expected, received) when the mask's fully sampled centre is too narrow for ESPIRiT's calibration, else
+    None (the message names the flags, not the Python arguments of :func:`invdiff.operators.espirit_maps`)."""
+    from .operators.coils import acs_width
+
+    W = cols.shape[-1]
+    acs = acs_width(cols.reshape(1, W).expand(W, W) != 0)
+    need = 2 * int(cfg["espirit_kernel"])
+    if acs >= need:
+        return None
+    return (f"a fully sampled centre of at least 2 * espirit_kernel = {need} k-space lines for the ESPIRiT coil "
+            "maps (raise --center-fraction, lower --acceleration, or a smaller --set espirit_kernel=)",
+            f"{acs} lines in the mask of {path} (width {W})")
 
 
 def memory_limit_gb(cfg) -> float:
@@ -272,8 +294,8 @@ def _check_sizes(item: Item, cfg) -> str | None:
                             if cfg["solver"] not in (None, "auto") else False)
     limit = memory_limit_gb(cfg)
     if est > limit:
-        return (f"{item.path}: its {item.task} operator ({grid}) needs about {est:.1f} GiB, more than the limit "
-                f"--max-memory {limit:.1f} GiB; lower --set batch_slices=, or raise --max-memory")
+        return (f"{item.path}: its {item.task} operator ({grid}) needs about {est:.3g} GiB, more than the limit "
+                f"--max-memory {limit:.3g} GiB; lower --set batch_slices=, or raise --max-memory")
     return None
 
 
@@ -338,15 +360,9 @@ def _run_fastmri(item: Item, cfg, prior, solver, options, seed):
         _check_target_content(item.path, vol)
     cols = column_mask(vol.info, cfg["mask"], cfg["acceleration"], cfg["center_fraction"], file_mask=vol.mask)
     if vol.info.challenge == "multicoil":
-        from .operators.coils import acs_width
-
-        acs = acs_width(cols[None].expand(H, W) != 0)
-        need = 2 * int(cfg["espirit_kernel"])
-        if acs < need:
-            fail("--center-fraction", f"a fully sampled centre of at least 2 * espirit_kernel = {need} k-space lines "
-                                      "for the ESPIRiT coil maps (raise --center-fraction, lower --acceleration, or "
-                                      "a smaller --set espirit_kernel=)",
-                 f"{acs} lines in the mask of {item.path} (width {W})")
+        msg = _acs_problem(cols, cfg, item.path)
+        if msg:
+            fail("--center-fraction", *msg)
     k = vol.kspace if vol.mask is not None else apply_mask(vol.kspace, cols.numpy())
     scale = float(zero_filled(k).max())
     if not scale > 0:
@@ -688,8 +704,8 @@ def main(argv=None) -> int:
         fail("INPUT", "at least one fastMRI/sinogram .h5, NIfTI, DICOM, .npy or .png input", f"none in {a.inputs}")
     usable = [it for it in items if it.error is None]
     if not usable:
-        fail("INPUT", "at least one usable input", items[0].error if len(items) == 1 else
-             f"{len(items)} inputs, none usable:\n  " + "\n  ".join(it.error for it in items))
+        raise ValueError(items[0].error if len(items) == 1 else f"argument 'INPUT': none of the {len(items)} inputs "
+                         "can be used:\n  " + "\n  ".join(it.error for it in items))
     solver = cfg["solver"] = _resolve_solver(cfg, items)
     options = dict(all_options.get("solver", {}), **all_options.get(solver, {}))
     check_solver_options(solver, options)
