@@ -42,6 +42,8 @@ def _parser():
                    help="one configuration per value")
     p.add_argument("--overwrite", action="store_true", default=None, help="recompute finished rows")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    p.add_argument("--strict", action="store_true", default=None, help="a prior applied to images of a size or "
+                   "scale it was not trained for is an error (checked before any row runs), not a warning")
     p.add_argument("--list", action="store_true", help="list the tasks and exit")
     p.add_argument("--config", help="config file (JSON or key = value lines); keys: " + ", ".join(DEFAULTS)
                                     + ", and SOLVER.OPTION")
@@ -93,7 +95,8 @@ def main(argv=None) -> int:
         print(list_tasks())
         return 0
     flags = {k: v for k, v in {"tasks": a.tasks, "solvers": a.solvers, "n_images": a.n_images, "size": a.size,
-                               "prior": a.prior, "overwrite": a.overwrite, "progress": a.progress}.items()
+                               "prior": a.prior, "overwrite": a.overwrite, "progress": a.progress,
+                               "strict": a.strict}.items()
              if v is not None}
     cfg, options = resolve_config(DEFAULTS, a.config, a.set, extra=flags)
     if "solver" in options:
@@ -125,7 +128,19 @@ def main(argv=None) -> int:
 
         if cfg["prior"] not in priors_available() and not Path(str(cfg["prior"])).exists():
             fail("--prior", f"one of the shipped priors {priors_available()} or a checkpoint path", repr(cfg["prior"]))
+    from .._validate import check_bool, check_int, check_number
+
+    check_int("--size", cfg["size"], lo=8)
+    check_int("depth", cfg["depth"], lo=1)
+    check_number("noise", cfg["noise"], lo=0)
+    check_int("first_image", cfg["first_image"], lo=0)
+    check_int("threads", cfg["threads"], lo=1)
+    for k in ("overwrite", "progress", "strict"):
+        check_bool(k, cfg[k])
     cfg = dict(cfg, tasks=tasks, solvers=solvers, sweep=sweep)
+    from .runner import plan
+
+    plan(cfg, options)  # priors load and the size guard (--strict) runs before anything is written
     torch.set_num_threads(int(cfg["threads"]))
     out = check_writable_dir("--out", a.out)
 
