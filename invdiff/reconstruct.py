@@ -30,13 +30,28 @@ writes its own outputs, and rank 0 writes the merged index after a barrier (gloo
 Seeds (masks, noise, sampler) derive from --seed and each file's name, so sharding never changes results.
 
 Config: --config FILE (JSON or key = value lines) and --set KEY=VALUE; solver options as
---set solver.OPTION=VALUE (e.g. --set solver.num_steps=20). Flags given explicitly win over both.
-The resolved config is saved as OUT/config.json.
+--set solver.OPTION=VALUE (e.g. --set solver.num_steps=20; 'invdiff solvers NAME' lists them). Flags given
+explicitly win over both. The resolved config is saved as OUT/config.json.
+
+Checks before anything is written (exit code 2, no output folder): every configuration value (type and range),
+the solver's options, the prior, and what each input's header shows: images smaller than 7x7 are refused (the
+fastMRI protocol's SSIM uses a 7x7 window), so are CT inputs whose padding to a square would more than double the
+pixels (--set ct_pad_square=true pads anyway), inputs whose operator is estimated to need more than --max-memory,
+and fastMRI targets whose size disagrees with the header (--set check_target=false scores them anyway; a target
+that is not the image of the file's own fully sampled k-space is refused when the file is read). Exit codes:
+0 done, 1 some inputs failed (the others were done), 2 bad usage / configuration / input, 3 the disk is full.
+
+Size guard: the shipped priors (invdiff.priors.available()) were trained on whole 64x64 images; applied at
+another size they warn (PriorSizeWarning), and --strict makes that an error before any input is solved. At real
+sizes use a classical solver (the default, --solver auto) or a prior trained for that size (a checkpoint path).
 
 examples:
-  invdiff reconstruct knee_val/ --solver dds --prior mri-brainphantom-64 --out recon/ --acceleration 8
+  invdiff reconstruct knee_val/ --out recon/ --acceleration 8            # 320x320 knee: l1-wavelet (auto)
+  invdiff reconstruct knee_val/ --solver dds --prior my_knee_prior.safetensors --strict --out recon/
+  invdiff reconstruct phantoms64/ --task ct --views 16 --solver dds --prior ct-phantom-64 --out recon/
   invdiff reconstruct ct.nii.gz --task ct --views 16 --solver tv --out recon/ --set solver.lam=0.002
-  torchrun --nproc_per_node=4 -m invdiff.cli reconstruct data/ --solver dds --prior ct-phantom-64 --out recon/
+  torchrun --nproc_per_node=4 -m invdiff.cli reconstruct data/ --solver tv --out recon/
+  invdiff reconstruct --list-solvers
 """
 from __future__ import annotations
 
