@@ -38,11 +38,25 @@ def _bench(argv):
     return bench_main(argv)
 
 
+def _evaluate(argv):
+    from .datasets.cli import evaluate_main
+
+    return evaluate_main(argv)
+
+
+def _synth_fastmri(argv):
+    from .datasets.cli import synth_fastmri_main
+
+    return synth_fastmri_main(argv)
+
+
 COMMANDS = {
     "demo": (_demo, "run the embedded offline demo (MRI + CT + inpainting, metrics table, figure)"),
     "train-prior": (_train_prior, "train a diffusion prior (EDM denoising score matching, resumable)"),
     "reconstruct": (_reconstruct, "reconstruct files/folders (fastMRI h5, NIfTI/DICOM, sinograms, images); resumable"),
     "bench": (_bench, "benchmark solvers on standard tasks: results.json + CSV/markdown tables + PSNR-vs-NFE plot"),
+    "evaluate": (_evaluate, "score fastMRI reconstructions by the fastMRI protocol (evaluate.py: NMSE, PSNR, SSIM)"),
+    "synth-fastmri": (_synth_fastmri, "write synthetic fastMRI-format .h5 files (train/val/test style, offline)"),
 }
 
 
