@@ -161,7 +161,8 @@ RECON_INPUTS = [
     (["sc.h5", "--max-memory", "1e-6"], ["sc.h5", "GiB", "--max-memory"]),
     (["sc.h5", "--task", "ct"], ["sc.h5", "--task mri"]),
     (["img.npy", "sc.h5"], ["'--solver'", "several tasks"]),
-    (["img.npy", "img.npy"], []),  # the same input twice is one input: not an error (checked below)
+    (["wide.npy", "--task", "ct", "--solver", "fbp", "--set", "ct_pad_square=true", "--max-memory", "4"],
+     ["wide.npy", "4000x4000", "GiB", "--max-memory"]),
     (["big.h5", "--solver", "dds", "--prior", "mri-brainphantom-64", "--strict"],
      ["'--strict'", "64x64", "128x128"]),
 ]
@@ -169,8 +170,6 @@ RECON_INPUTS = [
 
 @pytest.mark.parametrize("inputs,words", RECON_INPUTS, ids=[" ".join(a) or "none" for a, _ in RECON_INPUTS])
 def test_reconstruct_input_errors(data, tmp_path, capsys, inputs, words):
-    if inputs == ["img.npy", "img.npy"]:
-        return  # covered by test_jobs (de-duplication); kept in the list for the count below
     out = tmp_path / "out"
     args, value = [], False
     for a in inputs:                       # file names -> paths in the data folder; flags and their values as is
@@ -213,8 +212,8 @@ OTHER_COMMANDS = [
     (["bench", "--tasks", "ct-8view", "--solvers", "tv", "--sweep", "nope.x=1,2"], ["'--sweep'", "SOLVER.OPTION"]),
     (["bench", "--tasks", "ct-8view", "--solvers", "dds", "--size", "128", "--strict"],
      ["'--strict'", "64x64", "128x128"]),
-    (["evaluate", "--targets", "{d}/sc.h5", "--predictions", "{d}/missing"], ["'predictions_dir'", "existing folder"]),
-    (["evaluate", "--targets", "{d}/empty", "--predictions", "{d}/empty"], ["'targets'", ".h5"]),
+    (["evaluate", "--targets", "{d}/sc.h5", "--predictions", "{d}/missing"], ["'--predictions'", "existing folder"]),
+    (["evaluate", "--targets", "{d}/empty", "--predictions", "{d}/empty"], ["'--targets'", ".h5"]),
     (["evaluate", "--targets", "{d}/sc.h5", "--predictions", "{d}/empty", "--acceleration", "0"],
      ["'--acceleration'", ">= 1"]),
     (["evaluate", "--targets", "{d}/sc.h5", "--predictions", "{d}/empty", "--challenge", "knee"],
@@ -300,7 +299,7 @@ def test_api_errors(data, case):
 
 
 def test_catalogue_size():
-    n = (len(RECON_CONFIG) + 2 + len(RECON_INPUTS) - 1 + 2 + 1 + len(OTHER_COMMANDS) + len(_api_cases()))
+    n = (len(RECON_CONFIG) + 2 + len(RECON_INPUTS) + 2 + 1 + len(OTHER_COMMANDS) + len(_api_cases()))
     assert n >= 60, n
 
 

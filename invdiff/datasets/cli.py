@@ -48,8 +48,14 @@ def evaluate_main(argv=None) -> int:
     if a.json is not None and Path(a.json).is_dir():
         fail("--json", "a file name", f"{a.json!r}, an existing folder")
     acc = int(a.acceleration) if a.acceleration is not None and float(a.acceleration).is_integer() else a.acceleration
-    per_volume, summary = evaluate(a.targets, a.predictions, a.challenge, acceleration=acc,
-                                   acquisition=a.acquisition)
+    try:
+        per_volume, summary = evaluate(a.targets, a.predictions, a.challenge, acceleration=acc,
+                                       acquisition=a.acquisition)
+    except ValueError as e:  # name the flags, not the Python arguments
+        msg = str(e)
+        for arg, flag in (("predictions_dir", "--predictions"), ("targets", "--targets")):
+            msg = msg.replace(f"argument '{arg}'", f"argument '{flag}'")
+        raise ValueError(msg) from None
     w = max(len(n) for n in per_volume)
     print(f"{'volume':<{w}}  {'NMSE':>9} {'PSNR':>8} {'SSIM':>7}")
     for name, m in sorted(per_volume.items()):
