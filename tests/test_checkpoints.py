@@ -127,7 +127,7 @@ def test_deepinv_diffunet_checkpoint_loads_despite_its_schedule_buffers(tmp_path
 # =====================================================================================================
 @pytest.mark.parametrize("model_type", ["ncsn", "ddpm"])
 def test_edm_ncsnpp_matches_deepinv_edm_preconditioning(tmp_path, model_type):
-    net = tiny_ncsnpp(model_type)
+    net = _group_rule(tiny_ncsnpp(model_type))
     path = tmp_path / f"edm-{model_type}.safetensors"
     from safetensors.torch import save_file
 
@@ -143,7 +143,7 @@ def test_edm_ncsnpp_matches_deepinv_edm_preconditioning(tmp_path, model_type):
 
 def test_edm_vp_and_ve_preconditioning_equations(tmp_path):
     """EDM Table 1 VP/VE columns on [-1, 1]: D' = x' - s F(x'/sqrt(1+s^2), 999 t(s)) and D' = x' + s F(x', ln(s/2))."""
-    net = tiny_ncsnpp("ddpm")
+    net = _group_rule(tiny_ncsnpp("ddpm"))
     torch.save({"ema": {"model." + k: v for k, v in net.state_dict().items()}}, tmp_path / "vp.pt")   # EDMPrecond keys
     vp = load_checkpoint(tmp_path / "vp.pt", precond="vp")
     x, sigma = images(), torch.tensor([0.05, 1.5])
@@ -152,7 +152,7 @@ def test_edm_vp_and_ve_preconditioning_equations(tmp_path):
     with torch.no_grad():
         ref = (xs - ss * net.forward_unet(xs / (1 + ss ** 2).sqrt(), 999 * t) + 1) / 2
         assert_close_f32(vp(x, sigma), ref)
-    net = tiny_ncsnpp("ncsn")
+    net = _group_rule(tiny_ncsnpp("ncsn"))
     torch.save(net.state_dict(), tmp_path / "ve.pt")
     ve = load_checkpoint(tmp_path / "ve.pt", precond="ve")
     with torch.no_grad():
@@ -163,8 +163,9 @@ def test_edm_vp_and_ve_preconditioning_equations(tmp_path):
 def test_edm_adm_class_conditional(tmp_path):
     from deepinv.models import ADMUNet
 
-    net = randomize(ADMUNet(img_resolution=16, in_channels=1, out_channels=1, label_dim=3, model_channels=64,
-                            channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,), dropout=0.0, pretrained=None))
+    net = _group_rule(randomize(ADMUNet(img_resolution=16, in_channels=1, out_channels=1, label_dim=3, model_channels=64,
+                                        channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,), dropout=0.0,
+                                        pretrained=None)))
     torch.save(net.state_dict(), tmp_path / "adm.pt")
     with pytest.raises(CheckpointError, match="class-conditional"):
         load_checkpoint(tmp_path / "adm.pt")
@@ -180,8 +181,8 @@ def test_edm_adm_class_conditional(tmp_path):
 # =====================================================================================================
 # score_sde
 # =====================================================================================================
-def _score_sde_groupnorm(net):
-    """score_sde normalises with min(C // 4, 32) groups (deepinv: 32); identical for C >= 128."""
+def _group_rule(net):
+    """EDM and score_sde normalise with min(C // 4, 32) groups (deepinv: 32); identical for C >= 128."""
     for m in net.modules():
         if isinstance(m, torch.nn.GroupNorm):
             m.num_groups = min(m.num_channels // 4, 32)
@@ -228,7 +229,7 @@ def _score_sde_checkpoint(net, tmp_path, name, *, fourier):
 
 def test_score_sde_ve_uncentered_uses_ema_and_config_sidecar(tmp_path):
     """score-MRI / DiffusionMBIR convention: data in [0, 1], net(x) sees 2x - 1, output h = sigma * score."""
-    net = _score_sde_groupnorm(tiny_ncsnpp("ncsn"))
+    net = _group_rule(tiny_ncsnpp("ncsn"))
     path = _score_sde_checkpoint(net, tmp_path, "checkpoint_95.pth", fourier=True)
     with pytest.raises(CheckpointError, match="sde"):
         load_checkpoint(path)
@@ -256,7 +257,7 @@ def test_score_sde_ve_uncentered_uses_ema_and_config_sidecar(tmp_path):
 
 def test_score_sde_vp_centered(tmp_path):
     """DDPM++ continuous VP: labels 999 t, output eps, data [-1, 1]."""
-    net = _score_sde_groupnorm(tiny_ncsnpp("ddpm"))
+    net = _group_rule(tiny_ncsnpp("ddpm"))
     path = _score_sde_checkpoint(net, tmp_path, "vp.pth", fourier=False)
     prior = load_checkpoint(path, sde="vp", image_size=16, centered=True, ch_mult=[1, 2], num_res_blocks=1,
                             attn_resolutions=[8])

@@ -11,6 +11,7 @@ Layout (one module per external format, its key-conversion rules next to the arc
 -----------------------------------------------------------------------------------------------------
 - :mod:`.detect` -- safe file reading, state-dict unwrapping, format detection, strict loading, config sidecars;
 - :mod:`.wrappers` -- the invdiff denoiser contract around a network (discrete VP, preconditioned);
+- :mod:`.groupnorm` -- EDM / score_sde's GroupNorm group rule :math:`\min(32, \lfloor C/4\rfloor)` for deepinv networks;
 - :mod:`.guided_diffusion`, :mod:`.edm` (ADM / NCSN++), :mod:`.score_sde`, :mod:`.diffusers_folder` -- one format each;
 - this module: :func:`load_checkpoint`, which reads, detects and dispatches.
 
@@ -59,15 +60,20 @@ the result is mapped back by :math:`D = (D_n - b)/a`):
   eps; score_sde continuous VP passes :math:`999\,t`).
 
 Config: architecture fields are read from the weights wherever they can be. What weights cannot tell
-(the SDE, the data range, attention heads, the noise schedule) comes from keyword arguments or a JSON
-sidecar next to the checkpoint (``ckpt.json`` or ``ckpt.pt.json``; keyword arguments win). A nested
-score_sde ``config.to_dict()`` dump (sections ``data``/``model``/``training``) is accepted as a sidecar.
+(the SDE, the data range, attention heads, the noise schedule) comes from keyword arguments or a config file
+(``config=``, or ``ckpt.json`` / ``ckpt.pt.json`` / ``ckpt.yaml`` / ``ckpt.yml`` next to the checkpoint;
+keyword arguments win). Accepted as they are shipped: a score_sde ``config.to_dict()`` dump (JSON), the YAML
+configs of DDS (sections ``data``/``model``/``diffusion``; PyYAML needed), and score_sde / score-MRI
+``ml_collections`` python configs, which are parsed, never run. Config fields that the weights also
+determine (e.g. ``num_channels``, ``nf``) are checked against them.
 
 Limits: score_sde configurations are those deepinv's ``NCSNpp`` can express: continuous VE NCSN++ (Fourier
 embedding, FIR, ``progressive_input='residual'``, ``progressive='none'``) and continuous VP DDPM++ (positional
 embedding, no FIR); the 256-px score_sde models (``output_skip``/``input_skip``), sub-VP and discrete-time
-checkpoints are refused with the reason. Attention heads of guided-diffusion nets are not stored in the weights
-(``num_head_channels=64`` by default, as in the published 256-px models; set it for others).
+checkpoints are refused with the reason. Attention heads of guided-diffusion nets are not stored in the weights:
+they must be given (keyword or config file); a missing head count is one error saying what to pass. EDM and
+score_sde normalise C channels in :math:`\min(32, \lfloor C/4\rfloor)` groups (deepinv builds 32): the
+networks are built with that rule (:mod:`.groupnorm`), so every width gives the original denoiser.
 
 >>> from invdiff.priors.loaders import SUPPORTED_FORMATS
 >>> sorted(SUPPORTED_FORMATS)
@@ -89,7 +95,7 @@ from .wrappers import DiscreteVPPrior, EDMCoefficients, PreconditionedPrior, VEC
 _SPECS = {"guided-diffusion": _GD_SPEC, "edm-ncsnpp": _EDM_SPEC, "edm-adm": _EDM_SPEC, "score-sde": _SDE_SPEC}
 
 
-def load_checkpoint(path, *, device="cpu", format: str | None = None, **arch_kwargs) -> Prior:
+def load_checkpoint(path, *, device="cpu", format: str | None = None, config=None, **arch_kwargs) -> Prior:
     """Load a published diffusion checkpoint from a local path as an invdiff :class:`~invdiff.priors.base.Prior`.
 
     Parameters
@@ -97,11 +103,16 @@ def load_checkpoint(path, *, device="cpu", format: str | None = None, **arch_kwa
     path : a checkpoint file (``.safetensors``, ``.pt/.pth/.ckpt/.bin``) or a diffusers model/pipeline folder.
     device : where the network lives.
     format : one of :data:`SUPPORTED_FORMATS`, or None to detect it from the state-dict keys.
+    config : the model's config file, read without executing it: JSON, YAML (DDS ``configs/vp/*.yml``; needs
+        PyYAML) or an ``ml_collections`` python config (score_sde / score-MRI ``configs/ve/*.py``, parsed). Without
+        it, ``<ckpt>.json``, ``<ckpt>.pt.json``, ``<ckpt>.yaml`` or ``<ckpt>.yml`` beside the checkpoint is used.
     **arch_kwargs : settings the weights cannot tell (override a JSON sidecar ``<ckpt>.json``):
 
-        - guided-diffusion: ``centered`` (True: trained on [-1, 1]; False for DDS's [0, 1] CT/MRI priors),
-          ``image_size``, ``num_head_channels`` (64) / ``num_heads`` (4, used when num_head_channels=-1),
-          ``use_new_attention_order``, ``noise_schedule`` ('linear' | 'cosine'), ``beta_start``/``beta_end``/
+        - guided-diffusion: ``num_head_channels`` or ``num_heads`` (required: the weights do not say how the
+          attention channels split into heads; guided-diffusion's rule: ``num_head_channels`` channels per head
+          unless it is -1, then ``num_heads`` heads; ``num_heads_upsample`` for the decoder, -1 = num_heads),
+          ``centered`` (True: trained on [-1, 1]; False for DDS's [0, 1] CT/MRI priors),
+          ``image_size``, ``use_new_attention_order``, ``noise_schedule`` ('linear' | 'cosine'), ``beta_start``/``beta_end``/
           ``num_train_timesteps`` (1e-4/0.02/1000), ``rescale_timesteps``, ``timestep`` ('interpolate' |
           'nearest'), ``class_label``, ``num_res_blocks`` (normally inferred);
         - edm-ncsnpp / edm-adm: ``precond`` ('edm' | 'vp' | 've', for EDM's EDMPrecond / VPPrecond / VEPrecond),
@@ -128,6 +139,9 @@ def load_checkpoint(path, *, device="cpu", format: str | None = None, **arch_kwa
     if p.is_dir() or format == "diffusers" or (p.is_file() and p.name in _WEIGHT_NAMES and (p.parent / "config.json").is_file()):
         if format not in (None, "diffusers"):
             raise CheckpointError(f"'{p}' is a folder: only diffusers model folders are loaded from folders, not {format!r}")
+        if config is not None:
+            raise CheckpointError(f"argument 'config': not used for the diffusers folder '{p}' (its config.json and "
+                                  f"scheduler_config.json are read); pass settings as keyword arguments")
         return _build_diffusers(p, arch_kwargs, device)
     obj = read_checkpoint_file(p, device="cpu")
     sd, extras = _unwrap(obj, p)
@@ -143,9 +157,7 @@ def load_checkpoint(path, *, device="cpu", format: str | None = None, **arch_kwa
                               f"(e.g. {_few(list(sd), 3)}); pass format={detected!r} or format=None")
     if fmt == "diffusers":
         raise CheckpointError(f"cannot load '{p}': diffusers weights need their config.json; pass the model folder")
-    sidecar, sidecar_path = _sidecar(p)
-    if "diffusion_steps" in sidecar:                       # guided-diffusion's command-line name
-        sidecar.setdefault("num_train_timesteps", sidecar["diffusion_steps"])
+    sidecar, sidecar_path = _sidecar(p, config)
     cfg = _Config(fmt, str(p), _SPECS[fmt], arch_kwargs, sidecar, sidecar_path)
     if fmt == "guided-diffusion":
         return _build_guided_diffusion(sd, extras, cfg, str(p), device)

@@ -237,7 +237,7 @@ def detect_format(keys) -> str | None:
 
 
 # =====================================================================================================
-# configuration: keyword arguments + JSON sidecar
+# configuration: keyword arguments + config file (JSON / YAML / ml_collections python, never executed)
 # =====================================================================================================
 _SECTIONS = ("model", "data", "training", "diffusion", "sampling", "config")
 
@@ -251,17 +251,169 @@ def _flatten(cfg: dict) -> dict:
     return flat
 
 
-def _sidecar(p: Path) -> tuple[dict, Path | None]:
-    for cand in (p.with_suffix(".json"), p.with_name(p.name + ".json")):
+_CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+# names other projects give to a setting the loaders know by another name (DDS YAML, guided-diffusion flags)
+_ALIASES = {"num_diffusion_timesteps": "num_train_timesteps", "diffusion_steps": "num_train_timesteps",
+            "beta_schedule": "noise_schedule"}
+
+
+def _sidecar(p: Path, config=None) -> tuple[dict, Path | None]:
+    """Settings from a config file: ``config`` if given, else the first of ``<ckpt>.json``, ``<ckpt>.pt.json``,
+    ``<ckpt>.yaml``, ``<ckpt>.yml`` that exists. Returns (flat settings, file) or ({}, None)."""
+    if config is not None:
+        cand = Path(config)
+        if not cand.is_file():
+            raise CheckpointNotFoundError(f"argument 'config': config file '{cand}' for '{p}' does not exist")
+        cands = [cand]
+    else:
+        cands = [p.with_suffix(".json"), p.with_name(p.name + ".json"), p.with_suffix(".yaml"), p.with_suffix(".yml")]
+    for cand in cands:
         if cand != p and cand.is_file():
-            try:
-                raw = json.loads(cand.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise CheckpointError(f"cannot read the config sidecar '{cand}' of '{p}': invalid JSON ({e})") from None
-            if not isinstance(raw, dict):
-                raise CheckpointError(f"config sidecar '{cand}' must hold a JSON object, found {type(raw).__name__}")
-            return _flatten(raw), cand
+            raw = read_config_file(cand, p)
+            flat = _flatten(raw)
+            for alias, name in _ALIASES.items():
+                if alias in flat:
+                    flat.setdefault(name, flat[alias])
+            return flat, cand
     return {}, None
+
+
+def read_config_file(path, ckpt=None) -> dict:
+    """A model config as a nested dict, read without executing code.
+
+    - ``.json``: ``json.loads`` (e.g. a score_sde ``config.to_dict()`` dump, or any dict of settings);
+    - ``.yaml`` / ``.yml``: ``yaml.safe_load`` (PyYAML, optional), e.g. the ``configs/vp/*.yml`` of DDS;
+    - ``.py``: an ``ml_collections`` config as score_sde / score-MRI ship them (``configs/ve/*.py``): read by
+      :func:`read_ml_collections_config`, which parses the assignments and never runs the file.
+    """
+    path = Path(path)
+    of = f" of '{ckpt}'" if ckpt is not None else ""
+    suffix = path.suffix.lower()
+    if suffix == ".py":
+        return read_ml_collections_config(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read the config file '{path}'{of}: {e}") from None
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise CheckpointError(
+                f"cannot read the YAML config '{path}'{of}: PyYAML is not installed. Install it (pip install pyyaml) "
+                f"or save the same settings as JSON ('{path.with_suffix('.json').name}', e.g. "
+                f"json.dump(yaml.safe_load(open(...)), ...) where PyYAML is available)") from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise CheckpointError(f"cannot read the config file '{path}'{of}: invalid YAML ({e})") from None
+    else:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"cannot read the config sidecar '{path}'{of}: invalid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"config file '{path}' must hold a mapping of settings, found {type(raw).__name__}")
+    return raw
+
+
+def read_ml_collections_config(path) -> dict:
+    """Settings of an ``ml_collections`` python config (score_sde / score-MRI style), parsed, never executed.
+
+    Follows, in statement order, the body of ``get_config()`` (else ``get_default_configs()``): aliases
+    (``model = config.model``, ``config.data = data = ml_collections.ConfigDict()``), assignments of literals
+    (``model.nf = 128``, ``config.training.sde = 'vesde'``) and the defaults it starts from
+    (``config = get_default_configs()`` imported ``from configs.default_lsun_configs``: that file is looked for
+    under the config's folder and its parents). Values that are not literals (``torch.device(...)``) are skipped.
+
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "c.py"
+    >>> lines = ["def get_config():", "  config = ml_collections.ConfigDict()",
+    ...          "  config.model = model = ml_collections.ConfigDict()", "  model.nf = 64", "  return config"]
+    >>> _ = f.write_text(chr(10).join(lines))
+    >>> read_ml_collections_config(f)
+    {'model': {'nf': 64}}
+    """
+    import ast
+
+    path = Path(path)
+    out: dict = {}
+
+    def parse(file: Path, func_names, depth: int):
+        try:
+            tree = ast.parse(file.read_text(), filename=str(file))
+        except (OSError, UnicodeDecodeError, SyntaxError) as e:
+            raise CheckpointError(f"cannot read the python config '{file}': {e}") from None
+        imports = {a.asname or a.name: node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                   and node.module for a in node.names}
+        funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+        fn = next((funcs[n] for n in func_names if n in funcs), None)
+        if fn is None:
+            raise CheckpointError(f"cannot read the python config '{file}': no function {' or '.join(func_names)}()")
+        alias: dict[str, tuple] = {}
+
+        def target(node):                       # config.a.b / alias.b -> ('a', 'b'); None if not a config path
+            parts = []
+            while isinstance(node, ast.Attribute):
+                parts.append(node.attr)
+                node = node.value
+            if not isinstance(node, ast.Name) or node.id not in alias:
+                return None
+            return alias[node.id] + tuple(reversed(parts))
+
+        def put(keys, value):
+            d = out
+            for k in keys[:-1]:
+                d = d.setdefault(k, {})
+                if not isinstance(d, dict):
+                    return
+            if keys:
+                d[keys[-1]] = value
+
+        body = [st for st in ast.walk(fn) if isinstance(st, ast.Assign)]      # breadth first: body in order
+        for st in body:
+            v = st.value
+            names = [t.id for t in st.targets if isinstance(t, ast.Name)]
+            attrs = [k for t in st.targets if not isinstance(t, ast.Name) for k in [target(t)] if k]
+            if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id in imports and depth < 4:
+                module = imports[v.func.id]                     # config = get_default_configs()
+                rel = Path(*module.split(".")).with_suffix(".py")
+                found = next((d / rel for d in [file.parent, *file.parents][:6] if (d / rel).is_file()), None)
+                if found is None:
+                    raise CheckpointError(
+                        f"cannot read the python config '{path}': it starts from {v.func.id}() of '{module}', "
+                        f"and '{rel}' was not found beside it or in a parent folder; keep the repository's config "
+                        f"folder together, or save config.to_dict() as JSON")
+                parse(found, (v.func.id,), depth + 1)
+                where: tuple = ()
+            elif isinstance(v, ast.Call) and ast.unparse(v.func).endswith("ConfigDict"):
+                for k in attrs:                                 # config.data = data = ConfigDict()
+                    if not isinstance(_get(out, k), dict):
+                        put(k, {})
+                where = attrs[0] if attrs else ()
+            elif target(v) is not None:                         # model = config.model
+                where = target(v)
+            else:                                               # model.nf = 128
+                try:
+                    value = ast.literal_eval(v)
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                    continue                                    # not a literal: not a setting the loaders read
+                for k in attrs:
+                    put(k, value)
+                continue
+            for n in names:
+                alias[n] = where
+
+    parse(path, ("get_config", "get_default_configs"), 0)
+    return out
+
+
+def _get(d: dict, keys):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
 
 
 class _Config:

@@ -1,5 +1,8 @@
 """EDM checkpoints (Karras et al. 2022): ``SongUNet`` (DDPM++/NCSN++) = deepinv ``NCSNpp`` and ``DhariwalUNet`` = deepinv
-``ADMUNet``, architecture read from the keys, wrapped with EDM / VP / VE preconditioning."""
+``ADMUNet``, architecture read from the keys, wrapped with EDM / VP / VE preconditioning.
+
+EDM's GroupNorm uses :math:`\min(32, \lfloor C/4 \rfloor)` groups; the networks are built with that rule
+(:mod:`.groupnorm`), so levels of fewer than 128 channels give EDM's denoiser too."""
 from __future__ import annotations
 
 import re
@@ -7,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .detect import CheckpointError, _CONSTANT_BUFFERS, load_weights_strict
+from .groupnorm import build_with_group_rule
 from .wrappers import (EDMCoefficients, PreconditionedPrior, VECoefficients, VPCoefficients, _UNetCall, _class_label,
                        _freeze, _n_params, _pair, _short)
 
@@ -60,7 +64,9 @@ def _build_edm(sd, extras, cfg: _Config, source, device, kind: str):
                               f"({type(e).__name__}: {e})") from None
     cls = ADMUNet if kind == "adm" else NCSNpp
     try:
-        net = cls(**arch, dropout=0.0, pretrained=None)  # never deepinv's default (a hub download, impossible offline)
+        # EDM normalises C channels in min(32, C // 4) groups (deepinv: always 32; identical only for C >= 128);
+        # pretrained=None: never deepinv's default (a hub download, impossible offline)
+        net = build_with_group_rule(cls, **arch, dropout=0.0, pretrained=None)
     except (ValueError, RuntimeError, AssertionError) as e:
         raise CheckpointError(f"cannot load '{source}' as {fmt}: deepinv {cls.__name__} rejects the architecture "
                               f"{_short(arch)} ({e})") from None

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ... import schedules as S
-from .detect import CheckpointError, load_weights_strict
+from .detect import CheckpointError, _Config, load_weights_strict
 from .wrappers import DiscreteVPPrior, _TimestepCall, _class_label, _freeze, _n_params, _pair, _short
 
 
@@ -28,7 +28,7 @@ class GuidedDiffusionUNet(nn.Module):
     def __init__(self, *, in_channels: int, model_channels: int, out_channels: int, level_channels, num_res_blocks: int,
                  attention_levels=(), num_heads: int = 4, num_head_channels: int = 64, use_scale_shift_norm: bool = True,
                  resblock_updown: bool = True, conv_resample: bool = True, num_classes: int | None = None,
-                 use_new_attention_order: bool = False):
+                 use_new_attention_order: bool = False, num_heads_upsample: int = -1):
         super().__init__()
         from deepinv.models.diffunet import (AttentionBlock, Downsample, ResBlock, TimestepEmbedSequential, Upsample,
                                              normalization)
@@ -45,9 +45,11 @@ class GuidedDiffusionUNet(nn.Module):
         def res(cin, cout, **kw):
             return ResBlock(cin, emb, 0.0, out_channels=cout, dims=2, use_scale_shift_norm=use_scale_shift_norm, **kw)
 
-        def attn(c):
-            return AttentionBlock(c, num_heads=num_heads, num_head_channels=num_head_channels,
+        def attn(c, heads=num_heads):
+            return AttentionBlock(c, num_heads=heads, num_head_channels=num_head_channels,
                                   use_new_attention_order=use_new_attention_order)
+
+        heads_up = num_heads if num_heads_upsample == -1 else num_heads_upsample
 
         ch = levels[0]
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
@@ -71,7 +73,7 @@ class GuidedDiffusionUNet(nn.Module):
                 layers = [res(ch + skips.pop(), levels[level])]
                 ch = levels[level]
                 if level in attention_levels:
-                    layers.append(attn(ch))
+                    layers.append(attn(ch, heads_up))
                 if level and i == num_res_blocks:
                     layers.append(res(ch, ch, up=True) if resblock_updown else Upsample(ch, conv_resample, dims=2, out_channels=ch))
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
@@ -149,15 +151,81 @@ def _cosine_alpha_bars(T: int, s: float = 0.008) -> torch.Tensor:
     return torch.cumprod(1 - betas, 0)
 
 
-_GD_SPEC = dict(centered=True, image_size=None, num_head_channels=64, num_heads=4, use_new_attention_order=False,
-                num_res_blocks=None, noise_schedule="linear", beta_start=1e-4, beta_end=0.02, num_train_timesteps=1000,
-                rescale_timesteps=False, timestep="interpolate", class_label=None, value_range=(0.0, 1.0),
-                learn_sigma=None)
+_GD_SPEC = dict(centered=True, image_size=None, num_head_channels=None, num_heads=None, num_heads_upsample=-1,
+                use_new_attention_order=False, num_res_blocks=None, noise_schedule="linear", beta_start=1e-4,
+                beta_end=0.02, num_train_timesteps=1000, rescale_timesteps=False, timestep="interpolate",
+                class_label=None, value_range=(0.0, 1.0), learn_sigma=None,
+                # guided-diffusion / DDS config fields the weights determine too: checked when given
+                num_channels=None, in_channels=None, out_channels=None, use_scale_shift_norm=None,
+                resblock_updown=None, attention_resolutions=None, class_cond=None)
 _DIFFUNET_BUFFERS = ("sqrt_1m_alphas_cumprod", "sqrt_alphas_cumprod")
+_DIFFUNET_HEADS = dict(num_heads=4, num_head_channels=64)     # deepinv DiffUNet's fixed attention setting
+_HEADS_HINT = ("pass num_head_channels=N (channels per head; openai's 64x64, 256x256 and 512x512 models and DDS use "
+               "64) or num_heads=N (openai's 128x128 models: num_heads=4), or the model's config file: "
+               "config='configs/vp/AAPM256.yml' (DDS), or '<checkpoint>.json' / '<checkpoint>.yml' beside the "
+               "checkpoint with num_head_channels / num_heads")
+
+
+def _heads(cfg: _Config, source: str, attn_channels, from_deepinv: bool) -> dict:
+    """Attention head setting (guided-diffusion: ``num_head_channels`` per head unless -1, then ``num_heads``)."""
+    nhc, nh = cfg["num_head_channels"], cfg["num_heads"]
+    if nhc is None and nh is None:
+        if not from_deepinv:
+            raise CheckpointError(
+                f"cannot load '{source}' as guided-diffusion: the number of attention heads is not stored in the "
+                f"weights (attention blocks of {sorted(set(attn_channels))} channels) and a wrong value gives a "
+                f"different denoiser; {_HEADS_HINT}")
+        nhc, nh = _DIFFUNET_HEADS["num_head_channels"], _DIFFUNET_HEADS["num_heads"]
+    nhc = -1 if nhc is None else int(nhc)
+    if nhc == -1 and nh is None:
+        raise CheckpointError(f"cannot load '{source}' as guided-diffusion: num_head_channels=-1 means 'num_heads "
+                              f"heads' but num_heads is not set; {_HEADS_HINT}")
+    nh = 1 if nh is None else int(nh)
+    nh_up = int(cfg["num_heads_upsample"])
+    for c in attn_channels:
+        ok = c % nhc == 0 if nhc != -1 else all(c % h == 0 for h in {nh, nh if nh_up == -1 else nh_up})
+        if not ok:
+            what = f"num_head_channels={nhc}" if nhc != -1 else f"num_heads={nh}, num_heads_upsample={nh_up}"
+            raise CheckpointError(f"cannot load '{source}' as guided-diffusion: {what} does not divide the "
+                                  f"{c}-channel attention blocks; {_HEADS_HINT}")
+    return dict(num_heads=nh, num_head_channels=nhc, num_heads_upsample=nh_up,
+                use_new_attention_order=bool(cfg["use_new_attention_order"]))
+
+
+def _check_config(cfg: _Config, source: str, arch: dict, learn_sigma_weights: bool):
+    """Config fields (DDS / guided-diffusion flags) against what the weights say: one error listing conflicts."""
+    n_levels = len(arch["level_channels"])
+    seen = dict(num_channels=arch["model_channels"], in_channels=arch["in_channels"],
+                out_channels=arch["out_channels"], num_res_blocks=arch["num_res_blocks"],
+                use_scale_shift_norm=arch["use_scale_shift_norm"], resblock_updown=arch["resblock_updown"],
+                class_cond=bool(arch["num_classes"]), learn_sigma=learn_sigma_weights)
+    def differs(given, v):
+        try:
+            return (bool(given) if isinstance(v, bool) else int(given)) != v
+        except (TypeError, ValueError):
+            return True
+
+    bad = [f"{k}={cfg[k]!r} (weights: {v!r})" for k, v in seen.items() if cfg.get(k) is not None and differs(cfg[k], v)]
+    res, ar = cfg["image_size"], cfg["attention_resolutions"]
+    if res is not None and ar is not None:                  # guided-diffusion: attention where image_size // ds = r
+        have = sorted(2 ** lv for lv in arch["attention_levels"])
+        try:
+            want = sorted({int(res) // int(r) for r in str(ar).replace(" ", "").strip("()[]").split(",") if r})
+            ok = [d for d in want if d < 2 ** n_levels] == have
+        except (TypeError, ValueError, ZeroDivisionError):
+            ok = False
+        if not ok:
+            bad.append(f"attention_resolutions={ar!r} at image_size={res!r} (weights: attention at downsampling "
+                       f"factors {have})")
+    if bad:
+        where = f" (config '{cfg.sidecar_path}')" if cfg.sidecar_path else ""
+        raise CheckpointError(f"cannot load '{source}' as guided-diffusion: the settings contradict the "
+                              f"weights{where}: {'; '.join(bad)}")
 
 
 def _build_guided_diffusion(sd, extras, cfg: _Config, source, device):
     # deepinv's DiffUNet.state_dict() carries two schedule buffers it cannot reload itself (audit §3): drop them
+    from_deepinv = any(k in sd for k in _DIFFUNET_BUFFERS)
     sd = {k: v for k, v in sd.items() if k not in _DIFFUNET_BUFFERS}
     try:
         arch = infer_guided_diffusion_config(sd, cfg["num_res_blocks"])
@@ -173,13 +241,14 @@ def _build_guided_diffusion(sd, extras, cfg: _Config, source, device):
     if arch["out_channels"] not in (C, 2 * C):
         raise CheckpointError(f"cannot load '{source}': output has {arch['out_channels']} channels for {C} input "
                               f"channels (expected {C} for eps or {2 * C} for eps + learned variance)")
-    heads = dict(num_heads=int(cfg["num_heads"]), num_head_channels=int(cfg["num_head_channels"]),
-                 use_new_attention_order=bool(cfg["use_new_attention_order"]))
+    _check_config(cfg, source, arch, arch["out_channels"] == 2 * C)
+    attn_channels = [arch["level_channels"][lv] for lv in arch["attention_levels"]] + [arch["level_channels"][-1]]
+    heads = _heads(cfg, source, attn_channels, from_deepinv)
     try:
         net = GuidedDiffusionUNet(**arch, **heads)
-    except AssertionError as e:
+    except AssertionError as e:  # pragma: no cover - _heads checks divisibility first
         raise CheckpointError(f"cannot load '{source}': attention settings do not fit the channels ({e}); "
-                              f"set num_head_channels= (or -1 and num_heads=)") from None
+                              f"{_HEADS_HINT}") from None
     load_weights_strict(net, sd, source=source, fmt="guided-diffusion", what=_short(arch))
     T = int(cfg["num_train_timesteps"])
     if cfg["noise_schedule"] == "linear":

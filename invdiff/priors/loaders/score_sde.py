@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .detect import CheckpointError, _CONSTANT_BUFFERS, _REQUIRED, _few, load_weights_strict
+from .groupnorm import build_with_group_rule, group_count
 from .wrappers import PreconditionedPrior, VECoefficients, VPCoefficients, _UNetCall, _freeze, _n_params, _pair, _short
 
 
@@ -166,6 +167,14 @@ def _score_sde_check(cfg: _Config, fourier: bool, source: str):
     return sde
 
 
+def _no_group_rule(channels: int) -> bool:
+    try:
+        group_count(channels)
+        return False
+    except ValueError:
+        return True
+
+
 def _build_score_sde(sd, extras, cfg: _Config, source, device):
     from deepinv.models import NCSNpp
 
@@ -188,14 +197,18 @@ def _build_score_sde(sd, extras, cfg: _Config, source, device):
                 out_channels=C, label_dim=0, augment_dim=0, model_channels=nf, channel_mult=list(cfg["ch_mult"]),
                 channel_mult_emb=4, num_blocks=int(cfg["num_res_blocks"]),
                 attn_resolutions=list(cfg["attn_resolutions"]))
+    # score_sde normalises C channels in min(C // 4, 32) groups (layerspp.py; deepinv: always 32), which needs
+    # every level width nf * ch_mult[i] to split so: nf = 16 works (4 groups), nf = 10 cannot (2 groups of 5)
+    bad = [f"nf * ch_mult[{i}] = {nf * m}" for i, m in enumerate(arch["channel_mult"]) if _no_group_rule(nf * m)]
+    if bad:
+        raise CheckpointError(f"cannot load '{source}' as score-sde: nf={nf} (read from the weights): score_sde's "
+                              f"GroupNorm splits C channels into min(C // 4, 32) groups, impossible for {', '.join(bad)}; "
+                              f"the original network cannot be built with this nf either")
     try:
-        net = NCSNpp(**arch, dropout=0.0, pretrained=None)
+        net = build_with_group_rule(NCSNpp, **arch, dropout=0.0, pretrained=None)
     except (ValueError, RuntimeError) as e:
-        raise CheckpointError(f"cannot load '{source}' as score-sde: cannot build NCSNpp {_short(arch)} ({e})") from None
-    # score_sde normalises with min(C // 4, 32) groups (deepinv always uses 32): identical for C >= 128
-    for m in net.modules():
-        if isinstance(m, nn.GroupNorm):
-            m.num_groups = min(m.num_channels // 4, 32)
+        raise CheckpointError(f"cannot load '{source}' as score-sde: cannot build NCSNpp {_short(arch)} with "
+                              f"nf={nf} ({e})") from None
     rules = score_sde_rules(net)
     weights = "model"
     shadow = extras.get("ema_shadow_params")
