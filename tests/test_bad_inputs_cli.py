@@ -283,11 +283,14 @@ def _api_cases():
          ["'predictions_dir'"]),
         ("synthetic shape", lambda d: write_synthetic_fastmri(d / "x.h5", shape=(4, 4)), ValueError, ["'shape'"]),
         ("synthetic kind", lambda d: write_synthetic_fastmri(d / "x.h5", kind="bogus"), ValueError, ["'kind'"]),
+        ("metrics of 3x3 slices", lambda d: invdiff.metrics.fastmri_metrics(np.ones((1, 3, 3)), np.ones((1, 3, 3)),
+                                                                           crop=False),
+         ValueError, ["'target_volume'", "7x7", "3x3"]),
         ("atomic write to a file's child", lambda d: atomic_write_text(d / "a_file" / "x.txt", "x"), OSError, []),
     ]
 
 
-@pytest.mark.parametrize("case", range(16))
+@pytest.mark.parametrize("case", range(17))
 def test_api_errors(data, case):
     name, fn, exc, words = _api_cases()[case]
     before = sorted(p.name for p in data.iterdir())

@@ -136,3 +136,28 @@ def test_train_prior_prints_a_short_summary(tmp_path, capsys):
     assert 2 <= len(lines) <= 4 and "exported" in lines[0] and "export.json" in lines[-1], out
     full = json.loads((tmp_path / "tiny" / "export.json").read_text())
     assert full["step"] == 2 and full["eval"]["rows"][0]["sigma"] == 0.1
+
+
+def test_bench_disk_full_is_one_message(tmp_path, capsys, monkeypatch):
+    """bench: a full disk while a row is written stops the run with exit 3 and one message; no partial row file."""
+    import errno
+
+    from invdiff import io_utils
+
+    real = io_utils.atomic_write_text
+
+    def full_disk(path, text):
+        if "rows" in str(path):
+            with io_utils.atomic_path(path) as tmp:
+                with open(tmp, "w") as f:
+                    f.write(text[: len(text) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, text)
+
+    monkeypatch.setattr(io_utils, "atomic_write_text", full_disk)
+    out = tmp_path / "b"
+    rc, _, err = cli(["bench", "--tasks", "inpainting-random", "--solvers", "adjoint", "--n-images", "1", "--size",
+                      "16", "--out", out, "--no-progress"], capsys)
+    assert rc == 3 and "Traceback" not in err and err.count("no space left") == 1, err
+    assert not list((out / "rows").rglob("*.json")) if (out / "rows").exists() else True
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]
