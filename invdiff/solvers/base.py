@@ -56,21 +56,27 @@ class SolverSpec:
     sampler: bool  # True if independent runs give posterior samples
     doc: str
     volume: bool = False  # True if it reconstructs whole volumes (B, C, D, H, W) with a volume prior
+    partial_y: bool = False  # reads only some entries of y (active acquisition): NaN elsewhere / None allowed
 
 
 _REGISTRY: dict[str, SolverSpec] = {}
 
 
-def register(name: str, *, needs_prior: bool = True, sampler: bool = True, volume: bool = False):
+def register(name: str, *, needs_prior: bool = True, sampler: bool = True, volume: bool = False,
+             partial_y: bool = False):
     """Decorator: register ``fn`` as solver ``name``.
 
     ``volume=True`` marks a solver that reconstructs whole volumes ``(B, C, D, H, W)`` under a volume operator
-    (``invdiff reconstruct`` / ``bench`` then hand it the whole stack and lift a 2D prior slice by slice)."""
+    (``invdiff reconstruct`` / ``bench`` then hand it the whole stack and lift a 2D prior slice by slice).
+    ``partial_y=True``: the solver reads only the entries of ``y`` it chooses (active acquisition, ``ads``), so
+    :func:`solve` leaves the finiteness and shape checks of ``y`` to it and lets ``y`` be None.
+    """
 
     def deco(fn):
         if name in _REGISTRY:
             raise RuntimeError(f"solver {name!r} registered twice")
-        _REGISTRY[name] = SolverSpec(name, fn, needs_prior, sampler, (fn.__doc__ or "").strip(), volume)
+        _REGISTRY[name] = SolverSpec(name, fn, needs_prior, sampler, (fn.__doc__ or "").strip(), volume=volume,
+                                     partial_y=partial_y)
         return fn
 
     return deco
@@ -127,9 +133,10 @@ def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "d
         torch.Size([1, 3])
     """
     spec = get(solver)
-    check_tensor("y", y, finite=True, floating=True)
-    if hasattr(physics, "check_y"):
-        physics.check_y(y)  # invdiff operators: shape / channel / dtype checks with one clear message
+    if not spec.partial_y:
+        check_tensor("y", y, finite=True, floating=True)
+        if hasattr(physics, "check_y"):
+            physics.check_y(y)  # invdiff operators: shape / channel / dtype checks with one clear message
     check_positive("n_samples", n_samples, integer=True)
     if not isinstance(strict, bool):
         fail("strict", "True or False", strict, TypeError)
@@ -147,7 +154,7 @@ def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "d
 
         progress = sys.stderr.isatty()
     counted = CountingPrior(prior) if prior is not None else None
-    gen = make_generator(seed, y.device)
+    gen = make_generator(seed, y.device if y is not None else "cpu")
     t0 = time.perf_counter()
     out = spec.fn(y, physics, counted, generator=gen, n_samples=n_samples, progress=progress, **options)
     seconds = time.perf_counter() - t0
