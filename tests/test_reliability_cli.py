@@ -161,3 +161,17 @@ def test_bench_disk_full_is_one_message(tmp_path, capsys, monkeypatch):
     assert rc == 3 and "Traceback" not in err and err.count("no space left") == 1, err
     assert not list((out / "rows").rglob("*.json")) if (out / "rows").exists() else True
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]
+
+
+def test_train_prior_disk_full_exit_code(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import invdiff.training.cli as tcli
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tcli, "train", full)
+    rc, _, err = cli(["train-prior", "--name", "t", "--data", "ct", "--size", "16", "--steps", "1", "--out", tmp_path,
+                      "--export", "never"], capsys)
+    assert rc == 3 and err.count("no space left") == 1 and "Traceback" not in err, err

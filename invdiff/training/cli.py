@@ -207,10 +207,16 @@ def train_prior_main(argv=None) -> int:
             report_export(res, cfg, args.verbose)
         return 0
     except (ValueError, TypeError, OSError) as e:
+        from ..io_utils import disk_full_error, is_disk_full
+
+        full = is_disk_full(e)
+        if full:   # checkpoints are atomic: the last complete one stays, and re-running resumes from it
+            e = e if e.__class__.__name__ == "DiskFullError" else disk_full_error(getattr(e, "filename", "") or "", e)
+            e = e.strerror
         # errors every rank meets alike (bad config, rank 0's checks) are printed once, by rank 0
         if rank == 0 or (joined and not getattr(e, "echo_of_rank0", False)):
             print(f"invdiff train-prior: error: {f'[rank {rank}] ' if rank else ''}{e}", file=sys.stderr)
-        return 2
+        return 3 if full else 2
     finally:
         if joined:
             jobs.DistContext(rank, world, True).close()
