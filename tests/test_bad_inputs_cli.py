@@ -40,7 +40,7 @@ def data(tmp_path_factory):
     write_synthetic_fastmri(d / "mc.h5", n_slices=1, coils=4, shape=(64, 64))       # 5 centre lines at 4x
     write_synthetic_fastmri(d / "big.h5", n_slices=1, kind="singlecoil", shape=(128, 128))
     write_synthetic_fastmri(d / "test8x.h5", n_slices=1, coils=4, shape=(64, 64), kind="test",
-                            mask_kind="fastmri-random", acceleration=8)                # its own mask: a few centre lines
+                            mask_kind="fastmri-random", acceleration=8)          # its own mask: a few centre lines
     shutil.copy(d / "sc.h5", d / "badshape.h5")
     with h5py.File(d / "badshape.h5", "r+") as f:                                    # target 32x32 -> 24x24
         t = f["reconstruction_esc"][:, 4:28, 4:28]

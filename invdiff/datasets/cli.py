@@ -8,10 +8,10 @@ from pathlib import Path
 
 from .._validate import check_choice, check_int, check_number, fail
 
-EVALUATE_DOC = """Score fastMRI reconstructions exactly as fastMRI's evaluate.py: per volume NMSE, PSNR (data_range = the
-target volume's max) and SSIM (7x7 window, mean over slices) after a centre crop to the target width; the summary
-is mean +/- 2 std over volumes, as fastMRI prints it. Predictions are .h5 files with a 'reconstruction' dataset,
-named like their target files (what 'invdiff reconstruct' writes).
+EVALUATE_DOC = """Score fastMRI reconstructions exactly as fastMRI's evaluate.py: per volume NMSE, PSNR
+(data_range = the target volume's max) and SSIM (7x7 window, mean over slices) after a centre crop to the target
+width; the summary is mean +/- 2 std over volumes, as fastMRI prints it. Predictions are .h5 files with a
+'reconstruction' dataset, named like their target files (what 'invdiff reconstruct' writes).
 
 examples:
   invdiff evaluate --targets knee_val/ --predictions recon/
@@ -65,9 +65,8 @@ def evaluate_main(argv=None) -> int:
     if a.json is not None:
         from ..io_utils import atomic_write_json
 
-        atomic_write_json(a.json, {"per_volume": per_volume,
-                                   "summary": {k: {"mean": m, "two_std": s, "n": n} for k, (m, s, n) in summary.items()},
-                                   "protocol": "fastMRI evaluate.py"})
+        table = {k: {"mean": m, "two_std": s, "n": n} for k, (m, s, n) in summary.items()}
+        atomic_write_json(a.json, {"per_volume": per_volume, "summary": table, "protocol": "fastMRI evaluate.py"})
     return 0
 
 
