@@ -269,6 +269,15 @@ def _acs_error(info, cfg, path, cols=None) -> str | None:
     return f"argument '--center-fraction': expected {msg[0]}, received {msg[1]}"
 
 
+def _sinogram_image_size(info: dict, cfg) -> int:
+    """The image size of a sinogram input: its attribute, else ``image_size``, else from its detector count (as
+    :func:`invdiff.datasets.volumes.read_sinogram` decides)."""
+    from .datasets.volumes import image_size_for_detectors
+
+    n = info.get("image_size") or cfg["image_size"]
+    return int(n) if n else int(image_size_for_detectors(int(info["n_det"])))
+
+
 def memory_limit_gb(cfg) -> float:
     """``max_memory_gb``, or 75 % of the machine's RAM."""
     import os
@@ -293,7 +302,7 @@ def estimate_gb(task: str, info: dict, cfg, volume: bool = False) -> tuple[float
     B *= int(cfg["n_samples"])
     if task == "ct":
         if "n_views" in info:
-            V, N = int(info["n_views"]), int(info.get("image_size") or cfg["image_size"] or info["n_det"])
+            V, N = int(info["n_views"]), _sinogram_image_size(info, cfg)
         else:
             V, N = int(cfg["views"]), max(info["shape"])
         need = V * N * N * 8 + B * (3 * V * N * N * 4 + 32 * N * N * 4)
@@ -701,11 +710,11 @@ def _resolve_solver(cfg, items) -> str:
     return AUTO_SOLVER[tasks[0]]
 
 
-def _x_shape(it: Item, prior) -> tuple:
+def _x_shape(it: Item, cfg) -> tuple:
     """The image the prior sees for an input (channels, H, W)."""
     C = 2 if it.task == "mri" else 1
     if it.kind == "sinogram":
-        N = int(it.info.get("image_size") or it.info.get("n_det"))
+        N = _sinogram_image_size(it.info, cfg)
         return (C, N, N)
     H, W = it.info["shape"]
     if it.task == "ct":
@@ -769,7 +778,7 @@ def main(argv=None) -> int:
         for it in items:      # the size guard as an error, before any input is solved
             if it.error is None and it.info:
                 try:
-                    check_prior_fits(prior, _x_shape(it, prior), strict=True)
+                    check_prior_fits(prior, _x_shape(it, cfg), strict=True)
                 except ValueError as e:
                     fail("--strict", f"a prior that fits every input (--prior {cfg['prior']})", f"{it.path}: {e}")
     torch.set_num_threads(int(cfg["threads"]))
