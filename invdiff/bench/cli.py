@@ -113,14 +113,23 @@ def main(argv=None) -> int:
     bad = [s for s in solvers if s not in known and s != "baseline"]
     if bad or not solvers:
         fail("--solvers", f"solver names among {known} or 'baseline'", f"unknown {bad}" if bad else "nothing")
+    raw_sweep = cfg["sweep"] or {}
+    if not isinstance(raw_sweep, dict) or not all(isinstance(v, list) for v in raw_sweep.values()):
+        fail("sweep", 'a mapping {"SOLVER.OPTION": [V1, V2, ...]}', cfg["sweep"], TypeError)
     sweep = dict(cfg["sweep"] or {})
     sweep.update(_parse_sweeps(a.sweep))
     for k in sweep:
         if k.split(".", 1)[0] not in known:
             fail("--sweep", f"SOLVER.OPTION with SOLVER among {known}", k)
+        if k.split(".", 1)[0] not in solvers and "baseline" not in solvers:
+            fail("--sweep", f"options of the benchmarked solvers {solvers}", f"{k} (solver not in --solvers)")
     for s in set(options) | {k.split(".", 1)[0] for k in sweep}:
         check_solver_options(s, dict(options.get(s, {}), **{k.split(".", 1)[1]: None for k in sweep
                                                              if k.split(".", 1)[0] == s}), chains=True)
+        for k, values in sweep.items():   # every swept value checked (typed option specs: type and range)
+            if k.split(".", 1)[0] == s:
+                for v in values:
+                    check_solver_options(s, dict(options.get(s, {}), **{k.split(".", 1)[1]: v}), chains=True)
     if not (isinstance(cfg["n_images"], int) and cfg["n_images"] >= 1):
         fail("--n-images", "an int >= 1", cfg["n_images"])
     if cfg["prior"] is not None:
