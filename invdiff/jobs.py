@@ -223,11 +223,11 @@ def check_solver_options(solver: str, options: dict, *, chains: bool = False) ->
 
     spec = get(solver)
     if getattr(spec, "options", None) and hasattr(base, "resolve_options"):  # typed option specs: values too
-        rest = {k: v for k, v in options.items() if not (chains and spec.sampler and k == "n_samples")}
-        base.resolve_options(solver, {k: v for k, v in rest.items() if v is not None})
-        for k in set(rest) - {o.name for o in spec.options}:
-            fail(f"{solver}.<option>", f"options of solver {solver!r} among {sorted(o.name for o in spec.options)}",
-                 f"unknown option {k!r}")
+        known = sorted(o.name for o in spec.options) + (["n_samples"] if chains and spec.sampler else [])
+        bad = sorted(set(options) - set(known))
+        if bad:
+            fail(f"{solver}.<option>", f"options of solver {solver!r} among {sorted(known)}", f"unknown option(s) {bad}")
+        base.resolve_options(solver, {k: v for k, v in options.items() if v is not None and k != "n_samples"})
         return options
     params = inspect.signature(spec.fn).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
