@@ -226,7 +226,8 @@ def check_solver_options(solver: str, options: dict, *, chains: bool = False) ->
         known = sorted(o.name for o in spec.options) + (["n_samples"] if chains and spec.sampler else [])
         bad = sorted(set(options) - set(known))
         if bad:
-            fail(f"{solver}.<option>", f"options of solver {solver!r} among {sorted(known)}", f"unknown option(s) {bad}")
+            fail(f"{solver}.<option>", f"options of solver {solver!r} among {sorted(known)}",
+                 f"unknown option(s) {bad}")
         base.resolve_options(solver, {k: v for k, v in options.items() if v is not None and k != "n_samples"})
         return options
     params = inspect.signature(spec.fn).parameters
