@@ -16,7 +16,6 @@ import torch
 import invdiff
 from invdiff.cli import main
 from invdiff.datasets.synthetic_fastmri import write_synthetic_fastmri
-from invdiff.solvers import base as solver_base
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,12 +127,25 @@ def test_reconstruct_config_errors(data, tmp_path, capsys, args, words):
 
 
 def test_num_steps_zero_checked_before_any_input(data, tmp_path, capsys):
-    if not hasattr(solver_base, "resolve_options"):
-        pytest.skip("typed solver option specs not in this tree")
     out = tmp_path / "out"
     rc, _, err = cli(["reconstruct", data / "img.npy", "--out", out, "--solver", "dds", "--prior", "ct-phantom-64",
                       "--task", "ct", "--set", "solver.num_steps=0"], capsys)
-    check_one_clear_error(rc, err, ["num_steps", ">= 1"])
+    check_one_clear_error(rc, err, ["'num_steps'", "an integer in [1,", "received int 0"])
+    assert not out.exists()
+
+
+OPTION_VALUES = [
+    (["--solver", "tv", "--set", "solver.lam=-1"], ["'lam'", "tv"]),
+    (["--solver", "tv", "--set", "solver.n_iter=abc"], ["'n_iter'", "an integer"]),
+    (["--solver", "dds", "--prior", "ct-phantom-64", "--set", "solver.dc=bogus"], ["'dc'", "one of"]),
+]
+
+
+@pytest.mark.parametrize("args,words", OPTION_VALUES, ids=[" ".join(a) for a, _ in OPTION_VALUES])
+def test_solver_option_values_checked_before_any_input(data, tmp_path, capsys, args, words):
+    out = tmp_path / "out"
+    rc, _, err = cli(["reconstruct", data / "img.npy", "--out", out, "--task", "ct", *args], capsys)
+    check_one_clear_error(rc, err, words)
     assert not out.exists()
 
 
@@ -308,7 +320,7 @@ def test_api_errors(data, case):
 
 
 def test_catalogue_size():
-    n = (len(RECON_CONFIG) + 2 + len(RECON_INPUTS) + 2 + 1 + len(OTHER_COMMANDS) + len(_api_cases()))
+    n = (len(RECON_CONFIG) + 2 + len(OPTION_VALUES) + len(RECON_INPUTS) + 2 + 1 + len(OTHER_COMMANDS) + len(_api_cases()))
     assert n >= 60, n
 
 
