@@ -18,7 +18,7 @@ from .._validate import check_choice, check_positive, fail
 class TrainConfig:
     """Every setting of a training run (the resolved config is saved as ``config.json`` in the run dir)."""
 
-    name: str = "prior"                 # run / prior name (artefacts are weights_dir/<name>.*)
+    name: str = "prior"                 # run / prior name (artefacts are <weights_dir or out/name>/<name>.*)
     data: str = "ct"                    # "ct" | "mri" phantoms, "ct3d" volumes, "tensor:FILE.safetensors|.pt|.npy", "folder:DIR"
     size: int = 64                      # image size (phantoms are generated at this size; files are resized)
     dims: int = 2                       # spatial dimensions: 2 images (B, C, H, W), 3 volumes (B, C, D, H, W)
@@ -54,7 +54,8 @@ class TrainConfig:
     log_every: int = 50
     progress: bool = True
     # export
-    weights_dir: str = ""               # "" -> invdiff/priors/weights
+    weights_dir: str = ""               # "" -> the run folder <out>/<name> (never the installed package by default)
+    overwrite_shipped: bool = False     # allow exporting over a shipped prior inside the installed package
     export_dtype: str = "float16"
     eval_images: int = 64
     eval_sigmas: tuple = (0.05, 0.1, 0.2, 0.5)
@@ -188,7 +189,7 @@ def regenerate_command(cfg: dict, step: int | None = None) -> str:
 
     ``step`` (when given) replaces the planned number of steps, so the command reproduces that checkpoint."""
     defaults = config_to_json(TrainConfig())
-    skip = {"progress", "weights_dir", "eval_images", "eval_sigmas", "sample_steps", "n_samples", "export_dtype",
+    skip = {"progress", "weights_dir", "overwrite_shipped", "eval_images", "eval_sigmas", "sample_steps", "n_samples", "export_dtype",
             "init_step", "init_regenerate"}
     parts = ["invdiff train-prior"]
     for k, v in cfg.items():

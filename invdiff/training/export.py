@@ -145,21 +145,40 @@ def save_sample_grid(samples: torch.Tensor, path, title: str = "", cols: int | N
     plt.close(fig)
 
 
-def _default_weights_dir() -> Path:
-    return Path(__file__).resolve().parent / "weights"
+def export_dir(checkpoint, weights_dir=None) -> Path:
+    """Where :func:`export` writes: ``weights_dir`` when given, else the run folder of ``checkpoint``
+    (``<out>/<name>`` for ``<out>/<name>/ckpt/*.safetensors``) -- never the installed package by default."""
+    return Path(weights_dir) if weights_dir else Path(checkpoint).resolve().parents[1]
+
+
+def check_not_shipped(wdir, name: str, overwrite_shipped: bool = False) -> None:
+    """Refuse to replace a shipped prior (a name of :data:`invdiff.priors.registry.SHIPPED`, or any prior already
+    in the package's weights folder) unless ``overwrite_shipped`` says so explicitly (``--overwrite-shipped``)."""
+    from ..priors.registry import SHIPPED, WEIGHTS_DIR
+
+    if overwrite_shipped or Path(wdir).resolve() != WEIGHTS_DIR.resolve():
+        return
+    if name in SHIPPED or (WEIGHTS_DIR / f"{name}.safetensors").exists():
+        fail("weights_dir", f"a folder outside the installed package for the shipped prior name {name!r} (the "
+                            "default is the run folder), or --overwrite-shipped to replace the shipped weights",
+             str(wdir))
 
 
 def export(checkpoint, *, weights_dir=None, name: str | None = None, dtype: str = "float16", eval_images: int = 64,
            sigmas=(0.05, 0.1, 0.2, 0.5), sample_steps: int = 32, n_samples: int = 16, loss_csv=None,
-           command: str | None = None, threads: int | None = None) -> dict:
+           command: str | None = None, threads: int | None = None, overwrite_shipped: bool = False) -> dict:
     """Write ``<name>.safetensors`` (EMA weights), ``<name>.md`` (model card), ``<name>_samples.png`` and
-    ``<name>_loss.csv`` from a training checkpoint (final or intermediate). Returns the evaluation dict."""
+    ``<name>_loss.csv`` from a training checkpoint (final or intermediate). Returns the evaluation dict.
+
+    The artefacts go to ``weights_dir``, by default the run folder (:func:`export_dir`); replacing a shipped prior
+    in the installed package needs ``overwrite_shipped=True`` (:func:`check_not_shipped`)."""
     if threads:
         torch.set_num_threads(threads)
     meta, tensors = read_train_checkpoint(checkpoint)
     cfg = meta["config"]
     name = name or cfg["name"]
-    wdir = Path(weights_dir) if weights_dir else _default_weights_dir()
+    wdir = export_dir(checkpoint, weights_dir)
+    check_not_shipped(wdir, name, overwrite_shipped)
     wdir.mkdir(parents=True, exist_ok=True)
     pmeta = dict(meta["prior"])
     pmeta["name"] = name
