@@ -24,9 +24,23 @@ _HELP = {
     "name": "run / prior name; artefacts are written as <weights_dir>/<name>.* (default: the run folder <out>/<name>)",
     "data": "training data: 'ct' or 'mri' (synthetic 2D phantoms generated on the fly), 'ct3d' (synthetic CT-like "
             "volumes, needs --dims 3), 'tensor:FILE' (.safetensors with one tensor, .npy, .pt; (N,C,H,W) or (N,H,W); "
-            "with --dims 3 (N,C,D,H,W) or (N,D,H,W)), 'folder:DIR' (grayscale images)",
+            "with --dims 3 (N,C,D,H,W) or (N,D,H,W)), 'folder:DIR' (grayscale images), 'fastmri:DIR' (fastMRI .h5 "
+            "k-space -> complex images), 'nifti:DIR' / 'dicom:DIR' (slices of CT / MRI volumes); files are streamed "
+            "slice by slice, never held in memory",
     "size": "image size, or volume edge length with --dims 3 (phantoms generated at this size; folder images "
             "resized); a multiple of the network's down-sampling factor 2^(len(channel_mult)-1)",
+    "patch_size": "train on random crops of this size from the --size images (PaDIS; 0 = whole images): the cost of "
+                  "a step depends on the patch size only, and the prior keeps the pixel scale of the images",
+    "positional": "give the network the crop's normalised coordinates within the whole image as extra input channels",
+    "inference": "how the exported patch prior denoises whole images: 'conv' (fully convolutional) or 'tiled' "
+                 "(patch tiles with a random grid offset per call); changeable later with prior.set_inference",
+    "workers": "DataLoader worker processes preparing the batches (0: in the training process); the batch of step k "
+               "depends only on (seed, k), so results and resume do not depend on the number of workers",
+    "fastmri_combine": "fastMRI multi-coil k-space -> complex image: 'rss-phase' (root-sum-of-squares magnitude, phase "
+                       "of the coil combination with low-resolution sensitivities) or 'espirit' (sigpy ESPIRiT maps)",
+    "slice_axis": "NIfTI / DICOM: take 2D slices along this axis of the (D, H, W) volume",
+    "modality": "NIfTI / DICOM: 'ct' (HU through --hu-window), 'mri' (magnitude / its 99.5th percentile), 'auto'",
+    "hu_window": "CT: the HU range mapped linearly onto [0, 1] (values outside clipped), e.g. -1000,3000",
     "dims": "spatial dimensions: 2 (images, Conv2d) or 3 (volumes (B,C,D,H,W), Conv3d; e.g. --data ct3d --size 32)",
     "nproc": "data-parallel processes (torch.distributed DDP, one CPU process each): the command re-launches itself "
              "under 'python -m torch.distributed.run --standalone --nproc_per_node N'; batch_size is the global "
