@@ -135,7 +135,7 @@ def make_config(overrides: dict | None = None) -> TrainConfig:
 #: data streamed from files on disk (invdiff.training.files)
 FILE_KINDS = ("fastmri:", "nifti:", "dicom:")
 #: data kinds generated on the fly, and their number of spatial dimensions
-PHANTOM_KINDS = {"ct": 2, "mri": 2, "ct3d": 3}
+PHANTOM_KINDS = {"ct": 2, "mri": 2, "ct-anatomy": 2, "mri-anatomy": 2, "ct3d": 3}
 #: torch.distributed backends that can train here (training runs on CPU tensors: nccl needs CUDA ones)
 CPU_BACKENDS = ("gloo", "mpi")
 

@@ -183,7 +183,7 @@ def _make_base_source(cfg: TrainConfig) -> Callable:
     from ..datasets.phantoms import PhantomStream
     from ..datasets.phantoms3d import VolumeStream
 
-    if cfg.data in ("ct", "mri"):
+    if cfg.data in ("ct", "mri", "ct-anatomy", "mri-anatomy"):
         return PhantomStream(cfg.data, cfg.size)
     if cfg.data == "ct3d":
         return VolumeStream(cfg.data, cfg.size)

@@ -82,7 +82,7 @@ def evaluate_denoising(prior, kind: str, *, size: int = 64, n_images: int = 64, 
     gen = GENERATORS[kind] if kind in GENERATORS else GENERATORS3D[kind]
     x = gen(split_seeds("heldout", n_images), size)
     x_tune = gen(split_seeds("heldout", 8, start=500_000), size)
-    sl = shepp_logan_3d(size) if kind in GENERATORS3D else shepp_logan(size, complex=(kind == "mri"))
+    sl = shepp_logan_3d(size) if kind in GENERATORS3D else shepp_logan(size, complex=kind.startswith("mri"))
     g = torch.Generator().manual_seed(seed)
     rows = []
     for s in sigmas:
