@@ -252,7 +252,24 @@ def model_card(name, meta, prior, ev, loss_rows, *, dtype, fp_dev, sample_steps,
         "ct3d": "CT-like random-ellipsoid volumes (`invdiff.datasets.phantoms3d.ct_volumes`): body elongated along "
                 "the axial axis, outer fat layer, 8-25 overlapping randomly rotated ellipsoids of random additive "
                 "intensity, small bright inserts, smooth multiplicative 3D texture; 1 channel in [0, 1], (D, H, W).",
-    }.get(kind, f"`{kind}`")
+        "ct-anatomy": "Anatomy-like CT slices (`invdiff.datasets.anatomy.ct_anatomy`): abdomen (liver, spleen, kidneys, "
+                      "aorta/IVC, bowel loops with air/fluid/contrast, vertebra; liver lesions), chest (lungs with "
+                      "vessels and nodules, heart chambers, ribs, sternum, vertebra) and head (skull with diploe, "
+                      "grey/white matter, sulci, ventricles, falx; haemorrhage / infarct / calcification); tissues "
+                      "in HU mapped by the window -1000..3000 HU -> [0, 1] (water 0.25), contrast phase none / arterial "
+                      "/ venous, texture, partial-volume blur; 1 channel.",
+        "mri-anatomy": "Anatomy-like complex MRI slices (`invdiff.datasets.anatomy.mri_anatomy`): axial brain (folded "
+                       "cortex, sulci, ventricles, deep nuclei, white-matter lesions, tumour with oedema; T1 / T2 / PD / "
+                       "FLAIR) and knee (femur / tibia marrow and cortex, cartilage, menisci, ligament, joint fluid, "
+                       "striated muscle, fat, skin; marrow oedema, cartilage defect; PD / PD-FS / T1 / T2-FS), receive-"
+                       "coil bias field, smooth random phase, complex Gaussian noise; 2 channels, max magnitude 1.",
+    }.get(kind, None)
+    if data_desc is None:
+        from . import files as _files
+
+        data_desc = (f"`{kind}`" + (f": streamed from disk by `invdiff.training.files` ("
+                                    + _files.__doc__.split("Per format", 1)[1].split(":", 1)[1].strip()
+                                    .replace("\n", " ") + ")" if kind.startswith(("fastmri:", "nifti:", "dicom:")) else ""))
     lines = [
         f"# {name}", "",
         f"Unconditional diffusion prior (denoiser D(x, sigma) ~ E[x0 | x0 + sigma n = x], EDM preconditioning) "
@@ -263,6 +280,12 @@ def model_card(name, meta, prior, ev, loss_rows, *, dtype, fp_dev, sample_steps,
         f"{2 ** (len(cfg['channel_mult']) - 1)} natively, others are padded)",
         *(["- native 3D prior (`spatial_dims = 3`): denoises volumes (B, C, D, H, W) with 3x3x3 convolutions"]
           if dims == 3 else []),
+        *([f"- patch prior (PaDIS, Hu et al. 2024): trained on random {cfg['patch_size']}x{cfg['patch_size']} crops "
+           f"of {shape_str} images (training cost set by the patch size; the pixel scale is that of the {shape_str} "
+           f"images); coordinate channels of the crop in its image: {'yes' if cfg.get('positional') else 'no'}; "
+           f"whole-image inference: `{prior.inference}` (`prior.set_inference('conv' | 'tiled')`); patch_size "
+           f"{list(prior.patch_size)}, validated_sizes {prior.validated_sizes and [list(v) for v in prior.validated_sizes]}, "
+           f"pixel_spacing {prior.pixel_spacing} (None: synthetic data)"] if cfg.get("patch_size") else []),
         f"- channels: {prior.channels} ({'complex as real/imag' if prior.channels == 2 else 'real'}); value range "
         f"{list(prior.value_range) if prior.value_range else None}",
         f"- preconditioning: EDM (Karras et al. 2022, Table 1), sigma_data = {prior.sigma_data}, data_shift = {prior.data_shift}",
