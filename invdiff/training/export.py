@@ -296,7 +296,11 @@ def model_card(name, meta, prior, ev, loss_rows, *, dtype, fp_dev, sample_steps,
         f"Generated on the fly: training step k uses the {items} with seeds {cfg['batch_size']}k .. {cfg['batch_size']}k+"
         f"{cfg['batch_size'] - 1} (`invdiff.datasets.{'phantoms3d.VolumeStream' if dims == 3 else 'PhantomStream'}`), "
         f"so {meta['step']} steps saw "
-        f"{meta['step'] * cfg['batch_size']} distinct {items}; every training seed is below 1e9 "
+        f"{meta['step'] * cfg['batch_size']} distinct {items}"
+        + (f" (this run: steps {cfg['init_step'] + 1}-{meta['step']}; the earlier steps are the warm start's own data)"
+           if cfg.get("init_from") else "")
+        + (f", one random {cfg['patch_size']}x{cfg['patch_size']} crop of each" if cfg.get("patch_size") else "")
+        + "; every training seed is below 1e9 "
         "(`invdiff.datasets.HELDOUT_SEED_START`) and evaluation uses seeds >= 1e9, never seen in training.", "",
         "## Training", "",
         f"- steps: {meta['step']} of {cfg['steps']} planned; batch {cfg['batch_size']}; Adam lr {cfg['lr']} "
