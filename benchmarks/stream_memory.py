@@ -2,7 +2,7 @@
 
 For each file count, a fresh process writes that many synthetic multi-coil fastMRI files
 (``invdiff.datasets.write_synthetic_dataset``: 15 coils, 128 x 96 k-space, 8 slices, 96 x 96 crop) and then
-reads ``--steps`` batches of 8 random 64 x 64 patches with coordinates through
+(in a fresh process, after a separate one wrote the files) reads ``--steps`` batches of 8 random 64 x 64 patches with coordinates through
 ``invdiff.training.stream_batches`` with 2 DataLoader workers (the train-prior data path). Peak RSS is the kernel
 high-water mark of the main process and of the (reaped) worker processes (``getrusage``); the data on disk grows
 with the file count, the memory should not.
@@ -25,8 +25,10 @@ from invdiff.datasets import write_synthetic_dataset
 from invdiff.training import PatchSource, stream_batches
 from invdiff.training.files import FileSliceSource
 torch.set_num_threads(1)
-n, steps, folder = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-write_synthetic_dataset(folder, n, n_slices=8, coils=15, shape=(128, 96), recon_size=(96, 96), noise=0.01)
+n, steps, folder, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+if mode == "write":
+    write_synthetic_dataset(folder, n, n_slices=8, coils=15, shape=(128, 96), recon_size=(96, 96), noise=0.01)
+    sys.exit(0)
 disk = sum(p.stat().st_size for p in Path(folder).glob("*.h5"))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 src = PatchSource(FileSliceSource("fastmri", folder, size=96), 64, positional=True)
@@ -53,8 +55,9 @@ def main(argv=None):
     rows = []
     for n in a.files:
         with tempfile.TemporaryDirectory() as d:
-            out = subprocess.run([sys.executable, "-c", CHILD, str(n), str(a.steps), d], capture_output=True, text=True,
-                                 check=True)
+            subprocess.run([sys.executable, "-c", CHILD, str(n), str(a.steps), d, "write"], check=True)
+            out = subprocess.run([sys.executable, "-c", CHILD, str(n), str(a.steps), d, "read"], capture_output=True,
+                                 text=True, check=True)   # a fresh process: only the reading is measured
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
     write_results(a.out, "stream_memory", rows, ["files", "slices", "disk_mb", "steps", "main_before_mb",
