@@ -31,7 +31,7 @@ from invdiff.operators import CT
 from invdiff.priors import load
 
 N, NOISE, VIEWS = 256, 0.01, (16, 32)
-TV_LAMS = (2e-4, 5e-4, 1e-3, 2e-3)
+TV_LAMS = (3e-4, 1e-3, 3e-3)
 
 
 def run(x, views, solver, prior=None, **options):
@@ -58,32 +58,39 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--name", default="realsize_pilot")
+    ap.add_argument("--modes", nargs="+", default=["conv", "tiled"], help="inference modes of the pilot prior")
+    ap.add_argument("--views", type=int, nargs="+", default=list(VIEWS))
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     x = ct_anatomy(split_seeds("heldout", 2, start=9000), N)
     x_tune = ct_anatomy(split_seeds("heldout", 1, start=9500), N)
     pilot, shipped = load(a.prior), load("ct-phantom-64")
     rows = []
-    for v in VIEWS:
-        op = v
-        best = max(TV_LAMS, key=lambda lam: run(x_tune, op, "tv", lam=lam)["PSNR"])
-        rows.append({"views": v, "method": "FBP", "prior": "-", **run(x, op, "fbp")})
-        rows.append({"views": v, "method": f"TV (lam {best}, tuned)", "prior": "-", **run(x, op, "tv", lam=best)})
-        rows.append({"views": v, "method": "DDS", "prior": "ct-phantom-64 (shipped, whole 64x64)",
-                     **run(x, op, "dds", shipped, num_steps=a.steps)})
-        for mode in ("conv", "tiled"):
-            pilot.set_inference(mode, seed=0)
-            rows.append({"views": v, "method": "DDS", "prior": f"pilot patch prior ({mode})",
-                         **run(x, op, "dds", pilot, num_steps=a.steps)})
-        print(rows[-5:], flush=True)
     step = (pilot.info or {}).get("step")
     notes = (__doc__.split("\n\n", 1)[1].rsplit("Usage:", 1)[0] +
              f"\nPilot prior: `{Path(a.prior).name}` at training step {step} (warm start from ct-phantom-64 at step "
              f"{(pilot.info or {}).get('training_config', {}).get('init_step')}), patch {pilot.patch_size}, trained on "
-             f"{pilot.trained_resolution} images, positional channels {pilot.pos_channels}.\n")
-    write_results(a.out, a.name, rows, ["views", "method", "prior", "PSNR", "SSIM", "nfe", "seconds", "peak_mb"],
-                  title="SHORT PILOT: real-size patch prior (not shipped) - DDS vs TV at 256x256 sparse-view CT",
-                  notes=notes, meta={"prior": Path(a.prior).name, "steps": a.steps, "step": step})
+             f"{pilot.trained_resolution} images, positional channels {pilot.pos_channels}; pilot inference modes "
+             f"measured: {a.modes}.\n")
+
+    def save():  # after every row: a partial table survives an interrupted run
+        write_results(a.out, a.name, rows, ["views", "method", "prior", "PSNR", "SSIM", "nfe", "seconds", "peak_mb"],
+                      title="SHORT PILOT: real-size patch prior (not shipped) - DDS vs TV at 256x256 sparse-view CT",
+                      notes=notes, meta={"prior": Path(a.prior).name, "steps": a.steps, "step": step})
+
+    for v in a.views:
+        op = v
+        best = max(TV_LAMS, key=lambda lam: run(x_tune, op, "tv", lam=lam)["PSNR"])
+        jobs = [("FBP", "-", lambda: run(x, op, "fbp")),
+                (f"TV (lam {best}, tuned)", "-", lambda: run(x, op, "tv", lam=best)),
+                ("DDS", "ct-phantom-64 (shipped, whole 64x64)", lambda: run(x, op, "dds", shipped, num_steps=a.steps))]
+        for mode in a.modes:
+            jobs.append(("DDS", f"pilot patch prior ({mode})",
+                         lambda mode=mode: run(x, op, "dds", pilot.set_inference(mode, seed=0), num_steps=a.steps)))
+        for method, prior, job in jobs:
+            rows.append({"views": v, "method": method, "prior": prior, **job()})
+            print(rows[-1], flush=True)
+            save()
 
 
 if __name__ == "__main__":
