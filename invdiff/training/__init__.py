@@ -62,6 +62,19 @@ saturated 2-core machine), so about 5 h for 20k steps on 1 core (run it when the
         --channel-mult 1,2,4 --batch-size 4 --steps 20000 --lr 3e-4 --ckpt-every 250 --keep-every 2000 \
         --nproc 2 --threads 1 --eval-images 16 --n-samples 8
 
+Real-size priors (issue 11): ``--patch-size P`` trains on random P x P crops of ``--size`` images (PaDIS, Hu et al.
+2024; :class:`~.data.PatchSource`), ``--positional`` adds the crop's coordinate channels, and the exported prior
+denoises whole images fully convolutionally or by randomly shifted tiles (``--inference``,
+:meth:`~invdiff.priors.neural.NeuralPrior.set_inference`); the cost of a step depends on P only. Data can be the
+anatomy-like generators (``--data ct-anatomy`` / ``mri-anatomy``) or files streamed from disk (``--data
+fastmri:DIR`` / ``nifti:DIR`` / ``dicom:DIR``, :mod:`.files`), prepared by ``--workers`` DataLoader processes.
+Artefacts go to the run folder ``<out>/<name>``; the installed package is written only when ``--weights-dir``
+names it, and a shipped prior is replaced only with ``--overwrite-shipped``. ``scripts/train_realsize.sh`` holds
+the full real-size runs::
+
+    invdiff train-prior --name ct-anatomy-patch64 --data ct-anatomy --size 256 --patch-size 64 --positional \
+        --init-from ct-phantom-64 --steps 55500 --batch-size 32 --nproc 8 --threads 2 --workers 4
+
 CLI: :func:`train_prior_main` (``invdiff train-prior``; ``python -m invdiff.training``). ``--nproc N``
 re-launches the command under ``python -m torch.distributed.run --standalone --nproc_per_node N -m
 invdiff.training``; launching that way (or with ``torchrun``) directly works the same: the world size
