@@ -393,8 +393,8 @@ def _magnitude(x: torch.Tensor) -> np.ndarray:
 
 
 def _run_fastmri(item: Item, cfg, prior, solver, options, seed):
-    from .datasets.fastmri import (apply_mask, column_mask, default_mask_kind, kspace_to_tensor, read_fastmri,
-                                   zero_filled)
+    from .datasets.fastmri import (apply_mask, column_mask, default_mask_kind, kspace_scale, kspace_to_tensor,
+                                   read_fastmri)
     from .metrics import center_crop, fastmri_metrics
     from .operators import MRI, MultiCoilMRI, espirit_maps
 
@@ -408,7 +408,7 @@ def _run_fastmri(item: Item, cfg, prior, solver, options, seed):
         if msg:
             raise ValueError(msg)
     k = vol.kspace if vol.mask is not None else apply_mask(vol.kspace, cols.numpy())
-    scale = float(zero_filled(k).max())
+    scale = kspace_scale(k)                    # the normalisation train-prior --data fastmri: uses (fully sampled)
     if not scale > 0:
         fail("INPUT", "k-space with a non-zero measured part", f"{item.path} (all-zero measured k-space)")
     k = (k / scale).astype(np.complex64)
