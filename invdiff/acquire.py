@@ -151,7 +151,7 @@ def _center_fraction(cfg, n: int, budget: int):
 
 def probe(it: jobs.Item, cfg: dict, options: dict) -> jobs.Item:
     """Kind, task, output name, candidate count and budget of one input (headers only); bad input fails here."""
-    from .datasets.acquisition import NATURAL_TASK, candidate_count
+    from .datasets.acquisition import NATURAL_TASK, candidate_count, parse_slices
     from .datasets.fastmri import DataFileError
     from .datasets.inputs import output_name, probe_h5
     from .operators.candidates import centre_block
@@ -166,10 +166,11 @@ def probe(it: jobs.Item, cfg: dict, options: dict) -> jobs.Item:
         it.task = natural if cfg["task"] == "auto" else cfg["task"]
         if it.kind == "fastmri" and it.task != "mri":
             fail("--task", "mri for fastMRI k-space", f"{cfg['task']} (input {it.path})")
-        n, width = candidate_count(it.kind, it.path, it.task, views=cfg["views"],
-                                   unit=options.get("unit") or "pixel", patch=options.get("patch"))
+        n, width, n_slices = candidate_count(it.kind, it.path, it.task, views=cfg["views"],
+                                             unit=options.get("unit") or "pixel", patch=options.get("patch"))
     except DataFileError as e:
         fail("INPUT", "a readable input", str(e))
+    parse_slices(cfg["slices"], n_slices, f"slices (of {it.path.name})")
     budget = _budget(cfg, n)
     if budget > n:
         fail("--budget", f"at most the {n} candidates of {it.path.name} (task {it.task})", budget)
@@ -234,7 +235,7 @@ def acquire_item(it, out: Path, cfg: dict, prior, options: dict, rank: int = 0) 
             info = rec.info
             s = {"slice": int(full.info["slices"][i]), "order": [[int(c), int(k)] for c, k in info["order"]],
                  "chosen": sorted(int(c) for c, _ in info["order"]), "event_steps": list(info["event_steps"]),
-                 "fixed": info["candidates"]["fixed"], "mask": info["mask"].detach().cpu().numpy(),
+                 "fixed": info["candidates"]["fixed"], "mask": _plain_mask(info["mask"]),
                  "scores": info["scores"].cpu().numpy()}
             if "angles" in info:                              # info["angles"]: of the chosen ids, sorted
                 angle_of = dict(zip(s["chosen"], info["angles"].tolist()))
@@ -268,6 +269,12 @@ def acquire_item(it, out: Path, cfg: dict, prior, options: dict, rank: int = 0) 
     return record
 
 
+def _plain_mask(mask: torch.Tensor) -> np.ndarray:
+    """The mask without the inpainting channel axis: (H, W) columns or pixels, (views,) for CT."""
+    m = mask.detach().cpu().numpy()
+    return m[0] if m.ndim == 3 and m.shape[0] == 1 else m
+
+
 # ------------------------------------------------------------------------------------------------
 # the figure
 # ------------------------------------------------------------------------------------------------
@@ -299,7 +306,7 @@ def plot_evolution(path: Path, s: dict, meta: dict, recon_slice=None) -> Path:
             lo, hi = row[ok].min(), row[ok].max()
             norm[e, ok] = (row[ok] - lo) / (hi - lo) if hi > lo else 1.0
     title = (f"{Path(meta['input']).name} slice {s['slice']}: {meta['budget']} of {meta['n_candidates']} "
-             f"{meta['unit']}s, preset {meta['preset']} ({meta['particles']} particles x {meta['num_steps']} steps)")
+             f"{meta['unit']}{'es' if meta['unit'].endswith('ch') else 's'}, preset {meta['preset']} ({meta['particles']} particles x {meta['num_steps']} steps)")
     spatial = meta["unit"] in ("pixel", "patch")
     if not spatial:
         E = max(len(steps), 1)
@@ -445,7 +452,8 @@ def main(argv=None) -> int:
                                                     world_size=ctx.world))
 
     def work(it):
-        return acquire_item(it, out, dict(cfg, prior=it.prior_name), priors[it.prior_name], options, ctx.rank)
+        opts = options if it.task == "inpainting" else {k: v for k, v in options.items() if k not in ("unit", "patch")}
+        return acquire_item(it, out, dict(cfg, prior=it.prior_name), priors[it.prior_name], opts, ctx.rank)
 
     def report(it, rec):
         m = rec["metrics"]

@@ -74,8 +74,9 @@ def _magnitude(x: torch.Tensor) -> np.ndarray:
     return (x.pow(2).sum(1).sqrt() if x.shape[1] == 2 else x[:, 0]).cpu().numpy()
 
 
-def candidate_count(kind: str, path, task: str, *, views: int, unit: str = "pixel", patch=None) -> tuple[int, int]:
-    """(number of candidates, k-space width or 0) of one input, from its header / shape only."""
+def candidate_count(kind: str, path, task: str, *, views: int, unit: str = "pixel", patch=None) \
+        -> tuple[int, int, int]:
+    """(number of candidates, k-space width or 0, number of slices) of one input, from its header / shape only."""
     from .fastmri import inspect_fastmri
     from .volumes import read_image, read_volume
 
@@ -84,16 +85,17 @@ def candidate_count(kind: str, path, task: str, *, views: int, unit: str = "pixe
         if info.has_mask:
             raise DataFileError(path, "undersampled k-space (a test/challenge file with a 'mask'); active acquisition "
                                       "needs fully sampled k-space (training or validation files)")
-        return info.shape[1], info.shape[1]
-    if task == "ct":
-        return int(views), 0
+        return info.shape[1], info.shape[1], info.num_slices
     data = read_volume(path).data if kind == "volume" else read_image(path)
+    D = 1 if data.ndim == 2 else data.shape[0]
     H, W = data.shape[-2:]
+    if task == "ct":
+        return int(views), 0, D
     if task == "mri":
-        return W, W
+        return W, W, D
     if unit == "patch" and patch:
-        return (H // int(patch)) * (W // int(patch)), 0
-    return H * W, 0
+        return (H // int(patch)) * (W // int(patch)), 0, D
+    return H * W, 0, D
 
 
 def fastmri_acquisition(path, *, center_columns: list[int], noise: float, espirit_calib: int = 24,
