@@ -330,7 +330,7 @@ def plot_evolution(path: Path, s: dict, meta: dict, recon_slice=None) -> Path:
             a.set_yticklabels([str(steps[t]) if t < len(steps) else "" for t in ticks])
         handles = [matplotlib.patches.Patch(color=cmap(i), label=lab) for i, lab in
                    enumerate(["not acquired", "centre block", "earlier", "chosen now"])]
-        ax[0].legend(handles=handles, fontsize=6, loc="lower right")
+        ax[0].legend(handles=handles, fontsize=6, loc="upper left", framealpha=0.9)
         if recon_slice is not None:
             ax[2].imshow(recon_slice, cmap="gray")
             ax[2].set(title="reconstruction")

@@ -97,6 +97,11 @@ def test_mri_columns_and_ct_views(tmp_path, capsys):
     doc, masks = check_slice_outputs(tmp_path / "mri", "im", 1, 16, 4, (16, 16))
     assert (masks[0] == masks[0][:1]).all() and masks[0, 0].sum() == 4       # whole columns
     assert [k for _, k in doc["slices"][0]["order"]][0] == -1                # the centre block first
+    rc, _, err = run([src, "--task", "mri", "--acceleration", 4, "--out", tmp_path / "again", "--set", "figure=false",
+                      *TINY], capsys)                                       # same seed: same acquisition
+    assert rc == 0 and np.array_equal(np.load(tmp_path / "again" / "im_order.npy"),
+                                      np.load(tmp_path / "mri" / "im_order.npy"))
+    assert not (tmp_path / "again" / "im_acquisition.png").exists()
     vol = ct_phantoms([1, 2], 16)[:, 0].numpy()
     write_nifti(tmp_path / "vol.nii.gz", vol, np.diag([0.5, 0.5, 2.0, 1.0]))
     out = tmp_path / "ct"
