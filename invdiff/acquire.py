@@ -421,6 +421,9 @@ def main(argv=None) -> int:
     others = sorted(set(all_options) - {"solver", "ads"})
     if others:
         fail("--set", "sampler options as ads.OPTION=VALUE", f"options of other solvers {others}")
+    priors = {}
+    if cfg["prior"] not in (None, "auto"):                     # a configuration error before any input is read
+        priors[cfg["prior"]] = jobs.load_prior_checked("ads", cfg["prior"])
     # inputs: headers only, every check before anything is written
     items = jobs.discover(a.inputs, lambda p, explicit: classify_file(p, explicit=explicit), folder=is_series_folder,
                           what=DESCRIPTION)
@@ -433,7 +436,6 @@ def main(argv=None) -> int:
             fail("INPUT", "inputs with distinct output names",
                  f"{seen[it.out_name]} and {it.path} would both write {it.out_name}")
         seen[it.out_name] = it.path
-    priors = {}
     for it in items:
         name = AUTO_PRIOR[it.task] if cfg["prior"] in (None, "auto") else cfg["prior"]
         if name not in priors:

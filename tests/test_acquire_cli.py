@@ -138,6 +138,7 @@ def test_synthetic_fastmri_end_to_end(tmp_path, capsys):
     (["--preset", "huge"], "argument '--preset'"),
     (["--task", "mri", "--set", "center_fraction=0.9", "--budget", 4], "argument 'center_fraction'"),
     (["--prior", "no-such-prior"], "argument '--prior'"),
+    (["--task", "mri", "--prior", "ct-phantom-64"], "argument '--prior'"),     # 1 channel, MRI needs 2
     (["--set", "slices=3"], "argument 'slices (of im.npy)'"),
 ])
 def test_bad_configuration_exit_2_nothing_written(tmp_path, capsys, args, words):
