@@ -158,3 +158,26 @@ def test_bad_inputs_exit_2_nothing_written(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("x")
     rc, _, err = run([tmp_path / "notes.txt", "--out", tmp_path / "out", *TINY], capsys)
     assert rc == 2 and "argument 'INPUT'" in err and not (tmp_path / "out").exists()
+
+
+def test_sharding_two_ranks_in_process(tmp_path, capsys, monkeypatch):
+    """Scale-out without processes: rank 1 then rank 0 of a world of 2 (inputs r::2; rank 0 writes the index)."""
+    import invdiff.jobs as jobs
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        image(d / f"im{i}.npy", seed=100 + i)
+    out = tmp_path / "out"
+    monkeypatch.setattr(jobs, "barrier", lambda world: None)
+    for rank in (1, 0):
+        monkeypatch.setattr(jobs, "join", lambda rank=rank: jobs.DistContext(rank, 2, False))
+        rc, _, err = run([d, "--out", out, "--budget", 8, *TINY], capsys)
+        assert rc == 0, err
+        if rank == 1:
+            assert sorted(p.name for p in out.glob("im?.npy")) == ["im1.npy"] and not (out / "index.json").exists()
+    index = json.loads((out / "index.json").read_text())
+    assert index["counts"] == {"done": 3, "failed": 0, "missing": 0}
+    assert [r["rank"] for r in index["records"]] == [0, 1, 0]
+    for i in range(3):
+        check_slice_outputs(out, f"im{i}", 1, 256, 8, (16, 16))
