@@ -8,8 +8,8 @@ Inputs (files, or folders searched recursively):
 
   fastMRI .h5 (fully sampled   task mri: k-space columns. Single-coil, or multi-coil with ESPIRiT maps from the
   training/validation files)   centre (ACS) block. Scaled by the ACS zero-filled maximum.
-  NIfTI .nii/.nii.gz, DICOM    a clean volume (default task ct: the fully sampled sinogram of --views angles over
-  folder (one series)          --angle-range degrees is simulated per slice from the image; ADS picks views).
+  NIfTI .nii/.nii.gz, DICOM    a clean volume (default task ct: the fully sampled sinogram of --set views=N angles
+  folder (one series)          (default 64) over angle_range degrees is simulated per slice; ADS picks views).
   .npy / .png images           a clean image or stack (default task inpainting: pixels, or patches with
                                --set ads.unit=patch --set ads.patch=4; or --task mri / ct, simulated).
 
@@ -387,7 +387,7 @@ def write_index(out: Path, items, cfg, options) -> dict:
 # command line
 # ------------------------------------------------------------------------------------------------
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="invdiff acquire", description=__doc__.replace("``", "").replace(
+    p = argparse.ArgumentParser(prog="invdiff acquire", description=__doc__.replace("``", "").replace(":mod:", "").replace(
         "{presets}", _preset_table()), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
     p.add_argument("--out", required=True, help="output folder (created)")
