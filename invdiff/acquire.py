@@ -131,11 +131,10 @@ def check_config(cfg: dict, options: dict) -> dict:
         fail("ads.<option>", "sampler options other than " + ", ".join(_OWN) + " (use --budget, --acceleration, "
              "--preset, --set center_fraction=...)", f"ads option(s) {own}")
     jobs.check_solver_options("ads", options)
-    if options.get("unit") not in (None, "pixel", "patch"):
-        fail("ads.unit", "pixel or patch (inpainting units)", options["unit"])
-    if options.get("patch") is not None:
-        check_positive("ads.patch", options["patch"], integer=True)
-    return options
+    from .solvers.base import resolve_options
+
+    resolved, _ = resolve_options("ads", options)              # each value against ads' option spec, typed
+    return {k: resolved[k] for k in options}
 
 
 def _budget(cfg, n: int) -> int:

@@ -140,10 +140,12 @@ def test_synthetic_fastmri_end_to_end(tmp_path, capsys):
     (["--prior", "no-such-prior"], "argument '--prior'"),
     (["--task", "mri", "--prior", "ct-phantom-64"], "argument '--prior'"),     # 1 channel, MRI needs 2
     (["--set", "slices=3"], "argument 'slices (of im.npy)'"),
+    (["--set", "ads.particles=1"], "argument 'particles'"),                 # checked by ads' option spec
+    (["--set", "ads.unit=line"], "argument 'unit'"),
 ])
 def test_bad_configuration_exit_2_nothing_written(tmp_path, capsys, args, words):
     src = image(tmp_path / "im.npy")
-    rc, _, err = run([src, "--out", tmp_path / "out", *args, *TINY], capsys)
+    rc, _, err = run([src, "--out", tmp_path / "out", *TINY, *args], capsys)       # args win over TINY
     assert rc == 2 and words in err and err.count("error:") == 1 and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
