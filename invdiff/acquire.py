@@ -34,7 +34,8 @@ Cost per slice (--preset; NFE = network calls, batched over the particles; offic
 particles x 10 000 steps = 1.6e5 images denoised):
 {presets}
 Options of the sampler: --set ads.OPTION=VALUE (particles, num_steps, window, score, per_step, entropy_sigma,
-unit, patch, eta, cg_iters, gamma, dc, guidance, dps_weight, chunk), e.g. --set ads.num_steps=20.
+unit, patch, eta, cg_iters, gamma, dc, guidance, dps_weight, chunk; 'invdiff solvers ads' lists their types and
+ranges), e.g. --set ads.num_steps=20; checked before any input is read.
 
 Resumable (an input whose reconstruction exists is skipped; --overwrite redoes it), shardable under torchrun
 (rank r takes inputs r::WORLD_SIZE, rank 0 writes the index), seeds from --seed and each file's name (slice i:
