@@ -124,9 +124,22 @@ def check_config(cfg: dict, options: dict) -> dict:
         cfg["center_fraction"] = cf = None
     if cf is not None and cf != "auto" and not (isinstance(cf, (int, float)) and 0 < cf < 1):
         fail("center_fraction", "auto, none, or a fraction of the k-space columns in (0, 1)", cf)
-    check_positive("views", cfg["views"], integer=True)
-    check_positive("coils", cfg["coils"], integer=True, strict=False)
-    check_positive("noise", cfg["noise"], strict=False)
+    from ._validate import check_bool, check_int, check_number
+
+    check_int("views", cfg["views"], lo=1)
+    check_number("angle_range", cfg["angle_range"], lo=0, hi=360, lo_open=True)
+    check_int("coils", cfg["coils"], lo=0)
+    check_int("espirit_kernel", cfg["espirit_kernel"], lo=1)
+    check_int("espirit_calib", cfg["espirit_calib"], lo=2 * cfg["espirit_kernel"])
+    check_number("noise", cfg["noise"], lo=0)
+    check_int("--seed", cfg["seed"], lo=0)
+    check_int("threads", cfg["threads"], lo=1)
+    for k in ("figure", "write_dicom", "overwrite", "progress"):
+        check_bool(k, cfg[k])
+    if cfg["prior"] is not None and not isinstance(cfg["prior"], str):
+        fail("--prior", "a prior name or a checkpoint path", cfg["prior"], TypeError)
+    if cfg["slices"] is not None and not isinstance(cfg["slices"], (int, str)) or isinstance(cfg["slices"], bool):
+        fail("slices", "None (all slices), an index, or START:STOP[:STEP]", cfg["slices"], TypeError)
     own = sorted(set(options) & set(_OWN))
     if own:
         fail("ads.<option>", "sampler options other than " + ", ".join(_OWN) + " (use --budget, --acceleration, "

@@ -149,6 +149,8 @@ def test_synthetic_fastmri_end_to_end(tmp_path):
     (["--set", "slices=3"], "argument 'slices (of im.npy)'"),
     (["--set", "ads.particles=1"], "argument 'particles'"),                 # checked by ads' option spec
     (["--set", "ads.unit=line"], "argument 'unit'"),
+    (["--set", "views=abc", "--task", "ct"], "argument 'views'"),
+    (["--set", "figure=maybe"], "argument 'figure'"),
 ])
 def test_bad_configuration_exit_2_nothing_written(tmp_path, capsys, args, words):
     src = image(tmp_path / "im.npy")
