@@ -65,8 +65,8 @@ import torch
 
 from ._validate import check_choice, fail
 from .datasets.fastmri import MASK_CHOICES
-from .jobs import (DistContext, Item, barrier, check_solver_options, is_volume_solver, load_prior_checked,
-                   prior_for_volumes, resolve_config, run_items)
+from .jobs import (DistContext, Item, barrier, check_device, check_solver_options, is_volume_solver,
+                   load_prior_checked, prior_for_volumes, resolve_config, run_items, to_device)
 from .jobs import join as dist_context
 
 TASKS = ("auto", "mri", "ct", "inpainting", "deblur")
@@ -96,6 +96,8 @@ DEFAULTS = {
     "blur_size": 9,
     # common
     "noise": 0.01,               # noise std on the [0, 1] image scale: simulated (clean inputs) or assumed (measured)
+    "device": "cpu",             # cpu | cuda | cuda:N: where the solver runs (inputs are read and written on the CPU)
+    "precision": "fp32",         # fp32 | bf16 | fp16: the prior network's autocast precision
     "batch_slices": 8,           # slices reconstructed together
     "n_samples": 1,              # posterior samples (their std is written next to the mean)
     "seed": 0,
@@ -116,7 +118,7 @@ AUTO_SOLVER = {"mri": "l1-wavelet", "ct": "tv", "inpainting": "tv", "deblur": "t
 FLAG_OF = {"acceleration": "--acceleration", "center_fraction": "--center-fraction", "views": "--views",
            "angle_range": "--angle-range", "keep": "--keep", "noise": "--noise", "seed": "--seed",
            "solver": "--solver", "prior": "--prior", "task": "--task", "mask": "--mask", "strict": "--strict",
-           "max_memory_gb": "--max-memory"}
+           "max_memory_gb": "--max-memory", "device": "--device", "precision": "--precision"}
 
 
 def check_config(cfg: dict) -> dict:
@@ -156,6 +158,8 @@ def check_config(cfg: dict) -> dict:
     check_int("n_samples", cfg["n_samples"], lo=1)
     check_int(n("seed"), cfg["seed"], lo=0)
     check_int("threads", cfg["threads"], lo=1)
+    check_device(cfg["device"])
+    check_choice("--precision", cfg["precision"], ("fp32", "bf16", "fp16"))
     for k in ("write_dicom", "overwrite", "progress", "strict", "ct_pad_square", "check_target"):
         check_bool(n(k), cfg[k])
     if cfg["max_memory_gb"] is not None:
@@ -357,9 +361,10 @@ def _solve_chunks(n: int, cfg, build, prior, solver, options, seed: int):
     """
     import invdiff
 
+    device = cfg.get("device", "cpu")
     if is_volume_solver(solver):
         gen = torch.Generator().manual_seed(seed)
-        y, op = build(0, n, gen, True)
+        y, op = to_device(*build(0, n, gen, True), device)
         rec = invdiff.solve(y, op, prior, solver=solver, seed=seed, n_samples=int(cfg["n_samples"]), progress=False,
                             strict=bool(cfg["strict"]),
                             **options)
@@ -370,7 +375,7 @@ def _solve_chunks(n: int, cfg, build, prior, solver, options, seed: int):
     for c, lo in enumerate(range(0, n, B)):
         hi = min(n, lo + B)
         gen = torch.Generator().manual_seed(seed + c)
-        y, op = build(lo, hi, gen, False)
+        y, op = to_device(*build(lo, hi, gen, False), device)
         rec = invdiff.solve(y, op, prior, solver=solver, seed=seed + c, n_samples=int(cfg["n_samples"]),
                             progress=False, strict=bool(cfg["strict"]), **options)
         means.append(rec.mean.detach())
@@ -651,6 +656,8 @@ def _parser():
     p.add_argument("--max-memory", type=float, metavar="GB", help="refuse inputs whose operator is estimated to "
                    "need more memory (default: 75%% of the RAM)")
     p.add_argument("--seed", type=int, help="global seed (per-file seeds derive from it)")
+    p.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--precision", help="prior network precision: fp32 (default), bf16 or fp16")
     p.add_argument("--overwrite", action="store_true", default=None, help="redo inputs whose output exists")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     p.add_argument("--config", help="config file (JSON or key = value lines); keys: " + ", ".join(DEFAULTS))
@@ -662,7 +669,7 @@ def _parser():
 _FLAG_KEYS = {"solver": "solver", "prior": "prior", "task": "task", "acceleration": "acceleration", "mask": "mask",
               "center_fraction": "center_fraction", "views": "views", "angle_range": "angle_range", "keep": "keep",
               "noise": "noise", "seed": "seed", "overwrite": "overwrite", "progress": "progress", "strict": "strict",
-              "max_memory": "max_memory_gb"}
+              "max_memory": "max_memory_gb", "device": "device", "precision": "precision"}
 
 
 def list_solvers() -> str:
@@ -752,7 +759,8 @@ def main(argv=None) -> int:
 
     if int(cfg["n_samples"]) > 1 and not get_solver(solver).sampler:
         fail("n_samples", f"1 for the deterministic solver {solver!r}", cfg["n_samples"])
-    prior = load_prior_checked(solver, cfg["prior"])
+    device = check_device(cfg["device"])
+    prior = load_prior_checked(solver, cfg["prior"], device=device, precision=str(cfg["precision"]))
     if is_volume_solver(solver):
         for it in usable:  # volume solvers take a whole input at once
             it.error = _check_sizes(it, cfg)

@@ -39,11 +39,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._validate import check_positive, fail
+from .._validate import check_choice, check_positive, fail
 from .base import Prior, as_sigma_tensor, check_sigma
 from .networks import build_network
 
 FORMAT = "invdiff-neural-prior/1"
+#: network precisions of :meth:`NeuralPrior.set_precision` (autocast dtypes)
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 META_KEY = "invdiff"
 
 
@@ -123,13 +125,33 @@ class NeuralPrior(Prior):
         check_sigma(sigma, x)   # negative / NaN sigma, NaN input: one clear error (no GPU sync)
         return self.precond(x, as_sigma_tensor(sigma, x), cond)
 
+    #: network precision: "fp32" (default), or autocast to "bf16" / "fp16" for the network only (the EDM
+    #: preconditioning, skip connection and everything outside the prior stay in the input's dtype); set with
+    #: :meth:`set_precision` or ``invdiff.priors.load(name, precision=...)``. Quality: benchmarks/results/precision.md
+    precision: str = "fp32"
+
+    def set_precision(self, precision: str) -> "NeuralPrior":
+        """Run the network in ``precision`` ("fp32" | "bf16" | "fp16") from now on; returns self.
+
+        >>> import invdiff
+        >>> invdiff.priors.load("ct-phantom-64").set_precision("bf16").precision
+        'bf16'
+        """
+        check_choice("precision", precision, tuple(PRECISIONS))
+        self.precision = precision
+        return self
+
     def precond(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """EDM Eq. 7 without input checks (used by training); ``sigma`` is a (B,) tensor."""
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma.to(x.dtype), self.sigma_data)
         bc = lambda c: c.reshape(-1, *([1] * (x.dim() - 1)))  # noqa: E731
         xc = x - self.data_shift
         args = (bc(c_in) * xc, c_noise) if cond is None else (bc(c_in) * xc, c_noise, cond)
-        f = self.net(*args)
+        if self.precision == "fp32":
+            f = self.net(*args)
+        else:
+            with torch.autocast(device_type=x.device.type, dtype=PRECISIONS[self.precision]):
+                f = self.net(*args)
         return self.data_shift + bc(c_skip) * xc + bc(c_out) * f.to(x.dtype)
 
     # -- metadata and files ------------------------------------------------------------------------

@@ -337,6 +337,7 @@ def ads(y, physics, prior, *, generator, n_samples, progress, acceleration, budg
     scores, event_steps = [], []
     sub = cs.restrict(torch.nonzero(acquired).reshape(-1)) if acquired.any() else None
     ts, prev = dds_timesteps(num_steps, sched)
+    aty = None
     with torch.no_grad():
         for k, (t, t_prev) in enumerate(progress_bar(list(zip(ts, prev)), progress, "ads")):
             a, a_prev = ab(t), ab(t_prev)
@@ -352,8 +353,10 @@ def ads(y, physics, prior, *, generator, n_samples, progress, acceleration, budg
                 grad = None
             eps_hat = (x - a ** 0.5 * x0_hat) / (1 - a) ** 0.5
             if sub is not None and guidance == "dds":                              # DDS data consistency
-                x0 = dds_data_consistency(x0_hat, y_acq.expand(particles, *cs.y_shape), sub, dc=dc, gamma=gamma,
-                                          cg_iters=cg_iters)
+                y_sub = y_acq.expand(particles, *cs.y_shape)
+                if aty is None or aty[0] is not sub:                               # A_S^T y_S: once per acquisition
+                    aty = (sub, sub.A_adjoint(y_sub))
+                x0 = dds_data_consistency(x0_hat, y_sub, sub, dc=dc, gamma=gamma, cg_iters=cg_iters, ATy=aty[1])
             else:
                 x0 = x0_hat
             if k in event_at:                                                      # acquisition
