@@ -23,7 +23,7 @@ The process-group context
     own backend). ``ctx.barrier()``, ``ctx.on_main(fn)`` (rank 0 computes, every rank receives, an error on
     rank 0 is raised on every rank) and ``ctx.close()`` (destroys the group only if :func:`join` created it).
 
-A new batch command (the coming ``invdiff acquire``: simulate measurements for a folder of clean inputs) is
+A new batch command (say: simulate measurements for a folder of clean inputs; :mod:`invdiff.acquire` is built so) is
 the experiment plus about 30 lines of this module::
 
     def main(argv=None):
