@@ -124,20 +124,11 @@ def check_config(cfg: dict, options: dict) -> dict:
         cfg["center_fraction"] = cf = None
     if cf is not None and cf != "auto" and not (isinstance(cf, (int, float)) and 0 < cf < 1):
         fail("center_fraction", "auto, none, or a fraction of the k-space columns in (0, 1)", cf)
-    from ._validate import check_bool, check_int, check_number
+    from ._validate import check_bool
 
-    check_int("views", cfg["views"], lo=1)
-    check_number("angle_range", cfg["angle_range"], lo=0, hi=360, lo_open=True)
-    check_int("coils", cfg["coils"], lo=0)
-    check_int("espirit_kernel", cfg["espirit_kernel"], lo=1)
-    check_int("espirit_calib", cfg["espirit_calib"], lo=2 * cfg["espirit_kernel"])
-    check_number("noise", cfg["noise"], lo=0)
-    check_int("--seed", cfg["seed"], lo=0)
-    check_int("threads", cfg["threads"], lo=1)
+    jobs.check_common_config(cfg, {"seed": "--seed", "prior": "--prior"})
     for k in ("figure", "write_dicom", "overwrite", "progress"):
         check_bool(k, cfg[k])
-    if cfg["prior"] is not None and not isinstance(cfg["prior"], str):
-        fail("--prior", "a prior name or a checkpoint path", cfg["prior"], TypeError)
     if cfg["slices"] is not None and not isinstance(cfg["slices"], (int, str)) or isinstance(cfg["slices"], bool):
         fail("slices", "None (all slices), an index, or START:STOP[:STEP]", cfg["slices"], TypeError)
     own = sorted(set(options) & set(_OWN))
@@ -443,12 +434,7 @@ def main(argv=None) -> int:
     if not items:
         fail("INPUT", "at least one fastMRI .h5, NIfTI, DICOM, .npy or .png input", f"none in {a.inputs}")
     items = [probe(it, cfg, options) for it in items]
-    seen = {}
-    for it in items:
-        if it.out_name in seen:
-            fail("INPUT", "inputs with distinct output names",
-                 f"{seen[it.out_name]} and {it.path} would both write {it.out_name}")
-        seen[it.out_name] = it.path
+    jobs.check_distinct_outputs(items)
     for it in items:
         name = AUTO_PRIOR[it.task] if cfg["prior"] in (None, "auto") else cfg["prior"]
         if name not in priors:
@@ -477,17 +463,8 @@ def main(argv=None) -> int:
 
     tally = jobs.run_items(items, work, ctx=ctx, name="acquire", out=out, overwrite=bool(cfg["overwrite"]),
                            progress=bool(cfg["progress"]), report=report)
-    ctx.barrier()
-    if ctx.is_main:
-        c = write_index(out, items, cfg, options)["counts"]
-        print(f"[acquire] {c['done']} of {len(items)} inputs acquired in {out} ({tally.skipped} already done on this "
-              f"rank), {c['failed']} failed; index: {out / 'index.json'}")
-    ctx.close()
-    if tally.failures:
-        print(f"invdiff acquire: error: {len(tally.failures)} input(s) failed:\n  " + "\n  ".join(tally.failures),
-              file=sys.stderr)
-        return 1
-    return 0
+    return jobs.finish(items, tally, ctx, out, lambda: write_index(out, items, cfg, options), name="acquire",
+                       verb="acquired")
 
 
 if __name__ == "__main__":  # pragma: no cover

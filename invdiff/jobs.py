@@ -14,7 +14,10 @@ A batch command turns a sorted list of work items into one output each, resumabl
   marks its item done; :func:`clean_stale` removes what a killed run left; each item's record (metrics, NFE,
   seconds, or the error) goes to ``OUT/records/NAME.json`` (:func:`write_record`);
 - **the loop**: :func:`run_items` runs this rank's share (skip done, report failures and go on, progress bar);
-- **the index**: after the barrier rank 0 merges every rank's records (:func:`merge_records`) into its tables.
+- **the index**: after the barrier rank 0 merges every rank's records (:func:`merge_records`) into its tables;
+  :func:`finish` is that run tail (barrier, index, summary line, failures, exit code);
+- **shared checks**: :func:`check_common_config` (the config keys the commands share),
+  :func:`check_distinct_outputs`.
 
 The process-group context
     :class:`DistContext` is this process's place in a run (rank ``rank`` of ``world``). :func:`join` joins the
@@ -46,11 +49,8 @@ the experiment plus about 30 lines of this module::
 
         tally = jobs.run_items(items, work, ctx=ctx, name="acquire", out=out, overwrite=cfg["overwrite"],
                                progress=cfg["progress"])
-        ctx.barrier()
-        if ctx.is_main:
-            write_index(out, jobs.merge_records(out, items), cfg)
-        ctx.close()
-        return 1 if tally.failures else 0
+        return jobs.finish(items, tally, ctx, out, lambda: write_index(out, jobs.merge_records(out, items), cfg),
+                           name="simulate", verb="simulated")
 """
 from __future__ import annotations
 
@@ -241,6 +241,37 @@ def check_solver_options(solver: str, options: dict, *, chains: bool = False) ->
     if bad:
         fail(f"{solver}.<option>", f"options of solver {solver!r} among {known}", f"unknown option(s) {bad}")
     return options
+
+
+#: config keys several batch commands share: key -> check (the name is the flag or key the user typed)
+def _common_checks():
+    from ._validate import check_int, check_number
+
+    return {
+        "views": lambda n, v, cfg: check_int(n, v, lo=1),
+        "angle_range": lambda n, v, cfg: check_number(n, v, lo=0, hi=360, lo_open=True),
+        "coils": lambda n, v, cfg: check_int(n, v, lo=0),
+        "espirit_kernel": lambda n, v, cfg: check_int(n, v, lo=1),
+        "espirit_calib": lambda n, v, cfg: check_int(n, v, lo=2 * cfg["espirit_kernel"]),
+        "noise": lambda n, v, cfg: check_number(n, v, lo=0),
+        "seed": lambda n, v, cfg: check_int(n, v, lo=0),
+        "threads": lambda n, v, cfg: check_int(n, v, lo=1),
+        "device": lambda n, v, cfg: check_device(v, n),
+        "precision": lambda n, v, cfg: check_choice(n, v, ("fp32", "bf16", "fp16")),
+    }
+
+
+def check_common_config(cfg: dict, flag_of: dict | None = None) -> dict:
+    """Check the config keys the batch commands share (``views``, ``angle_range``, ``coils``, ``espirit_*``,
+    ``noise``, ``seed``, ``threads``, ``device``, ``precision``, and ``prior``: a name, a path or None), those
+    present in ``cfg``, in one place; errors name ``flag_of[key]`` (the flag the user typed) or the key."""
+    name = lambda k: (flag_of or {}).get(k, k)  # noqa: E731
+    if "prior" in cfg and cfg["prior"] is not None and not isinstance(cfg["prior"], str):
+        fail(name("prior"), "a prior name or a checkpoint path", cfg["prior"], TypeError)
+    for key, check in _common_checks().items():
+        if key in cfg:
+            check(name(key), cfg[key], cfg)
+    return cfg
 
 
 def is_volume_solver(solver: str) -> bool:
@@ -500,3 +531,33 @@ def run_items(items: list, work: Callable, *, ctx: DistContext, name: str, out: 
             tqdm.write(f"[{name}] {line}", file=sys.stderr)
     bar.close()
     return tally
+
+
+def check_distinct_outputs(items: list, out: Path | None = None) -> None:
+    """Two inputs that would write the same output are refused before anything is written."""
+    seen = {}
+    for it in items:
+        if it.out_name in seen:
+            fail("INPUT", "inputs with distinct output names",
+                 f"{seen[it.out_name]} and {it.path} would both write {out / it.out_name if out else it.out_name}")
+        seen[it.out_name] = it.path
+
+
+def finish(items: list, tally: Tally, ctx: DistContext, out: Path, write_index: Callable, *, name: str, verb: str,
+           barrier: Callable | None = None) -> int:
+    """The end of a file job: wait for every rank, rank 0 writes the merged index (``write_index() -> index``)
+    and prints the summary, the process group is closed, failures are listed on stderr. Returns the exit code
+    (0 all done, 1 some inputs failed)."""
+    import sys
+
+    (barrier or ctx.barrier)()
+    if ctx.is_main:
+        c = write_index()["counts"]
+        print(f"[{name}] {c['done']} of {len(items)} inputs {verb} in {out} ({tally.skipped} already done on this "
+              f"rank), {c['failed']} failed; index: {out / 'index.json'}")
+    ctx.close()
+    if tally.failures:
+        print(f"invdiff {name}: error: {len(tally.failures)} input(s) failed:\n  " + "\n  ".join(tally.failures),
+              file=sys.stderr)
+        return 1
+    return 0

@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from .._validate import check_choice, fail
+from .._validate import fail
 from .runner import DEFAULTS
 
 
@@ -86,7 +86,7 @@ def list_tasks() -> str:
 def main(argv=None) -> int:
     from ..io_utils import atomic_write_json, check_writable_dir
     from ..priors import available as priors_available
-    from ..jobs import barrier, check_device, check_solver_options, resolve_config
+    from ..jobs import barrier, check_common_config, check_solver_options, resolve_config
     from ..jobs import join as dist_context
     from ..solvers import available as solvers_available
     from .runner import run, write_outputs
@@ -101,8 +101,7 @@ def main(argv=None) -> int:
                                "strict": a.strict, "device": a.device, "precision": a.precision}.items()
              if v is not None}
     cfg, options = resolve_config(DEFAULTS, a.config, a.set, extra=flags)
-    check_device(cfg["device"])
-    check_choice("--precision", cfg["precision"], ("fp32", "bf16", "fp16"))
+    check_common_config(cfg, {"device": "--device", "precision": "--precision", "prior": "--prior"})
     if "solver" in options:
         fail("--set", "solver options as SOLVER.OPTION (the solver's name, e.g. dds.num_steps)",
              f"solver.{next(iter(options['solver']))}")
@@ -141,13 +140,11 @@ def main(argv=None) -> int:
 
         if cfg["prior"] not in priors_available() and not Path(str(cfg["prior"])).exists():
             fail("--prior", f"one of the shipped priors {priors_available()} or a checkpoint path", repr(cfg["prior"]))
-    from .._validate import check_bool, check_int, check_number
+    from .._validate import check_bool, check_int
 
     check_int("--size", cfg["size"], lo=8)
     check_int("depth", cfg["depth"], lo=1)
-    check_number("noise", cfg["noise"], lo=0)
     check_int("first_image", cfg["first_image"], lo=0)
-    check_int("threads", cfg["threads"], lo=1)
     for k in ("overwrite", "progress", "strict"):
         check_bool(k, cfg[k])
     cfg = dict(cfg, tasks=tasks, solvers=solvers, sweep=sweep)
