@@ -401,11 +401,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="ADS preset: fast, default, quality, official (table above)")
     p.add_argument("--prior", help="shipped prior name or checkpoint path (default auto: by task)")
     p.add_argument("--seed", type=int, help="global seed (per-file seeds derive from it)")
-    p.add_argument("--overwrite", action="store_true", default=None, help="redo inputs whose output exists")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
-    p.add_argument("--config", help="config file (JSON or key = value lines); keys: " + ", ".join(DEFAULTS))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, or a sampler option as ads.OPTION=VALUE")
+    jobs.add_job_flags(p, DEFAULTS, options="a sampler option as ads.OPTION=VALUE")
     return p
 
 

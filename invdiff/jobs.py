@@ -17,7 +17,8 @@ A batch command turns a sorted list of work items into one output each, resumabl
 - **the index**: after the barrier rank 0 merges every rank's records (:func:`merge_records`) into its tables;
   :func:`finish` is that run tail (barrier, index, summary line, failures, exit code);
 - **shared checks**: :func:`check_common_config` (the config keys the commands share),
-  :func:`check_distinct_outputs`.
+  :func:`check_distinct_outputs`; :func:`add_job_flags` (``--overwrite``, ``--no-progress``, ``--config``,
+  ``--set``).
 
 The process-group context
     :class:`DistContext` is this process's place in a run (rank ``rank`` of ``world``). :func:`join` joins the
@@ -272,6 +273,18 @@ def check_common_config(cfg: dict, flag_of: dict | None = None) -> dict:
         if key in cfg:
             check(name(key), cfg[key], cfg)
     return cfg
+
+
+def add_job_flags(p, defaults: dict, *, options: str, done: str = "redo inputs whose output exists",
+                  keys_extra: str = "") -> None:
+    """The flags every batch command's parser takes: ``--overwrite``, ``--no-progress``, ``--config`` (its keys:
+    those of ``defaults``, then ``keys_extra``) and ``--set`` (``options``: how solver options are spelled)."""
+    p.add_argument("--overwrite", action="store_true", default=None, help=done)
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    p.add_argument("--config", help="config file (JSON or key = value lines); keys: " + ", ".join(defaults)
+                                    + keys_extra)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a config key, or {options}")
 
 
 def is_volume_solver(solver: str) -> bool:

@@ -30,6 +30,8 @@ from .runner import DEFAULTS
 
 
 def _parser():
+    from ..jobs import add_job_flags
+
     p = argparse.ArgumentParser(prog="invdiff bench", description=__doc__.replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", help="comma-separated task names, or 'all' (see --list)")
@@ -42,15 +44,11 @@ def _parser():
     p.add_argument("--precision", help="prior network precision: fp32 (default), bf16 or fp16")
     p.add_argument("--sweep", action="append", default=[], metavar="SOLVER.OPTION=V1,V2,...",
                    help="one configuration per value")
-    p.add_argument("--overwrite", action="store_true", default=None, help="recompute finished rows")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     p.add_argument("--strict", action="store_true", default=None, help="a prior applied to images of a size or "
                    "scale it was not trained for is an error (checked before any row runs), not a warning")
     p.add_argument("--list", action="store_true", help="list the tasks and exit")
-    p.add_argument("--config", help="config file (JSON or key = value lines); keys: " + ", ".join(DEFAULTS)
-                                    + ", and SOLVER.OPTION")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, or a solver option as SOLVER.OPTION=VALUE")
+    add_job_flags(p, DEFAULTS, options="a solver option as SOLVER.OPTION=VALUE", done="recompute finished rows",
+                  keys_extra=", and SOLVER.OPTION")
     return p
 
 

@@ -62,9 +62,9 @@ import torch
 
 from .._validate import fail
 from ..datasets.fastmri import MASK_CHOICES
-from ..jobs import (DistContext, Item, barrier, check_device, check_distinct_outputs, check_solver_options, finish,
-                    is_volume_solver,
-                    load_prior_checked, prior_for_volumes, resolve_config, run_items)
+from ..jobs import (DistContext, Item, add_job_flags, barrier, check_device, check_distinct_outputs,
+                    check_solver_options, finish, is_volume_solver, load_prior_checked, prior_for_volumes,
+                    resolve_config, run_items)
 from ..jobs import join as dist_context
 from .checks import (AUTO_SOLVER, DEFAULTS, FLAG_OF, MIN_SIDE, TARGET_TOLERANCE, TASKS, _check_sizes,  # noqa: F401
                      _sinogram_image_size, check_config, discover, estimate_gb, memory_limit_gb, probe)
@@ -98,11 +98,7 @@ def _parser():
     p.add_argument("--seed", type=int, help="global seed (per-file seeds derive from it)")
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
     p.add_argument("--precision", help="prior network precision: fp32 (default), bf16 or fp16")
-    p.add_argument("--overwrite", action="store_true", default=None, help="redo inputs whose output exists")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
-    p.add_argument("--config", help="config file (JSON or key = value lines); keys: " + ", ".join(DEFAULTS))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, or a solver option as solver.OPTION=VALUE")
+    add_job_flags(p, DEFAULTS, options="a solver option as solver.OPTION=VALUE")
     return p
 
 
