@@ -218,9 +218,18 @@ def check_solver_options(solver: str, options: dict, *, chains: bool = False) ->
     ``n_samples`` key instead)."""
     import inspect
 
+    from .solvers import base
     from .solvers.base import get
 
     spec = get(solver)
+    if getattr(spec, "options", None) and hasattr(base, "resolve_options"):  # typed option specs: values too
+        known = sorted(o.name for o in spec.options) + (["n_samples"] if chains and spec.sampler else [])
+        bad = sorted(set(options) - set(known))
+        if bad:
+            fail(f"{solver}.<option>", f"options of solver {solver!r} among {sorted(known)}",
+                 f"unknown option(s) {bad}")
+        base.resolve_options(solver, {k: v for k, v in options.items() if v is not None and k != "n_samples"})
+        return options
     params = inspect.signature(spec.fn).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return options
@@ -284,6 +293,7 @@ class Item:
     task: str | None = None   # what is done with it (e.g. mri | ct | inpainting | deblur)
     out_name: str = ""        # its output, relative to OUT; existence marks it done
     error: str | None = None
+    info: dict = field(default_factory=dict)  # what probing found (sizes from the header, ...)
 
 
 def discover(inputs, classify: Callable, *, folder: Callable | None = None, what: str = "a supported file") \
@@ -437,7 +447,12 @@ def run_items(items: list, work: Callable, *, ctx: DistContext, name: str, out: 
             tally.done += 1
             if report is not None:
                 tqdm.write(f"[{name}] {report(it, result)}", file=sys.stderr)
-        except Exception as e:  # one bad item must not cost the others
+        except Exception as e:  # one bad item must not cost the others; a full disk stops the job
+            from .io_utils import disk_full_error, is_disk_full
+
+            if is_disk_full(e):
+                bar.close()
+                raise (e if getattr(e, "filename", None) else disk_full_error(out or "the outputs", e)) from None
             tally.failed += 1
             if on_error is not None:
                 line = on_error(it, e)

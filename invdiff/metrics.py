@@ -192,6 +192,9 @@ def fastmri_metrics(recon_volume, target_volume, *, complex: bool = False, crop:
         pred = center_crop(pred, (gt.shape[-1], gt.shape[-1]))
     if gt.shape != pred.shape:
         fail("recon_volume", f"the target's shape {gt.shape} (after cropping)", f"array of shape {pred.shape}")
+    if min(gt.shape[-2:]) < 7:  # fastMRI's SSIM: scikit-image's default 7x7 window (no smaller window is substituted)
+        fail("target_volume", "slices of at least 7x7 pixels (the fastMRI protocol's SSIM uses a 7x7 window)",
+             f"slices of {gt.shape[-2]}x{gt.shape[-1]}")
     maxval = gt.max()
     ssim_sum = 0
     for s in range(gt.shape[0]):

@@ -17,6 +17,7 @@ the configuration in the JSON), ``results_per_image.csv``, ``psnr_vs_nfe.png`` a
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .._validate import fail
 
 
 DEFAULTS = {
@@ -40,6 +43,7 @@ DEFAULTS = {
     "sweep": {},              # {"dds.num_steps": [10, 20, 50]}: one configuration per value (product over keys)
     "overwrite": False,
     "progress": True,
+    "strict": False,          # a prior applied outside the sizes it fits: an error (checked when planning)
 }
 
 
@@ -96,6 +100,15 @@ def plan(cfg: dict, options: dict) -> tuple[list[RowSpec], list[str]]:
                 if prior_name not in priors:
                     priors[prior_name] = load(prior_name)
             why = applicable(task, solver, _for_task(task, priors.get(prior_name)))
+            if not why and prior_name is not None and cfg.get("strict"):
+                from ..priors import check_prior_fits
+
+                size, C = int(cfg["size"]), task.channels
+                shape = (C, int(cfg["depth"]), size, size) if task.dims == 3 else (C, size, size)
+                try:
+                    check_prior_fits(_for_task(task, priors[prior_name]), shape, strict=True)
+                except ValueError as e:
+                    fail("--strict", f"a prior that fits task {tname!r} at --size {size}", str(e))
             if why:
                 notes.append(f"{tname} / {solver}: skipped, {why}")
                 continue
@@ -170,7 +183,8 @@ def run_row(r: RowSpec, cfg: dict, prior_cache: dict) -> dict:
         if r.prior not in prior_cache:
             prior_cache[r.prior] = load(r.prior)
         prior = _for_task(task, prior_cache[r.prior])
-    m = measure(invdiff.solve, y, op, prior, solver=r.solver, seed=seed, progress=False, **r.options)
+    m = measure(invdiff.solve, y, op, prior, solver=r.solver, seed=seed, progress=False,
+                strict=bool(cfg.get("strict", False)), **r.options)
     rec = m.value
     c = task.channels == 2
     met = fastmri_metrics(_magnitude(rec.mean, c), _magnitude(x, c), crop=False)
@@ -226,7 +240,7 @@ def plot_psnr_vs_nfe(summary: list[dict], path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io_utils import atomic_path
+    from ..io_utils import atomic_write_bytes
 
     tasks = sorted({s["task"] for s in summary if s["PSNR"] is not None})
     if not tasks:
@@ -256,9 +270,12 @@ def plot_psnr_vs_nfe(summary: list[dict], path: Path):
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, dpi=110, format="png")    # to memory: a full disk fails in one plain write
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -472,25 +472,23 @@ def write_reconstruction(path, reconstruction, attrs: dict | None = None, *, ext
     (e.g. ``reconstruction_std``; ``evaluate.py`` reads only ``reconstruction``). The file appears only once
     complete (temporary file + ``os.replace``).
     """
-    import h5py
-
-    from ..io_utils import atomic_path
+    from ..io_utils import atomic_write_h5
 
     r = reconstruction.detach().cpu().numpy() if isinstance(reconstruction, torch.Tensor) else np.asarray(reconstruction)
     if r.ndim != 3 or np.iscomplexobj(r):
         fail("reconstruction", "a real magnitude volume (slices, h, w)", f"array of shape {r.shape}, dtype {r.dtype}")
     if not np.isfinite(r).all():
         fail("reconstruction", "finite values", f"array of shape {r.shape} with NaN/Inf")
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("reconstruction", data=r.astype(np.float32))
-            for k, v in (extra or {}).items():
-                f.create_dataset(k, data=np.asarray(v, dtype=np.float32))
-            for k, v in (attrs or {}).items():
-                if v is None:
-                    continue
-                f.attrs[k] = v if isinstance(v, (int, float, str, np.number)) else str(v)
-    return Path(path)
+    def fill(f):
+        f.create_dataset("reconstruction", data=r.astype(np.float32))
+        for k, v in (extra or {}).items():
+            f.create_dataset(k, data=np.asarray(v, dtype=np.float32))
+        for k, v in (attrs or {}).items():
+            if v is None:
+                continue
+            f.attrs[k] = v if isinstance(v, (int, float, str, np.number)) else str(v)
+
+    return atomic_write_h5(path, fill)
 
 
 def save_reconstructions(reconstructions: dict, out_dir) -> list[Path]:

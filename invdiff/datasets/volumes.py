@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from .._validate import check_positive, fail
-from ..io_utils import atomic_path
+from ..io_utils import atomic_path, atomic_write_h5, atomic_write_npy, disk_full_error, is_disk_full
 from .fastmri import DataFileError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -293,8 +293,10 @@ def write_dicom_series(folder, data, affine=None, *, series_description: str = "
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise disk_full_error(folder, e) from None
         raise
     return folder
 
@@ -397,17 +399,15 @@ def image_size_for_detectors(n_detectors: int) -> int:
 
 def write_sinogram(path, sino: Sinogram) -> Path:
     """Write a :class:`Sinogram` as h5 (``sinogram`` + attributes ``angles``, ``image_size``, ``affine``), atomically."""
-    import h5py
+    def fill(f):
+        f.create_dataset("sinogram", data=np.asarray(sino.data, dtype=np.float32))
+        f.attrs["angles"] = np.asarray(sino.angles, dtype=np.float64)
+        f.attrs["image_size"] = int(sino.image_size)
+        f.attrs["geometry"] = "parallel"
+        if sino.affine is not None:
+            f.attrs["affine"] = np.asarray(sino.affine, dtype=np.float64)
 
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("sinogram", data=np.asarray(sino.data, dtype=np.float32))
-            f.attrs["angles"] = np.asarray(sino.angles, dtype=np.float64)
-            f.attrs["image_size"] = int(sino.image_size)
-            f.attrs["geometry"] = "parallel"
-            if sino.affine is not None:
-                f.attrs["affine"] = np.asarray(sino.affine, dtype=np.float64)
-    return Path(path)
+    return atomic_write_h5(path, fill)
 
 
 def read_sinogram(path, *, angles=None, image_size: int | None = None, n_views: int | None = None,
@@ -495,9 +495,7 @@ def read_image(path) -> np.ndarray:
 
 def write_array(path, data) -> Path:
     """Write a float32 ``.npy`` array atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(data, dtype=np.float32), allow_pickle=False)
+    atomic_write_npy(path, np.asarray(data, dtype=np.float32))
     return Path(path)
 
 

@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="FILE",
                    help="training checkpoint to export with --export only (default: <out>/<name>/ckpt/latest.safetensors)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start from step 0")
+    p.add_argument("--verbose", action="store_true", help="print the export's full evaluation JSON (always written "
+                   "to <run folder>/export.json)")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         d = getattr(defaults, f.name)
@@ -141,6 +143,27 @@ def init_distributed(cfg: TrainConfig, world: int) -> None:
     jobs.init_process_group(cfg.dist_backend, timeout=datetime.timedelta(minutes=30))
 
 
+def export_summary(res: dict) -> str:
+    """Three lines about an export: where the weights went, the step, and the denoising PSNR table in short."""
+    lines = [f"[invdiff] exported {res['weights']} (step {res['step']}; exported-dtype deviation {res['fp_dev']:.2g})"]
+    rows = (res.get("eval") or {}).get("rows") or []
+    if rows:
+        lines.append("[invdiff] held-out denoising PSNR (noisy -> prior) at sigma " + ", ".join(
+            f"{r['sigma']:g}: {r['noisy_psnr']:.1f} -> {r['prior_psnr']:.1f} dB" for r in rows))
+    return "\n".join(lines)
+
+
+def report_export(res: dict, cfg: TrainConfig, verbose: bool = False) -> None:
+    """A short summary on stdout; the full evaluation JSON into the run folder (and on stdout with --verbose)."""
+    from ..io_utils import atomic_write_json
+
+    path = cfg.run_dir() / "export.json"
+    atomic_write_json(path, res)
+    print(export_summary(res) + f"\n[invdiff] full evaluation: {path}")
+    if verbose:
+        print(json.dumps(res, indent=1))
+
+
 def train_prior_main(argv=None) -> int:
     """``invdiff train-prior``: train (resumably) and/or export a prior. Returns the exit code.
 
@@ -158,7 +181,7 @@ def train_prior_main(argv=None) -> int:
                 res = export(ckpt, weights_dir=cfg.weights_dir or None, dtype=cfg.export_dtype,
                              eval_images=cfg.eval_images, sigmas=cfg.eval_sigmas, sample_steps=cfg.sample_steps,
                              n_samples=cfg.n_samples, threads=cfg.threads)
-                print(json.dumps(res, indent=1))
+                report_export(res, cfg, args.verbose)
             return 0
         if cfg.nproc > 1 and launched is None:
             import subprocess
@@ -181,13 +204,19 @@ def train_prior_main(argv=None) -> int:
             res = export(cfg.run_dir() / "ckpt" / "latest.safetensors", weights_dir=cfg.weights_dir or None,
                          dtype=cfg.export_dtype, eval_images=cfg.eval_images, sigmas=cfg.eval_sigmas,
                          sample_steps=cfg.sample_steps, n_samples=cfg.n_samples)
-            print(json.dumps(res, indent=1))
+            report_export(res, cfg, args.verbose)
         return 0
     except (ValueError, TypeError, OSError) as e:
+        from ..io_utils import disk_full_error, is_disk_full
+
+        full = is_disk_full(e)
+        if full:   # checkpoints are atomic: the last complete one stays, and re-running resumes from it
+            e = e if e.__class__.__name__ == "DiskFullError" else disk_full_error(getattr(e, "filename", "") or "", e)
+            e = e.strerror
         # errors every rank meets alike (bad config, rank 0's checks) are printed once, by rank 0
         if rank == 0 or (joined and not getattr(e, "echo_of_rank0", False)):
             print(f"invdiff train-prior: error: {f'[rank {rank}] ' if rank else ''}{e}", file=sys.stderr)
-        return 2
+        return 3 if full else 2
     finally:
         if joined:
             jobs.DistContext(rank, world, True).close()
