@@ -66,3 +66,15 @@ def test_smc_log_evidence_bimodal_mixture():
     exact = float(prior.log_evidence(y, op))
     rec = invdiff.solve(y, op, prior, solver="smc", seed=1, n_samples=256, num_steps=60)
     assert float(rec.info["log_evidence"][0]) == pytest.approx(exact, abs=0.15)
+
+
+def test_mcgdiff_log_evidence_and_equal_singular_values():
+    """Singular values equal up to rounding (sigma_obs a few ulp apart) must share one pin level: before the fix the
+    second coordinate was twisted by a potential of variance ~1e-17 and the ESS collapsed to ~0.005."""
+    prior = GaussianMixture(torch.ones(1), torch.zeros(1, 2), torch.eye(2)[None])
+    op = MatrixOperator(torch.tensor([[1.0, 1.0], [1.0, -1.0], [0.0, 0.0]]), sigma=0.3)
+    y = torch.tensor([[0.5, 0.9, 0.1]])
+    exact = float(prior.log_evidence(y, op))
+    rec = invdiff.solve(y, op, prior, solver="mcgdiff", seed=0, n_samples=1024, num_steps=50)
+    assert float(rec.info["ess"].min()) > 0.3
+    assert float(rec.info["log_evidence"][0]) == pytest.approx(exact, abs=0.35)
