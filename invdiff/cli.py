@@ -32,6 +32,12 @@ def _reconstruct(argv):
     return reconstruct_main(argv)
 
 
+def _acquire(argv):
+    from .acquire import main as acquire_main
+
+    return acquire_main(argv)
+
+
 def _bench(argv):
     from .bench.cli import main as bench_main
 
@@ -87,6 +93,7 @@ COMMANDS = {
     "demo": (_demo, "run the embedded offline demo (MRI + CT + inpainting, metrics table, figure)"),
     "train-prior": (_train_prior, "train a diffusion prior (EDM denoising score matching, resumable)"),
     "reconstruct": (_reconstruct, "reconstruct files/folders (fastMRI h5, NIfTI/DICOM, sinograms, images); resumable"),
+    "acquire": (_acquire, "active acquisition (ADS): which k-space lines / CT views / pixels the prior asks for"),
     "bench": (_bench, "benchmark solvers on standard tasks: results.json + CSV/markdown tables + PSNR-vs-NFE plot"),
     "evaluate": (_evaluate, "score fastMRI reconstructions by the fastMRI protocol (evaluate.py: NMSE, PSNR, SSIM)"),
     "synth-fastmri": (_synth_fastmri, "write synthetic fastMRI-format .h5 files (train/val/test style, offline)"),

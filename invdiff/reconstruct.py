@@ -65,8 +65,8 @@ import torch
 
 from ._validate import check_choice, fail
 from .datasets.fastmri import MASK_CHOICES
-from .jobs import (DistContext, Item, barrier, check_solver_options, is_volume_solver, load_prior_checked,
-                   prior_for_volumes, resolve_config, run_items)
+from .jobs import (DistContext, Item, barrier, check_device, check_solver_options, is_volume_solver,
+                   load_prior_checked, prior_for_volumes, resolve_config, run_items, to_device)
 from .jobs import join as dist_context
 
 TASKS = ("auto", "mri", "ct", "inpainting", "deblur")
@@ -96,6 +96,8 @@ DEFAULTS = {
     "blur_size": 9,
     # common
     "noise": 0.01,               # noise std on the [0, 1] image scale: simulated (clean inputs) or assumed (measured)
+    "device": "cpu",             # cpu | cuda | cuda:N: where the solver runs (inputs are read and written on the CPU)
+    "precision": "fp32",         # fp32 | bf16 | fp16: the prior network's autocast precision
     "batch_slices": 8,           # slices reconstructed together
     "n_samples": 1,              # posterior samples (their std is written next to the mean)
     "seed": 0,
@@ -117,7 +119,8 @@ AUTO_SOLVER = {"mri": "l1-wavelet", "ct": "tv", "inpainting": "tv", "deblur": "t
 FLAG_OF = {"acceleration": "--acceleration", "center_fraction": "--center-fraction", "views": "--views",
            "angle_range": "--angle-range", "keep": "--keep", "noise": "--noise", "seed": "--seed",
            "solver": "--solver", "prior": "--prior", "task": "--task", "mask": "--mask", "strict": "--strict",
-           "max_memory_gb": "--max-memory", "calibration": "--calibration"}
+           "max_memory_gb": "--max-memory", "device": "--device", "precision": "--precision",
+           "calibration": "--calibration"}
 
 
 def check_config(cfg: dict) -> dict:
@@ -157,6 +160,8 @@ def check_config(cfg: dict) -> dict:
     check_int("n_samples", cfg["n_samples"], lo=1)
     check_int(n("seed"), cfg["seed"], lo=0)
     check_int("threads", cfg["threads"], lo=1)
+    check_device(cfg["device"])
+    check_choice("--precision", cfg["precision"], ("fp32", "bf16", "fp16"))
     for k in ("write_dicom", "overwrite", "progress", "strict", "ct_pad_square", "check_target", "calibration"):
         check_bool(n(k), cfg[k])
     if cfg["max_memory_gb"] is not None:
@@ -358,9 +363,10 @@ def _solve_chunks(n: int, cfg, build, prior, solver, options, seed: int):
     """
     import invdiff
 
+    device = cfg.get("device", "cpu")
     if is_volume_solver(solver):
         gen = torch.Generator().manual_seed(seed)
-        y, op = build(0, n, gen, True)
+        y, op = to_device(*build(0, n, gen, True), device)
         rec = invdiff.solve(y, op, prior, solver=solver, seed=seed, n_samples=int(cfg["n_samples"]), progress=False,
                             strict=bool(cfg["strict"]),
                             **options)
@@ -371,7 +377,7 @@ def _solve_chunks(n: int, cfg, build, prior, solver, options, seed: int):
     for c, lo in enumerate(range(0, n, B)):
         hi = min(n, lo + B)
         gen = torch.Generator().manual_seed(seed + c)
-        y, op = build(lo, hi, gen, False)
+        y, op = to_device(*build(lo, hi, gen, False), device)
         rec = invdiff.solve(y, op, prior, solver=solver, seed=seed + c, n_samples=int(cfg["n_samples"]),
                             progress=False, strict=bool(cfg["strict"]), **options)
         means.append(rec.mean.detach())
@@ -389,8 +395,8 @@ def _magnitude(x: torch.Tensor) -> np.ndarray:
 
 
 def _run_fastmri(item: Item, cfg, prior, solver, options, seed):
-    from .datasets.fastmri import (apply_mask, column_mask, default_mask_kind, kspace_to_tensor, read_fastmri,
-                                   zero_filled)
+    from .datasets.fastmri import (apply_mask, column_mask, default_mask_kind, kspace_scale, kspace_to_tensor,
+                                   read_fastmri)
     from .metrics import center_crop, fastmri_metrics
     from .operators import MRI, MultiCoilMRI, espirit_maps
 
@@ -404,7 +410,7 @@ def _run_fastmri(item: Item, cfg, prior, solver, options, seed):
         if msg:
             raise ValueError(msg)
     k = vol.kspace if vol.mask is not None else apply_mask(vol.kspace, cols.numpy())
-    scale = float(zero_filled(k).max())
+    scale = kspace_scale(k)                    # the normalisation train-prior --data fastmri: uses (fully sampled)
     if not scale > 0:
         fail("INPUT", "k-space with a non-zero measured part", f"{item.path} (all-zero measured k-space)")
     k = (k / scale).astype(np.complex64)
@@ -690,6 +696,8 @@ def _parser():
                    "factor fitted for this (prior, solver) on held-out phantoms (invdiff.priors.calibration) as "
                    "reconstruction_std_calibrated / NAME_std_calibrated, labelled in the metadata; needs n_samples > 1")
     p.add_argument("--seed", type=int, help="global seed (per-file seeds derive from it)")
+    p.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--precision", help="prior network precision: fp32 (default), bf16 or fp16")
     p.add_argument("--overwrite", action="store_true", default=None, help="redo inputs whose output exists")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     p.add_argument("--config", help="config file (JSON or key = value lines); keys: " + ", ".join(DEFAULTS))
@@ -701,7 +709,8 @@ def _parser():
 _FLAG_KEYS = {"solver": "solver", "prior": "prior", "task": "task", "acceleration": "acceleration", "mask": "mask",
               "center_fraction": "center_fraction", "views": "views", "angle_range": "angle_range", "keep": "keep",
               "noise": "noise", "seed": "seed", "overwrite": "overwrite", "progress": "progress", "strict": "strict",
-              "max_memory": "max_memory_gb", "calibration": "calibration"}
+              "max_memory": "max_memory_gb", "device": "device", "precision": "precision",
+              "calibration": "calibration"}
 
 
 def list_solvers() -> str:
@@ -793,7 +802,8 @@ def main(argv=None) -> int:
         fail("n_samples", f"1 for the deterministic solver {solver!r}", cfg["n_samples"])
     if cfg["calibration"]:
         _check_calibration(cfg, solver)
-    prior = load_prior_checked(solver, cfg["prior"])
+    device = check_device(cfg["device"])
+    prior = load_prior_checked(solver, cfg["prior"], device=device, precision=str(cfg["precision"]))
     if is_volume_solver(solver):
         for it in usable:  # volume solvers take a whole input at once
             it.error = _check_sizes(it, cfg)

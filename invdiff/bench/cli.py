@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from .._validate import fail
+from .._validate import check_choice, fail
 from .runner import DEFAULTS
 
 
@@ -38,6 +38,8 @@ def _parser():
     p.add_argument("--n-images", type=int, help=f"held-out images per task (default {DEFAULTS['n_images']})")
     p.add_argument("--size", type=int, help=f"image size (default {DEFAULTS['size']})")
     p.add_argument("--prior", help="prior for every task (default: each task's own)")
+    p.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--precision", help="prior network precision: fp32 (default), bf16 or fp16")
     p.add_argument("--sweep", action="append", default=[], metavar="SOLVER.OPTION=V1,V2,...",
                    help="one configuration per value")
     p.add_argument("--overwrite", action="store_true", default=None, help="recompute finished rows")
@@ -84,7 +86,7 @@ def list_tasks() -> str:
 def main(argv=None) -> int:
     from ..io_utils import atomic_write_json, check_writable_dir
     from ..priors import available as priors_available
-    from ..jobs import barrier, check_solver_options, resolve_config
+    from ..jobs import barrier, check_device, check_solver_options, resolve_config
     from ..jobs import join as dist_context
     from ..solvers import available as solvers_available
     from .runner import run, write_outputs
@@ -96,9 +98,11 @@ def main(argv=None) -> int:
         return 0
     flags = {k: v for k, v in {"tasks": a.tasks, "solvers": a.solvers, "n_images": a.n_images, "size": a.size,
                                "prior": a.prior, "overwrite": a.overwrite, "progress": a.progress,
-                               "strict": a.strict}.items()
+                               "strict": a.strict, "device": a.device, "precision": a.precision}.items()
              if v is not None}
     cfg, options = resolve_config(DEFAULTS, a.config, a.set, extra=flags)
+    check_device(cfg["device"])
+    check_choice("--precision", cfg["precision"], ("fp32", "bf16", "fp16"))
     if "solver" in options:
         fail("--set", "solver options as SOLVER.OPTION (the solver's name, e.g. dds.num_steps)",
              f"solver.{next(iter(options['solver']))}")

@@ -40,6 +40,8 @@ DEFAULTS = {
     "first_image": 0,         # image i uses held-out seed first_image + i
     "prior": None,            # None: each task's default prior
     "threads": 1,
+    "device": "cpu",          # cpu | cuda | cuda:N: where solvers run (images are simulated on the CPU)
+    "precision": "fp32",      # fp32 | bf16 | fp16: the prior network's autocast precision
     "sweep": {},              # {"dds.num_steps": [10, 20, 50]}: one configuration per value (product over keys)
     "overwrite": False,
     "progress": True,
@@ -167,6 +169,7 @@ def run_row(r: RowSpec, cfg: dict, prior_cache: dict) -> dict:
 
     from ..datasets import HELDOUT_SEED_START
     from ..metrics import fastmri_metrics
+    from ..jobs import to_device
     from ..priors import load
     from .measure import measure
     from .tasks import get_task
@@ -178,10 +181,12 @@ def run_row(r: RowSpec, cfg: dict, prior_cache: dict) -> dict:
     op = task.physics(int(cfg["size"]), int(cfg["depth"]), float(cfg["noise"]), torch.Generator().manual_seed(seed))
     with torch.no_grad():
         y = op(x)
+    y, op = to_device(y, op, cfg.get("device", "cpu"))
     prior = None
     if r.prior is not None:
         if r.prior not in prior_cache:
-            prior_cache[r.prior] = load(r.prior)
+            prior_cache[r.prior] = load(r.prior, device=cfg.get("device", "cpu"),
+                                        precision=str(cfg.get("precision", "fp32")))
         prior = _for_task(task, prior_cache[r.prior])
     m = measure(invdiff.solve, y, op, prior, solver=r.solver, seed=seed, progress=False,
                 strict=bool(cfg.get("strict", False)), **r.options)

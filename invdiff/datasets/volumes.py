@@ -127,6 +127,28 @@ def write_nifti(path, data, affine=None) -> Path:
     return path
 
 
+def nifti_slice_count(path, axis: int = 0) -> int:
+    """Number of slices of a NIfTI volume along ``axis`` of its (D, H, W) data (reads the header only)."""
+    import nibabel as nib
+
+    shape = tuple(nib.load(str(path)).shape[:3]) + (1,) * max(0, 3 - len(nib.load(str(path)).shape))
+    return int(shape[2 - axis])                    # (D, H, W) = array (i, j, k) transposed
+
+
+def read_nifti_slice(path, index: int, axis: int = 0) -> np.ndarray:
+    """Slice ``index`` along ``axis`` of the (D, H, W) data of :func:`read_nifti`, float32 2D, reading only that
+    slice through nibabel's array proxy (gzip streams are decompressed up to it, never held whole)."""
+    import nibabel as nib
+
+    proxy = nib.load(str(path)).dataobj
+    sel = [slice(None)] * 3
+    sel[2 - axis] = int(index)
+    if len(proxy.shape) == 4:
+        sel.append(0)
+    arr = np.asarray(proxy[tuple(sel)], dtype=np.float32)
+    return np.ascontiguousarray(arr.T)
+
+
 # ------------------------------------------------------------------------------------------------
 # DICOM
 # ------------------------------------------------------------------------------------------------

@@ -267,7 +267,7 @@ class ParticleState:
     def record(self) -> torch.Tensor:
         """Append the current ESS / N to ``ess_trace`` and return it."""
         e = self.ess()
-        self.ess_trace.append(e.detach().cpu())
+        self.ess_trace.append(e.detach())          # kept on the device: copied to the host once, in history()
         return e
 
     def resample(self, *, generator: torch.Generator | None, threshold: float = 1.0,
@@ -281,7 +281,8 @@ class ParticleState:
         check_in_range("threshold", threshold, 0.0, 1.0, lo_open=True)
         check_choice("method", method, list(RESAMPLERS))
         sel = torch.ones(self.G, dtype=torch.bool, device=self.log_w.device) if force else self.ess() < threshold
-        self.resampled_at.append(sel.detach().cpu())
+        self.resampled_at.append(sel.detach())
+        # adaptive resampling decides on the host: the one intended device->host read per step of the SMC loop
         if not bool(sel.any()):
             return None
         anc = torch.arange(self.N, device=self.log_w.device).repeat(self.G, 1)
@@ -329,8 +330,8 @@ class ParticleState:
 
     def history(self) -> dict:
         """ESS trace (steps, G), resampling flags (steps, G), counts: for ``info`` dictionaries."""
-        ess_t = torch.stack(self.ess_trace) if self.ess_trace else torch.zeros(0, self.G, dtype=F64)
-        res_t = torch.stack(self.resampled_at) if self.resampled_at else torch.zeros(0, self.G, dtype=torch.bool)
+        ess_t = torch.stack(self.ess_trace).cpu() if self.ess_trace else torch.zeros(0, self.G, dtype=F64)
+        res_t = torch.stack(self.resampled_at).cpu() if self.resampled_at else torch.zeros(0, self.G, dtype=torch.bool)
         return {"ess": ess_t, "resampled": res_t, "n_resample": self.n_resample.detach().cpu(),
                 "unique_ancestors": self.unique_ancestors(), "n_quarantined": self.n_quarantined}
 
@@ -421,7 +422,7 @@ def sample_linear_gaussian(physics, y: torch.Tensor, *, sigma_y: float, alpha: f
     :returns: (x, info) with ``info = {"method": "spectral"|"cg"|"prior", "cg_residual": float | None}``, and
         ``info["mean"]`` = :math:`\bar m` when ``return_mean`` (for CG, one extra right-hand side in the same solve).
     """
-    from .primitives import conjugate_gradient, inner
+    from .primitives import conjugate_gradient, inner, normal_op
 
     gdev = generator.device if generator is not None else torch.device("cpu")
 
@@ -459,7 +460,7 @@ def sample_linear_gaussian(physics, y: torch.Tensor, *, sigma_y: float, alpha: f
         start = torch.cat([m0, m0]) if return_mean else m0.clone()
 
         def H(v):
-            return v + k * physics.A_adjoint(physics.A(v))
+            return v + k * normal_op(physics, v)
 
         x = conjugate_gradient(H, b, x0=start, max_iter=cg_iters, tol=cg_tol)
         res = b - H(x)

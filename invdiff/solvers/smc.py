@@ -124,12 +124,13 @@ def prior_moments(prior, x_like: torch.Tensor) -> tuple[torch.Tensor, float]:
         m = mean.to(device=x_like.device, dtype=x_like.dtype).reshape(1, *x_like.shape[1:])
         return m, float(var.double().mean())
     if hasattr(inner_prior, "sigma_data"):
-        return torch.tensor(float(getattr(inner_prior, "data_shift", 0.0))), float(inner_prior.sigma_data) ** 2
+        return (torch.tensor(float(getattr(inner_prior, "data_shift", 0.0)), device=x_like.device),
+                float(inner_prior.sigma_data) ** 2)
     vr = getattr(inner_prior, "value_range", None)
     if vr is not None:
         lo, hi = float(vr[0]), float(vr[1])
-        return torch.tensor(0.5 * (lo + hi)), ((hi - lo) / 4) ** 2
-    return torch.tensor(0.0), 1.0
+        return torch.tensor(0.5 * (lo + hi), device=x_like.device), ((hi - lo) / 4) ** 2
+    return torch.tensor(0.0, device=x_like.device), 1.0
 
 
 def noise_range(prior, x_like: torch.Tensor, sigma_max: float | None, sigma_min: float | None):
@@ -520,7 +521,7 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
     mean = state.weighted_mean()
     if reduce == "best":
         best = state.weights().argmax(dim=1)
-        mean = state.grouped()[torch.arange(state.G), best]
+        mean = state.grouped()[torch.arange(state.G, device=best.device), best]
     samples = state.draws(n_samples, generator=generator, method="systematic")
     hist = state.history()
     # log p(y) = log Z_I + sum of log mean incremental weights - (m/2) log(2 pi sigma_y^2)
