@@ -66,8 +66,9 @@ from ..jobs import (DistContext, Item, add_job_flags, barrier, check_device, che
                     check_solver_options, finish, is_volume_solver, load_prior_checked, prior_for_volumes,
                     resolve_config, run_items)
 from ..jobs import join as dist_context
-from .checks import (AUTO_SOLVER, DEFAULTS, FLAG_OF, MIN_SIDE, TARGET_TOLERANCE, TASKS, _check_sizes,  # noqa: F401
-                     _sinogram_image_size, check_config, discover, estimate_gb, memory_limit_gb, probe)
+from .checks import (AUTO_SOLVER, DEFAULTS, FLAG_OF, MIN_SIDE, TARGET_TOLERANCE, TASKS,  # noqa: F401
+                     _check_calibration, _check_sizes, _sinogram_image_size, check_config, discover, estimate_gb,
+                     memory_limit_gb, probe)
 from .runners import item_seed, reconstruct_item, write_index  # noqa: F401
 
 
@@ -95,6 +96,9 @@ def _parser():
                    "scale it was not trained for is an error (checked before any input is solved), not a warning")
     p.add_argument("--max-memory", type=float, metavar="GB", help="refuse inputs whose operator is estimated to "
                    "need more memory (default: 75%% of the RAM)")
+    p.add_argument("--calibration", action="store_true", default=None, help="also write the std map times the "
+                   "factor fitted for this (prior, solver) on held-out phantoms (invdiff.priors.calibration) as "
+                   "reconstruction_std_calibrated / NAME_std_calibrated, labelled in the metadata; needs n_samples > 1")
     p.add_argument("--seed", type=int, help="global seed (per-file seeds derive from it)")
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
     p.add_argument("--precision", help="prior network precision: fp32 (default), bf16 or fp16")
@@ -105,7 +109,8 @@ def _parser():
 _FLAG_KEYS = {"solver": "solver", "prior": "prior", "task": "task", "acceleration": "acceleration", "mask": "mask",
               "center_fraction": "center_fraction", "views": "views", "angle_range": "angle_range", "keep": "keep",
               "noise": "noise", "seed": "seed", "overwrite": "overwrite", "progress": "progress", "strict": "strict",
-              "max_memory": "max_memory_gb", "device": "device", "precision": "precision"}
+              "max_memory": "max_memory_gb", "device": "device", "precision": "precision",
+              "calibration": "calibration"}
 
 
 def list_solvers() -> str:
@@ -195,6 +200,8 @@ def main(argv=None) -> int:
 
     if int(cfg["n_samples"]) > 1 and not get_solver(solver).sampler:
         fail("n_samples", f"1 for the deterministic solver {solver!r}", cfg["n_samples"])
+    if cfg["calibration"]:
+        _check_calibration(cfg, solver)
     device = check_device(cfg["device"])
     prior = load_prior_checked(solver, cfg["prior"], device=device, precision=str(cfg["precision"]))
     if is_volume_solver(solver):

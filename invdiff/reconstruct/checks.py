@@ -50,6 +50,7 @@ DEFAULTS = {
     "max_memory_gb": None,       # refuse inputs whose operator needs more (estimate); None: 75 % of the RAM
     "ct_pad_square": False,      # CT of a non-square image: allow padding that more than doubles the pixels
     "check_target": True,        # fastMRI: refuse a target inconsistent with the header / the k-space
+    "calibration": False,        # also write the std scaled by the (prior, solver) factor fitted on held-out phantoms
 }
 
 #: the classical solver ``--solver auto`` picks for each task
@@ -59,7 +60,8 @@ AUTO_SOLVER = {"mri": "l1-wavelet", "ct": "tv", "inpainting": "tv", "deblur": "t
 FLAG_OF = {"acceleration": "--acceleration", "center_fraction": "--center-fraction", "views": "--views",
            "angle_range": "--angle-range", "keep": "--keep", "noise": "--noise", "seed": "--seed",
            "solver": "--solver", "prior": "--prior", "task": "--task", "mask": "--mask", "strict": "--strict",
-           "max_memory_gb": "--max-memory", "device": "--device", "precision": "--precision"}
+           "max_memory_gb": "--max-memory", "device": "--device", "precision": "--precision",
+           "calibration": "--calibration"}
 
 
 def check_config(cfg: dict) -> dict:
@@ -90,7 +92,7 @@ def check_config(cfg: dict) -> dict:
     check_int("batch_slices", cfg["batch_slices"], lo=1)
     check_int("n_samples", cfg["n_samples"], lo=1)
     check_common_config(cfg, FLAG_OF)   # prior, views, angle_range, coils, espirit_*, noise, seed, threads, device, ...
-    for k in ("write_dicom", "overwrite", "progress", "strict", "ct_pad_square", "check_target"):
+    for k in ("write_dicom", "overwrite", "progress", "strict", "ct_pad_square", "check_target", "calibration"):
         check_bool(n(k), cfg[k])
     if cfg["max_memory_gb"] is not None:
         check_number(n("max_memory_gb"), cfg["max_memory_gb"], lo=0, lo_open=True)
@@ -98,6 +100,18 @@ def check_config(cfg: dict) -> dict:
         if isinstance(cfg[k], float) and cfg[k].is_integer():
             cfg[k] = int(cfg[k])
     return cfg
+
+
+def _check_calibration(cfg, solver):
+    """--calibration: a fitted (prior, solver) scale and a std map to scale, checked before any input is solved."""
+    from ..priors.calibration import known_pairs, std_scale
+
+    if std_scale(cfg["prior"], solver) is None:
+        fail("--calibration", "a (prior, solver) pair with a std scale fitted on held-out phantoms (one of "
+                              f"{', '.join(known_pairs()) or 'none shipped'})", f"{cfg['prior']}/{solver}")
+    if int(cfg["n_samples"]) < 2:
+        fail("n_samples", "> 1 with --calibration (the std map is the spread of the samples / particles)",
+             cfg["n_samples"])
 
 
 # ------------------------------------------------------------------------------------------------
