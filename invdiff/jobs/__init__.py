@@ -4,8 +4,8 @@ A batch command turns a sorted list of work items into one output each, resumabl
 
 - **work list**: :func:`discover` walks files and folders (classifier per file, e.g.
   :func:`invdiff.datasets.inputs.classify_file`) into sorted, de-duplicated :class:`Item` s;
-- **configuration** (:mod:`invdiff.jobs.options`, re-exported here): :func:`resolve_config` (defaults < ``--config`` file < ``--set`` < explicit flags, solver
-  options ``SOLVER.OPTION`` split off), :func:`check_solver_options`, :func:`load_prior_checked`,
+- **configuration** (:mod:`invdiff.jobs.options`, re-exported here): :func:`resolve_config` (defaults <
+  ``--config`` file < ``--set`` < explicit flags, solver options ``SOLVER.OPTION`` split off), :func:`check_solver_options`, :func:`load_prior_checked`,
   :func:`is_volume_solver` (the ``volume=True`` metadata of :func:`invdiff.solvers.base.register`) and
   :func:`prior_for_volumes`;
 - **scale-out**: under torchrun, rank r of W takes :func:`shard` ``items[r::W]``; :func:`item_seed` derives
