@@ -106,6 +106,15 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def read_safetensors(path, tensors: bool = True) -> tuple[dict, dict]:
+    """(header metadata, tensors on the CPU) of a safetensors file; ``tensors=False`` reads only the header. The
+    reader's errors (a corrupt or truncated file) propagate: each caller words its own message."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return (f.metadata() or {}), ({k: f.get_tensor(k) for k in f.keys()} if tensors else {})
+
+
 def check_writable_dir(name: str, path) -> Path:
     """Create ``path`` if needed and check we can write there; one clear error otherwise."""
     from ._validate import fail

@@ -311,15 +311,13 @@ class NeuralPrior(Prior):
 
 def read_checkpoint(path) -> tuple[dict, dict]:
     """Read (header JSON, tensors) from an invdiff safetensors file, with one clear error for any defect."""
-    from safetensors import safe_open
+    from ..io_utils import read_safetensors
 
     p = Path(path)
     if not p.is_file():
         fail("path", "an existing invdiff safetensors checkpoint file", str(path))
     try:
-        with safe_open(str(p), framework="pt", device="cpu") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        header, tensors = read_safetensors(p)
     except Exception as e:  # safetensors raises SafetensorError / OSError on corrupt or truncated files
         fail("path", "a readable safetensors file", f"{str(path)!r}: corrupt or truncated ({type(e).__name__}: {e})")
     if META_KEY not in header:

@@ -50,15 +50,13 @@ def save_checkpoint(state: TrainState, path) -> Path:
 
 
 def read_train_checkpoint(path) -> tuple[dict, dict]:
-    from safetensors import safe_open
+    from ..io_utils import read_safetensors
 
     p = Path(path)
     if not p.is_file():
         fail("checkpoint", "an existing training checkpoint file", str(path))
     try:
-        with safe_open(str(p), framework="pt", device="cpu") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        header, tensors = read_safetensors(p)
         meta = json.loads(header["invdiff_train"])
     except Exception as e:
         fail("checkpoint", "a readable invdiff training checkpoint (safetensors with an 'invdiff_train' header)",
@@ -105,10 +103,10 @@ def read_init_weights(src: str) -> dict:
     path = WEIGHTS_DIR / f"{src}.safetensors" if src in SHIPPED else Path(src).expanduser()
     if not path.is_file():
         fail("init_from", f"a shipped prior name {sorted(SHIPPED)} or an existing .safetensors file", src)
-    from safetensors import safe_open
+    from ..io_utils import read_safetensors
+
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            is_train = "invdiff_train" in (f.metadata() or {})
+        is_train = "invdiff_train" in read_safetensors(path, tensors=False)[0]
     except Exception as e:
         fail("init_from", "a readable safetensors file", f"{str(path)!r}: {type(e).__name__}: {e}")
     if is_train:
