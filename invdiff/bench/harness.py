@@ -9,7 +9,10 @@ A script composes:
 - :func:`heldout`: held-out phantoms (never seen by the shipped priors) by data kind or benchmark task;
 - :func:`measured`: one solve with its wall time, peak memory and NFE as row fields;
 - :func:`quality`: PSNR / SSIM with peak 1 (magnitude images for complex 2-channel data);
-- :func:`prior_versions`: which version of each shipped prior a run used (training step, sha256 of the weights);
+- :func:`prior_versions`: which version of each loaded prior a run used (training step, sha256 of the weights);
+  :class:`PinnedPriors` loads each shipped prior once from a private copy (re-exports during a run cannot mix
+  versions), :func:`installed_versions` what is installed now;
+- :func:`mean_rows`: per-group means of numeric row fields;
 - :func:`write_experiment`: JSON + CSV + markdown (:func:`invdiff.bench.tables.write_results`) with a header naming
   the command and the prior versions.
 
@@ -34,6 +37,7 @@ import hashlib
 import shlex
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -98,10 +102,13 @@ def quality(est: torch.Tensor, x: torch.Tensor, data_range: float = 1.0) -> dict
 
 
 def measured(fn, *args, device="cpu", **kwargs) -> tuple[object, dict]:
-    """``(value, cost)``: the value of ``fn(*args, **kwargs)`` and ``{"nfe", "seconds", "peak_mb"}`` (``nfe`` from
-    the value's ``.nfe`` when it has one, else None); see :func:`invdiff.bench.measure`."""
+    """``(value, cost)``: the value of ``fn(*args, **kwargs)`` and ``{"nfe", "seconds", "cpu_s", "peak_mb"}``
+    (``nfe`` from the value's ``.nfe`` when it has one, else None; ``cpu_s`` the process CPU time, which on 1 thread
+    is the wall time an idle machine would show); see :func:`invdiff.bench.measure` for ``peak_mb``."""
+    c0 = time.process_time()
     m = measure(fn, *args, device=device, **kwargs)
-    return m.value, {"nfe": getattr(m.value, "nfe", None), "seconds": m.seconds, "peak_mb": m.peak_mb}
+    cpu = time.process_time() - c0
+    return m.value, {"nfe": getattr(m.value, "nfe", None), "seconds": m.seconds, "cpu_s": cpu, "peak_mb": m.peak_mb}
 
 
 def prior_versions(priors: dict) -> dict:
@@ -118,6 +125,61 @@ def prior_versions(priors: dict) -> dict:
             entry["sha256_12"] = hashlib.sha256(f.read_bytes()).hexdigest()[:12]
         out[name] = entry
     return out
+
+
+def _model_card_steps(name: str) -> str:
+    from ..priors.registry import WEIGHTS_DIR
+
+    card = Path(WEIGHTS_DIR) / f"{name}.md"
+    if not card.is_file():
+        return ""
+    return next((ln.strip("- ").strip() for ln in card.read_text().splitlines() if ln.startswith("- steps")), "")
+
+
+def installed_versions(names) -> dict:
+    """``{name: {"sha256_12", "mtime", "training"}}`` of the shipped priors ``names`` installed now (absent ones are
+    left out): record it at the start and end of a long run to see whether the weights were re-exported meanwhile."""
+    from ..priors.registry import WEIGHTS_DIR
+
+    out = {}
+    for name in names:
+        f = Path(WEIGHTS_DIR) / f"{name}.safetensors"
+        if f.is_file():
+            out[name] = {"sha256_12": hashlib.sha256(f.read_bytes()).hexdigest()[:12],
+                         "mtime": time.ctime(f.stat().st_mtime), "training": _model_card_steps(name)}
+    return out
+
+
+class PinnedPriors:
+    """Shipped priors, each loaded once per run from a private copy of its weights (the shipped weights are
+    re-exported while training runs: one benchmark run must use one version). ``pinned(name)`` returns the prior;
+    ``pinned.versions()`` what was used: ``{name: {"sha256_12", "mtime", "model_card"}}``."""
+
+    def __init__(self):
+        self._loaded: dict = {}
+
+    def __call__(self, name: str):
+        if name not in self._loaded:
+            import shutil
+
+            from ..priors import load
+            from ..priors.registry import WEIGHTS_DIR
+
+            src = Path(WEIGHTS_DIR) / f"{name}.safetensors"
+            tmp = Path(tempfile.mkdtemp()) / src.name
+            try:
+                shutil.copyfile(src, tmp)
+                data = tmp.read_bytes()
+                prior = load(tmp)
+            finally:
+                shutil.rmtree(tmp.parent, ignore_errors=True)
+            self._loaded[name] = (prior, {"sha256_12": hashlib.sha256(data).hexdigest()[:12],
+                                          "mtime": time.ctime(src.stat().st_mtime),
+                                          "model_card": _model_card_steps(name)})
+        return self._loaded[name][0]
+
+    def versions(self) -> dict:
+        return {k: v[1] for k, v in self._loaded.items()}
 
 
 def mean_rows(rows: list[dict], by: list[str], *, label: dict | None = None) -> list[dict]:
