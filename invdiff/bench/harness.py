@@ -192,11 +192,10 @@ def mean_rows(rows: list[dict], by: list[str], *, label: dict | None = None) -> 
     out = []
     for key, rs in groups.items():
         row = {**dict(zip(by, key)), **label}
-        for k in rs[0]:
-            if k in row or isinstance(rs[0][k], bool) or not isinstance(rs[0][k], (int, float)):
-                continue
-            vals = [r[k] for r in rs if isinstance(r.get(k), (int, float))]
-            row[k] = sum(vals) / len(vals)
+        for k in dict.fromkeys(k for r in rs for k in r):       # every field, in first-seen order
+            vals = [r[k] for r in rs if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
+            if k not in row and vals:
+                row[k] = sum(vals) / len(vals)
         out.append(row)
     return out
 
