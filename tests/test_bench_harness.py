@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from invdiff.bench.harness import (PinnedPriors, experiment_args, heldout, installed_versions, mean_rows, measured,
-                                   prior_versions, quality, start, write_experiment)
+from invdiff.bench.harness import (PinnedPriors, RowCache, experiment_args, heldout, installed_versions, mean_rows,
+                                   measured, prior_versions, quality, start, write_experiment)
 from invdiff.bench.tasks import get_task
 from invdiff.datasets import ct_phantoms, mri_phantoms, split_seeds
 
@@ -29,6 +29,7 @@ def test_args_smoke_goes_to_a_fresh_folder_and_fixes_threads(keep_threads):
     assert torch.get_num_threads() == 1
     assert Path(a.out).is_dir() and not any(Path(a.out).iterdir()) and "benchmarks" not in Path(a.out).parts
     assert a.command == "python benchmarks/x.py --smoke --images 2"
+    Path(a.out).rmdir()
     b = start(experiment_args("doc").parse_args([]), argv=["benchmarks/x.py"])
     assert b.out == "benchmarks/results" and not hasattr(b, "images")
     with pytest.raises(ValueError, match="threads"):
@@ -107,3 +108,20 @@ def test_pinned_priors_load_once_and_record_the_version():
     assert pinned("ct-phantom-64") is p
     v = pinned.versions()["ct-phantom-64"]
     assert v["sha256_12"] == installed_versions(["ct-phantom-64"])["ct-phantom-64"]["sha256_12"]
+
+
+def test_row_cache_skips_rows_already_measured(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"PSNR": 25.5, "solver": "tv"}
+
+    cache = RowCache(tmp_path / "rows")
+    key = 'ct-8view__tv__{"lam": 0.001}__0'
+    assert cache.get(key, compute) == {"PSNR": 25.5, "solver": "tv"} and len(calls) == 1
+    assert cache.get(key, compute) == {"PSNR": 25.5, "solver": "tv"} and len(calls) == 1   # read back, not rerun
+    assert RowCache(tmp_path / "rows").get(key, compute)["PSNR"] == 25.5 and len(calls) == 1
+    assert [p.name for p in (tmp_path / "rows").iterdir()] == ["ct-8view__tv___lam_0.001___0.json"]
+    assert RowCache(None).get(key, compute) and len(calls) == 2                              # no folder: no cache
+    assert RowCache(None).path(key) is None

@@ -12,7 +12,8 @@ A script composes:
 - :func:`prior_versions`: which version of each loaded prior a run used (training step, sha256 of the weights);
   :class:`PinnedPriors` loads each shipped prior once from a private copy (re-exports during a run cannot mix
   versions), :func:`installed_versions` what is installed now;
-- :func:`mean_rows`: per-group means of numeric row fields;
+- :func:`mean_rows`: per-group means of numeric row fields; :class:`RowCache`: per-row JSON files, so a rerun
+  skips the rows already measured;
 - :func:`write_experiment`: JSON + CSV + markdown (:func:`invdiff.bench.tables.write_results`) with a header naming
   the command and the prior versions.
 
@@ -180,6 +181,36 @@ class PinnedPriors:
 
     def versions(self) -> dict:
         return {k: v[1] for k, v in self._loaded.items()}
+
+
+class RowCache:
+    """Per-row JSON files in ``folder`` (None: no cache), so that a rerun skips the rows already measured:
+    ``cache.get(key, compute)`` returns the stored row of ``key`` or stores and returns ``compute()``. The key must
+    name everything the row depends on (task, solver, options, image, ...); it becomes a file name with characters
+    outside ``[A-Za-z0-9_.-]`` replaced. Rows are written atomically."""
+
+    def __init__(self, folder=None):
+        self.folder = Path(folder) if folder is not None else None
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path | None:
+        import re
+
+        return None if self.folder is None else self.folder / (re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + ".json")
+
+    def get(self, key: str, compute) -> dict:
+        import json
+
+        from ..io_utils import atomic_write_text
+
+        f = self.path(key)
+        if f is not None and f.is_file():
+            return json.loads(f.read_text())
+        row = compute()
+        if f is not None:
+            atomic_write_text(f, json.dumps(row))
+        return row
 
 
 def mean_rows(rows: list[dict], by: list[str], *, label: dict | None = None) -> list[dict]:
