@@ -144,14 +144,16 @@ def _write(kind, src, primary, out, recon, extra, info, write_dicom, written):
         return
     name = stem(primary.name)
     if kind == "image":
-        if "std" in extra:
-            written.append(write_array(out / f"{name}_std.npy", extra["std"]))
+        for key in ("std", "std_calibrated"):
+            if key in extra:
+                written.append(write_array(out / f"{name}_{key}.npy", extra[key]))
         if Path(src).suffix.lower() == ".png" and recon.ndim == 2:
             written.append(write_png(out / f"{name}.png", recon, 0.0, 1.0))
         write_array(primary, recon)
         return
-    if "std" in extra:
-        written.append(write_nifti(out / f"{name}_std.nii.gz", extra["std"], info.get("affine")))
+    for key in ("std", "std_calibrated"):
+        if key in extra:
+            written.append(write_nifti(out / f"{name}_{key}.nii.gz", extra[key], info.get("affine")))
     if write_dicom:
         written.append(write_dicom_series(out / f"{name}_dicom", recon, info.get("affine")))
     write_nifti(primary, recon, info.get("affine"))

@@ -171,6 +171,10 @@ class ParticleState:
         resampled_at: list of (G,) bool, whether each group resampled at that step.
         n_resample: (G,) int64 number of resampling events per group.
         n_quarantined: number of particles discarded because they became non-finite.
+        log_evidence: (G,) float64 running SMC estimate of :math:`\log(Z_t/Z_0)`, the log normalising-constant
+            ratio between the current and the initial unnormalised targets: every :meth:`reweight` adds
+            :math:`\log\sum_i W_i e^{\delta_i}` (W the normalised weights before the increment), which after a
+            resampling step (W = 1/N) is the log of the mean incremental weight (Del Moral, Doucet & Jasra 2006).
 
     Invariants: ``x.shape[0] == G * N``; a row of ``log_w`` always has a finite entry (else a RuntimeError
     names the group and the fix).
@@ -197,6 +201,7 @@ class ParticleState:
         self.resampled_at: list[torch.Tensor] = []
         self.n_resample = torch.zeros(n_groups, dtype=torch.long, device=x.device)
         self.n_quarantined = 0
+        self.log_evidence = torch.zeros(n_groups, dtype=F64, device=x.device)
         self.quarantine()
 
     # -- views --------------------------------------------------------------------------------------
@@ -246,9 +251,12 @@ class ParticleState:
         r"""Add log-weight increments ``delta`` ((G * N,) or (G, N)), in float64. NaN / +inf increments
         (overflowed likelihoods) quarantine the particle."""
         d = delta.to(device=self.log_w.device, dtype=F64).reshape(self.G, self.N)
+        lw_old = self.log_w
         bad = torch.isnan(d) | (d == float("inf"))
         lw = self.log_w + torch.where(bad, torch.zeros_like(d), d)
         self.log_w = lw.masked_fill(bad, float("-inf"))
+        # evidence increment log sum_i W_i e^{d_i}, W the normalised weights before this increment (log-sum-exp)
+        self.log_evidence = self.log_evidence + torch.logsumexp(self.log_w, dim=1) - torch.logsumexp(lw_old, dim=1)
         if bad.any():
             self.n_quarantined += int(bad.sum())
             self.x = torch.where(bad.reshape(-1, *([1] * (self.x.dim() - 1))), torch.zeros_like(self.x), self.x)
