@@ -109,6 +109,7 @@ class TrainConfig:
     emb_dim: int = 128
     dropout: float = 0.0
     cond_channels: int = 0              # > 0: conditional network (data source yields (x0, cond))
+    conditional: str = ""               # "mri" | "ct": paired data on the fly (invdiff.priors.train_conditional)
     # preconditioning / loss (None = estimated from the data)
     sigma_data: float | None = None
     data_shift: float | None = None
@@ -233,6 +234,8 @@ def validate_config(cfg: TrainConfig) -> None:
         if cfg.dims == 3:
             fail("data", "volumes for dims=3: 'ct3d' or 'tensor:FILE' with an (N, C, D, H, W) tensor", repr(cfg.data))
         fail("dims", f"3 for the volume data {cfg.data!r} (add --dims 3)", cfg.dims)
+    from . import train_conditional  # conditional hook: --conditional mri|ct
+    train_conditional.check_config(cfg)
     if cfg.size % (2 ** (len(cfg.channel_mult) - 1)):
         fail("size", f"a multiple of {2 ** (len(cfg.channel_mult) - 1)}, the network's down-sampling factor "
                      f"(2^(levels-1) for channel_mult={cfg.channel_mult})", cfg.size)
@@ -318,7 +321,15 @@ def _load_folder(path: str, size: int) -> torch.Tensor:
 
 
 def make_source(cfg: TrainConfig) -> Callable:
-    """Data source of a config: a phantom / volume stream or random minibatches of a tensor / image folder."""
+    """Data source of a config: a phantom / volume stream or random minibatches of a tensor / image folder
+    (with ``cfg.conditional``: paired (x0, cond) data on top of it)."""
+    if cfg.conditional:  # conditional hook
+        from . import train_conditional
+        return train_conditional.make_source(cfg, _make_image_source(cfg))
+    return _make_image_source(cfg)
+
+
+def _make_image_source(cfg: TrainConfig) -> Callable:
     from ..datasets.phantoms import PhantomStream
     from ..datasets.phantoms3d import VolumeStream
 
@@ -682,7 +693,9 @@ def _apply_init_config(cfg: TrainConfig, init: dict) -> int:
     if int(pm.get("spatial_dims", 2)) != cfg.dims:
         fail("init_from", f"a {cfg.dims}-D prior (dims={cfg.dims})", f"{init['path']}: spatial_dims={pm.get('spatial_dims')}")
     want = net_config_of(cfg, int(pm["channels"]))
-    if pm.get("arch") != cfg.arch or dict(pm.get("net_config", {})) != want:
+    from . import train_conditional  # conditional hook: an unconditional init_from is widened
+    if pm.get("arch") != cfg.arch or (dict(pm.get("net_config", {})) != want and not
+                                      train_conditional.init_config_matches(cfg, dict(pm.get("net_config", {})), want)):
         fail("init_from", f"weights of the configured network {cfg.arch} {want}",
              f"{init['path']}: {pm.get('arch')} {pm.get('net_config')}")
     # the preconditioning is part of the network's function: kept (a different value is refused); the training
@@ -765,6 +778,9 @@ def train(cfg: TrainConfig, source: Callable | None = None, *, resume: bool = Tr
     state.dist = ctx
     if cfg.init_from and not resumed:  # warm start: model and EMA from the source's EMA weights, fresh Adam
         init = read_init_weights(cfg.init_from)
+        if cfg.conditional:  # conditional hook: zero weights for the conditioning input channels
+            from . import train_conditional
+            init["ema"] = train_conditional.widen_init_weights(init["ema"], state.model.net)
         try:
             state.model.net.load_state_dict(init["ema"], strict=True)
             state.ema.net.load_state_dict(init["ema"], strict=True)
@@ -1156,7 +1172,9 @@ _HELP = {
     "base_channels": "width of the first U-Net level", "channel_mult": "per-level width multipliers, e.g. 1,2,4,8",
     "num_blocks": "residual blocks per level", "attn_levels": "levels with self-attention (empty: none)",
     "emb_dim": "noise-embedding width", "dropout": "dropout in residual blocks",
-    "cond_channels": "extra conditioning input channels (0 = unconditional prior)",
+    "cond_channels": "extra conditioning input channels (0 = unconditional prior; set by --conditional)",
+    "conditional": "'mri' or 'ct': conditional prior on paired data made on the fly (random operator per image, "
+                   "cond = [A^dagger y / s, sampling pattern]; invdiff.datasets.paired); '' = unconditional",
     "sigma_data": "data std for EDM preconditioning (auto: estimated from 256 training images)",
     "data_shift": "data mean subtracted before the network (auto: estimated)",
     "p_mean": "mean of ln(sigma) in training (auto: -1.2 + ln(sigma_data/0.5))", "p_std": "std of ln(sigma) in training (EDM: 1.2)",
