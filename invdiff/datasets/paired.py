@@ -184,7 +184,8 @@ class MRIOperatorDistribution:
         n_coils = self.coils[min(int(u[2] * len(self.coils)), len(self.coils) - 1)]
         sigma = math.exp(math.log(self.sigma_min) + u[3] * math.log(self.sigma_max / self.sigma_min))
         mask_seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=g))
-        mask = make_mask(family, (size, size), acc, default_center_fraction(acc), seed=mask_seed)
+        cf = max(default_center_fraction(acc), 1.0 / size)  # at least the DC column on small test images
+        mask = make_mask(family, (size, size), acc, cf, seed=mask_seed)
         noise_g = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 62, (1,), generator=g)))
         if n_coils == 1:
             op = MRI(mask, (2, size, size), sigma=sigma, rng=noise_g)
@@ -215,7 +216,7 @@ class CTOperatorDistribution:
     def sample(self, g: torch.Generator, size: int):
         u = torch.rand(4, generator=g, dtype=torch.float64).tolist()
         lo, hi = self.views
-        n_views = int(round(math.exp(math.log(lo) + u[0] * math.log(hi / lo))))
+        n_views = min(int(round(math.exp(math.log(lo) + u[0] * math.log(hi / lo)))), size)  # <= detector bins
         rng = 180.0
         if u[1] < self.p_limited:
             rng = self.limited_ranges[min(int(u[2] * len(self.limited_ranges)), len(self.limited_ranges) - 1)]

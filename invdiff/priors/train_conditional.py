@@ -84,4 +84,117 @@ def info(cfg) -> dict:
     return src.describe()
 
 
-__all__ = ["KINDS", "COND_CHANNELS", "check_config", "make_source", "init_config_matches", "widen_init_weights", "info"]
+#: held-out settings of the model card: (label, operator factory args)
+CARD_SETTINGS = {
+    "mri": [("4x random, 1 coil", dict(acceleration=4, coils=1)), ("4x random, 8 coils", dict(acceleration=4, coils=8)),
+            ("8x random, 1 coil", dict(acceleration=8, coils=1)), ("8x random, 8 coils", dict(acceleration=8, coils=8))],
+    "ct": [("8 views", dict(views=8, angle_range=180.0)), ("32 views", dict(views=32, angle_range=180.0)),
+           ("32 views over 90 deg", dict(views=32, angle_range=90.0))],
+}
+CARD_NOISE = {"mri": 0.005, "ct": 0.001}
+
+
+def card_operator(kind: str, size: int, setting: dict, index: int):
+    """The fixed held-out operator of a model-card setting (mask seed = ``index``; noise std :data:`CARD_NOISE`)."""
+    from ..operators import CT, MRI, MultiCoilMRI, random_mask_1d
+
+    g = torch.Generator().manual_seed(1000 + index)
+    if kind == "mri":
+        mask = random_mask_1d((size, size), setting["acceleration"], seed=index)
+        if setting["coils"] == 1:
+            return MRI(mask, (2, size, size), sigma=CARD_NOISE[kind], rng=g)
+        return MultiCoilMRI(mask, setting["coils"], (2, size, size), sigma=CARD_NOISE[kind], rng=g)
+    return CT(size, n_views=min(setting["views"], size), angle_range=setting["angle_range"], sigma=CARD_NOISE[kind], rng=g)
+
+
+class _WithCond:
+    """The conditional denoiser D(x, sigma, c) at a fixed c, called like an unconditional prior (for the sampler)."""
+
+    def __init__(self, prior, cond):
+        self.prior, self.cond = prior, cond
+        self.sigma_data, self.data_shift = prior.sigma_data, prior.data_shift
+
+    def __call__(self, x, sigma):
+        return self.prior.denoise(x, sigma, self.cond)
+
+
+@torch.no_grad()
+def evaluate(prior, cfg: dict, *, n_images: int = 64, sample_steps: int = 32, n_show: int = 4):
+    """Held-out reconstructions for the model card: per setting of :data:`CARD_SETTINGS`, PSNR (peak 1, complex
+    error) of the normalised-and-rescaled :math:`A^\dagger y` and of one conditional EDM Heun sample (no data
+    consistency: the network alone), over ``n_images`` held-out phantoms. Returns (eval dict, grid images)."""
+    from ..datasets.paired import denormalise, measurement_conditioning
+    from ..datasets.phantoms import GENERATORS, split_seeds
+    from .train import edm_heun_sampler, psnr
+
+    kind, size = cfg["conditional"], int(cfg["size"])
+    x = GENERATORS[cfg["data"] if cfg["data"] in GENERATORS else kind](split_seeds("heldout", n_images, start=700_000), size)
+    rows, grid = [], None
+    for i, (label, setting) in enumerate(CARD_SETTINGS[kind]):
+        op = card_operator(kind, size, setting, i)
+        y = op(x)
+        cond, s = measurement_conditioning(y, op)
+        g = torch.Generator().manual_seed(i)
+        sample = torch.cat([edm_heun_sampler(_WithCond(prior, cond[j:j + 16]), (min(16, n_images - j), prior.channels, size, size),
+                                             steps=sample_steps, generator=g) for j in range(0, n_images, 16)])
+        zf = denormalise(cond[:, :-1], s)
+        rec = denormalise(sample, s)
+        rows.append({"setting": label, "noise_sigma": CARD_NOISE[kind], "adjoint_psnr": float(psnr(zf, x).mean()),
+                     "sample_psnr": float(psnr(rec, x).mean())})
+        if i == 1:
+            k = min(n_show, n_images)
+            grid = torch.cat([x[:k], zf[:k], rec[:k]])
+    return {"kind": kind, "n_images": n_images, "sample_steps": sample_steps,
+            "heldout_seeds": f"[{split_seeds('heldout', 1, start=700_000)[0]}, {split_seeds('heldout', 1, start=700_000)[0] + n_images})",
+            "rows": rows, "grid_setting": CARD_SETTINGS[kind][1][0]}, grid
+
+
+def card(text: str, cfg: dict, ev: dict, *, sample_steps: int, t_sample: float) -> str:
+    """The model card of a conditional prior: the unconditional card with a conditioning section and held-out
+    reconstructions in place of the unconditional denoising table and samples."""
+    from ..datasets.paired import NORMALISATION
+
+    kind = cfg["conditional"]
+    d = info(cfg)
+    dist = d["operator_distribution"]
+    text = text.replace("Unconditional diffusion prior (denoiser D(x, sigma) ~ E[x0 | x0 + sigma n = x]",
+                        "Conditional diffusion prior (denoiser D(x, sigma, c) ~ E[x0 | x0 + sigma n = x, c]")
+    adag = ("zero-filled coil-combined A^H y (2 channels)" if kind == "mri" else "filtered back-projection (1 channel)")
+    pattern = ("the k-space sampling mask" if kind == "mri" else
+               "the k-space lines of the views (Fourier slice theorem), `invdiff.datasets.paired.ct_view_pattern`")
+    ops = (f"mask family in {list(dist['families'])}, acceleration uniform in {list(dist['acceleration'])} with "
+           f"fastMRI centre fractions (0.08 below 8x, 0.04 from 8x), coils {list(dist['coils'])} (1 = single coil, "
+           f"else birdcage maps), k-space noise std log-uniform in [{dist['sigma_min']}, {dist['sigma_max']}]"
+           if kind == "mri" else
+           f"parallel beam, view count log-uniform in {list(dist['views'])} over 180 degrees, or with probability "
+           f"{dist['p_limited']} a limited angle range from {list(dist['limited_ranges'])} degrees, sinogram noise std "
+           f"log-uniform in [{dist['sigma_min']}, {dist['sigma_max']}]")
+    cond_section = "\n".join([
+        "## Conditioning", "",
+        f"- trained for **{kind.upper()}** operators; `cond_channels = {d['cond_channels']}`: [{adag}, {pattern}]",
+        f"- normalisation (one per slice, identical in training and in `solver=\"conditional-dc\"`, both call "
+        f"`invdiff.datasets.paired.measurement_conditioning`): {NORMALISATION}",
+        f"- paired data made on the fly (`invdiff.datasets.paired.PairedStream`, seed {cfg['seed']}): per training image "
+        f"a random operator: {ops}; y = A x + n; target x / s",
+        "- stored in the prior's metadata as `info['conditional']`; use it with "
+        "`invdiff.solve(y, physics, prior, solver=\"conditional-dc\")`", "", ""])
+    text = text.replace("## Training data\n", cond_section + "## Training data\n", 1)
+    head = ["## Held-out reconstructions", "",
+            f"PSNR (dB, peak 1{', complex error' if kind == 'mri' else ''}) averaged over {ev['n_images']} held-out "
+            f"phantoms (seeds {ev['heldout_seeds']}); one fixed random operator per setting, noise std "
+            f"{CARD_NOISE[kind]}. A^dagger y = the conditioning image times s; sample = one conditional EDM Heun sample "
+            f"({sample_steps} steps, {2 * sample_steps - 1} NFE) **without data consistency** (the network alone; with "
+            "DC see `benchmarks/results/conditional_dc.md`).", "",
+            "| setting | A^dagger y | conditional sample (no DC) |", "|---|---:|---:|"]
+    head += [f"| {r['setting']} | {r['adjoint_psnr']:.2f} | **{r['sample_psnr']:.2f}** |" for r in ev["rows"]]
+    text = text.replace("## Samples\n", "\n".join(head) + "\n\n## Samples\n", 1)
+    import re
+    text = re.sub(r"`([^`]*)_samples.png`: .*? s on CPU\.",
+                  lambda m: f"`{m.group(1)}_samples.png`: {ev['grid_setting']}, held-out phantoms; rows: truth, A^dagger y, "
+                            f"one conditional sample (no DC), EDM Heun {sample_steps} steps; evaluation and grid "
+                            f"{t_sample:.1f} s on CPU.", text, count=1, flags=re.S)
+    return text
+
+
+__all__ = ["KINDS", "COND_CHANNELS", "check_config", "make_source", "init_config_matches", "widen_init_weights", "info",
+           "CARD_SETTINGS", "card_operator", "evaluate", "card"]
