@@ -168,6 +168,10 @@ def load_prior_checked(solver: str, prior_name):
     except (ValueError, TypeError, OSError) as e:
         fail("--prior", f"one of the shipped priors {priors_available()} or a loadable checkpoint path",
              f"{prior_name!r} ({e})")
+    conditional = int(getattr(prior, "cond_channels", 0) or 0) > 0
+    if conditional != bool(getattr(spec.fn, "accepts_conditional", False)):  # conditional priors: conditional-dc only
+        fail("--prior", f"{'a conditional' if not conditional else 'an unconditional'} prior for solver {solver!r}",
+             f"the {'conditional' if conditional else 'unconditional'} prior {prior_name!r}")
     return prior
 
 

@@ -224,3 +224,32 @@ def test_train_cli_rejects_bad_conditional(tmp_path, capsys):
     assert "argument 'conditional'" in capsys.readouterr().err
     assert train_prior_main(["--name", "x", "--conditional", "mri", "--cond-channels", "2", "--out", str(tmp_path)]) == 2
     assert "argument 'cond_channels'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------- CLI / bench
+def test_reconstruct_and_bench_pair_conditional_priors_with_conditional_dc(tmp_path, capsys):
+    import numpy as np
+
+    from invdiff.bench.tasks import applicable, get_task
+    from invdiff.cli import main
+
+    tiny = tiny_conditional_prior("mri")
+    tiny.save(tmp_path / "tiny.safetensors")
+    np.save(tmp_path / "img.npy", mri_phantoms([5], 32)[0].pow(2).sum(0).sqrt().numpy())
+    args = [tmp_path / "img.npy", "--task", "mri", "--prior", tmp_path / "tiny.safetensors", "--no-progress"]
+    assert main(["reconstruct", *map(str, args), "--solver", "conditional-dc", "--set", "conditional-dc.num_steps=3",
+                 "--out", str(tmp_path / "o1")]) == 0
+    assert (tmp_path / "o1" / "img.npy").is_file()
+    capsys.readouterr()
+    assert main(["reconstruct", *map(str, args), "--solver", "dds", "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "argument '--prior'" in err and "unconditional prior for solver 'dds'" in err and "tiny.safetensors" in err
+    mri, ct = get_task("mri-4x-multicoil"), get_task("ct-8view")
+    assert applicable(mri, "conditional-dc", tiny) is None
+    assert "conditional" in applicable(mri, "dds", tiny)
+    assert applicable(ct, "conditional-dc", tiny) is not None
+    from invdiff.priors.networks import CompactUNet
+    from invdiff.priors.neural import NeuralPrior
+
+    uncond = NeuralPrior(CompactUNet(2, base_channels=8, channel_mult=(1, 2)), sigma_data=0.3, channels=2)
+    assert "needs a conditional prior" in applicable(mri, "conditional-dc", uncond)
