@@ -142,7 +142,7 @@ def evaluate(prior, cfg: dict, *, n_images: int = 64, sample_steps: int = 32, n_
         rows.append({"setting": label, "noise_sigma": CARD_NOISE[kind], "adjoint_psnr": float(psnr(zf, x).mean()),
                      "sample_psnr": float(psnr(rec, x).mean())})
         if i == 1:
-            k = min(n_show, n_images)
+            k = min(n_show, n_images, 8)  # at most 8 columns
             grid = torch.cat([x[:k], zf[:k], rec[:k]])
     return {"kind": kind, "n_images": n_images, "sample_steps": sample_steps,
             "heldout_seeds": f"[{split_seeds('heldout', 1, start=700_000)[0]}, {split_seeds('heldout', 1, start=700_000)[0] + n_images})",
