@@ -22,8 +22,9 @@ def fail(name: str, expected: str, received, exc=ValueError):
 
 
 def check_tensor(name: str, x, *, ndim: int | Iterable[int] | None = None, finite: bool = True,
-                 real: bool = True) -> torch.Tensor:
-    """Check that ``x`` is a torch tensor with the given number of dimensions, finite and real."""
+                 real: bool = True, floating: bool = False) -> torch.Tensor:
+    """Check that ``x`` is a torch tensor with the given number of dimensions, finite and real
+    (and of a floating-point dtype when ``floating``: integer tensors fail deep inside torch otherwise)."""
     if not isinstance(x, torch.Tensor):
         fail(name, "a torch.Tensor", x, TypeError)
     if ndim is not None:
@@ -32,6 +33,9 @@ def check_tensor(name: str, x, *, ndim: int | Iterable[int] | None = None, finit
             fail(name, f"a tensor with {' or '.join(map(str, allowed))} dimensions", x)
     if real and x.is_complex():
         fail(name, "a real tensor (complex images are 2 real channels: (B, 2, H, W))", x, TypeError)
+    if floating and not x.is_floating_point():
+        fail(name, f"a floating-point tensor (torch.float32 or float64); convert first, e.g. {name}.float()", x,
+             TypeError)
     if finite and not torch.isfinite(x).all():
         n_bad = int((~torch.isfinite(x)).sum())
         fail(name, "finite values", f"{describe(x)} with {n_bad} NaN/Inf entries")

@@ -17,7 +17,7 @@ def _demo(argv):
 
 
 def _train_prior(argv):
-    from .priors.train import train_prior_main
+    from .training.cli import train_prior_main
 
     return train_prior_main(argv)
 

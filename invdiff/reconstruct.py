@@ -2,8 +2,9 @@
 
 Inputs (files, or folders searched recursively) and what is reconstructed:
 
-  fastMRI .h5 (k-space)      MRI from the measured k-space, undersampled with a per-file seeded column mask
-                             (test files: their own mask); multi-coil with ESPIRiT coil maps. Output: an h5
+  fastMRI .h5 (k-space)      MRI from the measured k-space, undersampled with fastMRI's own per-file mask (knee:
+                             RandomMaskFunc, brain: EquispacedMaskFractionFunc, bit for bit; test files: their
+                             own mask); multi-coil with ESPIRiT coil maps. Output: an h5
                              file of the same name with dataset 'reconstruction' (slices, h, w) cropped like the
                              target: the fastMRI submission format, scored by 'fastmri/evaluate.py'.
   .h5 with 'sinogram'        CT from the measured sinograms (attributes 'angles' in degrees, 'image_size').
@@ -40,31 +41,27 @@ examples:
 from __future__ import annotations
 
 import argparse
-import inspect
-import json
-import os
-import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ._validate import check_choice, fail
+from .datasets.fastmri import MASK_CHOICES
+from .jobs import (DistContext, Item, barrier, check_solver_options, is_volume_solver, load_prior_checked,
+                   prior_for_volumes, resolve_config, run_items)
+from .jobs import join as dist_context
 
 TASKS = ("auto", "mri", "ct", "inpainting", "deblur")
-
-#: solvers that reconstruct whole volumes (B, C, D, H, W) with a volume prior (a 2D prior is lifted for them)
-VOLUME_SOLVERS = ("dds3d", "diffusion-mbir")
 
 DEFAULTS = {
     "solver": None,              # a name from invdiff.solvers.available()
     "prior": None,               # a shipped prior name or a checkpoint path (needed by diffusion solvers)
     "task": "auto",              # auto | mri | ct | inpainting | deblur
     # MRI
-    "mask": "equispaced",        # column mask family (fastMRI: equispaced for brain, random for knee)
+    "mask": "auto",              # auto: fastMRI's own mask (knee fastmri-random, brain fastmri-equispaced-fraction)
     "acceleration": 4,
     "center_fraction": None,     # None: fastMRI's pairing (0.08 for < 8x, 0.04 for >= 8x)
     "coils": 0,                  # simulated MRI only: 0 = single coil, N = N birdcage coils
@@ -94,228 +91,38 @@ DEFAULTS = {
 }
 
 #: solver-function parameters that are not user options
-_SOLVER_RESERVED = {"y", "physics", "prior", "generator", "n_samples", "progress"}
 
 
 # ------------------------------------------------------------------------------------------------
-# configuration with solver options
+# inputs (discovery, shards, seeds, records and the loop: invdiff.jobs; file formats: invdiff.datasets.inputs)
 # ------------------------------------------------------------------------------------------------
-def resolve_with_solver_options(defaults: dict, config_file=None, overrides=(), *, extra: dict | None = None):
-    """defaults < config file < ``--set`` < ``extra`` (explicit flags), with solver options split off.
-
-    Keys ``solver.OPTION`` and ``NAME.OPTION`` (NAME a registered solver) go to ``options[NAME]`` (``"solver"``
-    for the first form); a JSON config may also hold ``{"dds": {"num_steps": 20}}``. Other keys must be in
-    ``defaults``. Returns ``(cfg, options)``.
-    """
-    from .config import load_config_file, parse_pairs
-    from .solvers import available
-
-    solvers = set(available()) | {"solver"}
-    cfg, options = dict(defaults), {}
-    for source, update in (("--config", load_config_file(config_file) if config_file else {}),
-                           ("--set", parse_pairs(overrides)), ("flags", extra or {})):
-        unknown = []
-        for k, v in update.items():
-            head, _, opt = k.partition(".")
-            if opt and head in solvers:
-                options.setdefault(head, {})[opt] = v
-            elif k in solvers and k != "solver" and isinstance(v, dict):
-                options.setdefault(k, {}).update(v)
-            elif k in defaults:
-                cfg[k] = v
-            else:
-                unknown.append(k)
-        if unknown:
-            fail(source, f"keys among {sorted(defaults)} or solver options SOLVER.OPTION",
-                 f"unknown key(s) {sorted(unknown)}")
-    return cfg, options
-
-
-def check_solver_options(solver: str, options: dict, *, chains: bool = False) -> dict:
-    """Refuse options the solver does not take, listing the ones it does. ``chains=True`` (``invdiff bench``) also
-    accepts ``n_samples`` for samplers: K chains per row, reconstructed by their mean (``reconstruct`` has its own
-    ``n_samples`` key instead)."""
-    from .solvers.base import get
-
-    spec = get(solver)
-    params = inspect.signature(spec.fn).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return options
-    known = sorted(n for n, p in params.items()
-                   if n not in _SOLVER_RESERVED and (p.kind == p.KEYWORD_ONLY or p.default is not p.empty))
-    if chains and spec.sampler:
-        known = sorted(known + ["n_samples"])
-    bad = sorted(set(options) - set(known))
-    if bad:
-        fail(f"{solver}.<option>", f"options of solver {solver!r} among {known}", f"unknown option(s) {bad}")
-    return options
-
-
-def load_prior_checked(solver: str, prior_name):
-    """The prior (or None), with one clear message for a missing / unknown prior."""
-    from .priors import available as priors_available
-    from .priors import load
-    from .solvers.base import get
-
-    spec = get(solver)
-    if prior_name in (None, "", "none"):
-        if spec.needs_prior:
-            fail("--prior", f"a prior for solver {solver!r}: one of {priors_available()} or a checkpoint path",
-                 "nothing")
-        return None
-    try:
-        prior = load(prior_name)
-    except (ValueError, TypeError, OSError) as e:
-        fail("--prior", f"one of the shipped priors {priors_available()} or a loadable checkpoint path",
-             f"{prior_name!r} ({e})")
-    conditional = int(getattr(prior, "cond_channels", 0) or 0) > 0
-    if conditional != bool(getattr(spec.fn, "accepts_conditional", False)):  # conditional priors: conditional-dc only
-        fail("--prior", f"{'a conditional' if not conditional else 'an unconditional'} prior for solver {solver!r}",
-             f"the {'conditional' if conditional else 'unconditional'} prior {prior_name!r}")
-    return prior
-
-
-def prior_for_volumes(prior, chunk: int = 8):
-    """A 2D prior lifted to volumes slice by slice (``invdiff.priors.lift``), for the volume solvers."""
-    if prior is None or getattr(prior, "spatial_dims", 2) != 2:
-        return prior
-    from .priors.lift import lift
-
-    return lift(prior, chunk=chunk)
-
-
-def shard(items: list, rank: int, world: int) -> list:
-    """Rank ``rank``'s share of a sorted work list: ``items[rank::world]`` (disjoint, covers everything)."""
-    return items[rank::world]
-
-
-def dist_context():
-    """(rank, world, initialised_here) from torchrun's environment; gloo process group only when world > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world <= 1:
-        return 0, 1, False
-    import datetime
-
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        # long timeout: rank 0 waits at the barrier for the slowest rank's whole share of the work
-        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=72))
-        return rank, world, True
-    return dist.get_rank(), dist.get_world_size(), False
-
-
-def barrier(world: int):
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def clean_stale(out: Path, name: str):
-    """Remove temporary files/folders a killed run left for output ``name`` (``.NAME.*`` from atomic writes)."""
-    for p in out.glob(f".{name}.*"):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
-
-
-# ------------------------------------------------------------------------------------------------
-# inputs
-# ------------------------------------------------------------------------------------------------
-@dataclass
-class Item:
-    path: Path
-    kind: str                 # fastmri | sinogram | volume | image
-    task: str | None = None   # mri | ct | inpainting | deblur
-    out_name: str = ""
-    error: str | None = None  # set when the input cannot be used
-
-
-def _kind_of_file(p: Path, cfg) -> str | None:
-    from .datasets.volumes import is_nifti
-
-    s = p.name.lower()
-    if s.endswith((".h5", ".hdf5")):
-        return "h5"
-    if is_nifti(p):
-        return "volume"
-    if s.endswith(".dcm"):
-        return "dicom-file"
-    if s.endswith(".npy"):
-        return "sinogram" if cfg["npy"] == "sinogram" else "image"
-    if s.endswith(".png"):
-        return "image"
-    return None
-
-
 def discover(inputs, cfg) -> list[Item]:
     """Items from files and folders (recursively; a folder of DICOM files is one series)."""
-    from .datasets.volumes import dicom_files
+    from .datasets.inputs import DESCRIPTION, classify_file, is_series_folder
+    from .jobs import discover as discover_items
 
-    items = []
-    for raw in inputs:
-        p = Path(raw)
-        if not p.exists():
-            fail("INPUT", "an existing file or folder", str(p))
-        if p.is_file():
-            k = _kind_of_file(p, cfg)
-            if k is None:
-                fail("INPUT", "a fastMRI/sinogram .h5, NIfTI, DICOM, .npy or .png file", str(p))
-            items.append(Item(p, "volume" if k == "dicom-file" else k))
-            continue
-        for root, dirs, files in os.walk(p):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            root = Path(root)
-            if dicom_files(root):
-                items.append(Item(root, "volume"))
-            for f in sorted(files):
-                q = root / f
-                k = _kind_of_file(q, cfg)
-                if f.startswith(".") or k in (None, "dicom-file"):
-                    continue
-                items.append(Item(q, k))
-    uniq = {}
-    for it in items:
-        uniq.setdefault(it.path.resolve(), it)
-    return sorted(uniq.values(), key=lambda it: str(it.path))
+    return discover_items(inputs, lambda p, explicit: classify_file(p, npy=cfg["npy"], explicit=explicit),
+                          folder=is_series_folder, what=DESCRIPTION)
 
 
 def probe(item: Item, cfg) -> Item:
     """Classify an input and choose its task and output name; problems go to ``item.error``."""
-    from .datasets.fastmri import DataFileError, _open_h5, inspect_fastmri
-    from .datasets.volumes import stem
+    from .datasets.fastmri import DataFileError, inspect_fastmri
+    from .datasets.inputs import output_name, probe_h5
 
     task = cfg["task"]
     try:
         if item.kind == "h5":
-            with _open_h5(item.path) as f:
-                keys = set(f.keys())
-            if "kspace" in keys:
-                item.kind = "fastmri"
+            item.kind = probe_h5(item.path)
+            if item.kind == "fastmri":
                 inspect_fastmri(item.path)
-            elif "sinogram" in keys:
-                item.kind = "sinogram"
-            else:
-                raise DataFileError(item.path, f"neither fastMRI 'kspace' nor a 'sinogram' dataset (found keys "
-                                               f"{sorted(keys)})")
     except DataFileError as e:
         item.error = str(e)
     natural = {"fastmri": "mri", "sinogram": "ct", "volume": "ct", "image": "inpainting", "h5": None}[item.kind]
     item.task = natural if task == "auto" else task
     if item.error is None and item.kind in ("fastmri", "sinogram") and item.task != natural:
         item.error = f"{item.path}: {item.kind} data are reconstructed with --task {natural}, not {item.task}"
-    if item.kind in ("fastmri", "h5"):
-        item.out_name = item.path.name
-    elif item.kind == "image":
-        item.out_name = stem(item.path) + ".npy"
-    else:
-        item.out_name = stem(item.path) + ".nii.gz"
+    item.out_name = output_name(item.kind, item.path)
     return item
 
 
@@ -323,22 +130,22 @@ def probe(item: Item, cfg) -> Item:
 # reconstruction of one input
 # ------------------------------------------------------------------------------------------------
 def item_seed(cfg, name: str) -> int:
-    from .operators import seed_for_file
+    from .jobs import item_seed as seed_of
 
-    return (seed_for_file(name) + 1_000_003 * int(cfg["seed"])) % (2 ** 31)
+    return seed_of(int(cfg["seed"]), name)
 
 
 def _solve_chunks(n: int, cfg, build, prior, solver, options, seed: int):
     """Solve the n slices of an input: ``build(lo, hi, gen, volume) -> (y, physics)``; returns (means, stds, nfe)
     with means/stds ``(n, C, H, W)``.
 
-    2D solvers: chunks of ``batch_slices`` slices in the batch axis. Volume solvers (:data:`VOLUME_SOLVERS`): the
-    whole stack as one volume ``(1, C, n, H, W)`` under a volume operator (slice stack), with a 2D prior lifted
+    2D solvers: chunks of ``batch_slices`` slices in the batch axis. Volume solvers (``register(..., volume=True)``):
+    the whole stack as one volume ``(1, C, n, H, W)`` under a volume operator (slice stack), with a 2D prior lifted
     slice by slice (``invdiff.priors.lift``, ``batch_slices`` slices per network call).
     """
     import invdiff
 
-    if solver in VOLUME_SOLVERS:
+    if is_volume_solver(solver):
         gen = torch.Generator().manual_seed(seed)
         y, op = build(0, n, gen, True)
         rec = invdiff.solve(y, op, prior, solver=solver, seed=seed, n_samples=int(cfg["n_samples"]), progress=False,
@@ -368,7 +175,8 @@ def _magnitude(x: torch.Tensor) -> np.ndarray:
 
 
 def _run_fastmri(item: Item, cfg, prior, solver, options, seed):
-    from .datasets.fastmri import apply_mask, column_mask, kspace_to_tensor, read_fastmri, zero_filled
+    from .datasets.fastmri import (apply_mask, column_mask, default_mask_kind, kspace_to_tensor, read_fastmri,
+                                   zero_filled)
     from .metrics import center_crop, fastmri_metrics
     from .operators import MRI, MultiCoilMRI, espirit_maps
 
@@ -406,7 +214,8 @@ def _run_fastmri(item: Item, cfg, prior, solver, options, seed):
     attrs = {"acquisition": vol.info.attrs.get("acquisition"), "patient_id": vol.info.attrs.get("patient_id"),
              "max": float(vol.target.max()) if vol.target is not None else None,
              "acceleration": vol.info.attrs.get("acceleration", cfg["acceleration"]),
-             "realised_acceleration": realised, "mask": "file" if vol.mask is not None else cfg["mask"],
+             "realised_acceleration": realised, "mask": "file" if vol.mask is not None else
+             (default_mask_kind(vol.info) if cfg["mask"] == "auto" else cfg["mask"]),
              "solver": solver, "prior": str(cfg["prior"]), "nfe": nfe, "challenge": vol.info.challenge}
     return recon, extra, metrics, {"nfe": nfe, "attrs": attrs, "shape": list(recon.shape)}
 
@@ -421,7 +230,8 @@ def _simulate_physics(task: str, cfg, H: int, W: int, name: str, gen: torch.Gene
         N = max(H, W)
         return CT(N, n_views=int(cfg["views"]), angle_range=float(cfg["angle_range"]), sigma=sigma, rng=gen), N
     if task == "mri":
-        mask = make_mask(cfg["mask"], (H, W), cfg["acceleration"], cfg["center_fraction"], seed=seed_for_file(name))
+        mask = make_mask("equispaced" if cfg["mask"] == "auto" else cfg["mask"], (H, W), cfg["acceleration"],
+                         cfg["center_fraction"], seed=seed_for_file(name))
         if int(cfg["coils"]) > 0:
             return MultiCoilMRI(mask, birdcage_maps(int(cfg["coils"]), (H, W)), img_size=(2, H, W), sigma=sigma,
                                 rng=gen), None
@@ -512,32 +322,15 @@ def _run_sinogram(item: Item, cfg, prior, solver, options, seed):
 
 def _write_outputs(item: Item, out: Path, recon, extra, info, cfg):
     """Secondary files first, the primary output last (its existence marks the input as done)."""
-    from .datasets.fastmri import write_reconstruction
-    from .datasets.volumes import stem, write_array, write_dicom_series, write_nifti, write_png
+    from .datasets.inputs import write_outputs
 
-    primary = out / item.out_name
-    if item.kind == "fastmri":
-        write_reconstruction(primary, recon, info["attrs"], extra=extra)
-        return
-    name = stem(item.out_name)
-    if item.kind == "image":
-        if "std" in extra:
-            write_array(out / f"{name}_std.npy", extra["std"])
-        if item.path.suffix.lower() == ".png" and recon.ndim == 2:
-            write_png(out / f"{name}.png", recon, 0.0, 1.0)
-        write_array(primary, recon)
-        return
-    if "std" in extra:
-        write_nifti(out / f"{name}_std.nii.gz", extra["std"], info.get("affine"))
-    if cfg["write_dicom"]:
-        write_dicom_series(out / f"{name}_dicom", recon, info.get("affine"))
-    write_nifti(primary, recon, info.get("affine"))
+    write_outputs(item.kind, item.path, out / item.out_name, recon, extra, info, write_dicom=bool(cfg["write_dicom"]))
 
 
 def reconstruct_item(item: Item, out: Path, cfg, prior, solver, options, rank: int = 0) -> dict:
     """Reconstruct one input, write its outputs; returns its record (also written to OUT/records/)."""
     from .bench.measure import PeakMemory
-    from .io_utils import atomic_write_json
+    from .jobs import write_record
 
     seed = item_seed(cfg, item.path.name)
     runner = {"fastmri": _run_fastmri, "sinogram": _run_sinogram}.get(item.kind, _run_clean)
@@ -550,7 +343,7 @@ def reconstruct_item(item: Item, out: Path, cfg, prior, solver, options, rank: i
            "seconds": round(seconds, 3), "peak_mb": None if pm.peak_mb is None else round(pm.peak_mb, 1),
            "shape": info["shape"], "seed": seed, "rank": rank, "metrics": metrics,
            "protocol": ("fastMRI (target)" if item.kind == "fastmri" else "vs normalised input") if metrics else None}
-    atomic_write_json(out / "records" / f"{item.out_name}.json", rec)   # before the output: done == output exists
+    write_record(out, item.out_name, rec)   # before the output: done == output exists
     _write_outputs(item, out, recon, extra, info, cfg)
     return rec
 
@@ -562,20 +355,10 @@ def write_index(out: Path, items: list[Item], cfg, options) -> dict:
     """Merge every input's record into OUT/index.json and OUT/metrics.{json,md,csv} (rank 0, after the barrier)."""
     from .bench.tables import write_results
     from .io_utils import atomic_write_json
+    from .jobs import merge_records
     from .metrics import fastmri_summary
 
-    records = []
-    for it in items:
-        rpath = out / "records" / f"{it.out_name}.json"
-        rec = json.loads(rpath.read_text()) if rpath.is_file() else None
-        done = (out / it.out_name).exists()
-        if it.error is not None:
-            rec = {"input": str(it.path), "output": it.out_name, "status": "failed", "error": it.error}
-        elif rec is None:
-            rec = {"input": str(it.path), "output": it.out_name, "status": "done" if done else "missing"}
-        elif rec.get("status") == "done" and not done:
-            rec = dict(rec, status="missing")
-        records.append(rec)
+    records = merge_records(out, items)
     rows, summary = [], {}
     for rec in records:
         row = {k: rec.get(k) for k in ("output", "task", "solver", "status", "nfe", "seconds", "peak_mb")}
@@ -609,7 +392,8 @@ def _parser():
     p.add_argument("--prior", help="shipped prior name (invdiff.priors.available()) or checkpoint path")
     p.add_argument("--task", help="one of " + ", ".join(TASKS) + " (default auto: from the file type)")
     p.add_argument("--acceleration", type=float, help="MRI acceleration (default 4)")
-    p.add_argument("--mask", help="MRI column mask: equispaced, random or gaussian")
+    p.add_argument("--mask", help="MRI mask: auto (default; fastMRI files: fastMRI's own, knee fastmri-random, brain "
+                   "fastmri-equispaced-fraction; images: equispaced), " + ", ".join(MASK_CHOICES[1:]) + ", poisson")
     p.add_argument("--center-fraction", type=float, help="MRI fully sampled centre fraction")
     p.add_argument("--views", type=int, help="CT views (simulated sparse view, default 32)")
     p.add_argument("--angle-range", type=float, help="CT degrees covered by the views (limited angle < 180)")
@@ -637,7 +421,7 @@ def main(argv=None) -> int:
     flags = {key: getattr(a, attr) for attr, key in _FLAG_KEYS.items() if getattr(a, attr) is not None}
     if isinstance(flags.get("acceleration"), float) and flags["acceleration"].is_integer():
         flags["acceleration"] = int(flags["acceleration"])
-    cfg, all_options = resolve_with_solver_options(DEFAULTS, a.config, a.set, extra=flags)
+    cfg, all_options = resolve_config(DEFAULTS, a.config, a.set, extra=flags)
     solver = cfg["solver"]
     if solver is None:
         fail("--solver", f"a solver name, one of {solvers_available()}", "nothing")
@@ -649,10 +433,10 @@ def main(argv=None) -> int:
     if int(cfg["n_samples"]) > 1 and not get_solver(solver).sampler:
         fail("n_samples", f"1 for the deterministic solver {solver!r}", cfg["n_samples"])
     check_choice("--task", cfg["task"], TASKS)
-    check_choice("--mask", cfg["mask"], ("equispaced", "random", "gaussian", "poisson"))
+    check_choice("--mask", cfg["mask"], MASK_CHOICES + ("poisson",))
     check_choice("npy", cfg["npy"], ("image", "sinogram"))
     prior = load_prior_checked(solver, cfg["prior"])
-    if solver in VOLUME_SOLVERS:
+    if is_volume_solver(solver):
         prior = prior_for_volumes(prior, int(cfg["batch_slices"]))
     torch.set_num_threads(int(cfg["threads"]))
     out = check_writable_dir("--out", a.out)
@@ -677,57 +461,25 @@ def main(argv=None) -> int:
     if rank == 0:
         atomic_write_json(out / "config.json", dict(cfg, solver_options=options, inputs=[str(i) for i in a.inputs],
                                                     world_size=world))
-    mine = shard(items, rank, world)
-    done = failed = skipped = 0
-    failures = []
-    from tqdm.auto import tqdm
+    ctx = DistContext(rank, world, initialised)
 
-    bar = tqdm(mine, desc=f"reconstruct{f' [rank {rank}/{world}]' if world > 1 else ''}", unit="input",
-               disable=not cfg["progress"], position=rank if world > 1 else None, file=sys.stderr)
-    for it in bar:
-        clean_stale(out, it.out_name)
-        clean_stale(out / "records", f"{it.out_name}.json")
-        if it.error is not None:
-            failed += 1
-            failures.append(it.error)
-            tqdm.write(f"[reconstruct] FAILED {it.error}", file=sys.stderr)
-            continue
-        if (out / it.out_name).exists() and not cfg["overwrite"]:
-            skipped += 1
-            continue
-        try:
-            rec = reconstruct_item(it, out, cfg, prior, solver, options, rank)
-            done += 1
-            m = rec["metrics"]
-            tqdm.write(f"[reconstruct] {it.path.name} -> {it.out_name}: {rec['seconds']:.1f} s, NFE {rec['nfe']}"
-                       + (f", PSNR {m['PSNR']:.2f} dB, SSIM {m['SSIM']:.3f}" if m else ""), file=sys.stderr)
-        except Exception as e:  # one bad input must not cost the others
-            failed += 1
-            msg = str(e) if str(it.path) in str(e) else f"{it.path}: {e}"
-            it.error = msg
-            failures.append(msg)
-            atomic_write_json(out / "records" / f"{it.out_name}.json", {"input": str(it.path), "output": it.out_name,
-                                                         "status": "failed", "error": msg})
-            tqdm.write(f"[reconstruct] FAILED {msg}", file=sys.stderr)
-    bar.close()
+    def report(it, rec):
+        m = rec["metrics"]
+        return (f"{it.path.name} -> {it.out_name}: {rec['seconds']:.1f} s, NFE {rec['nfe']}"
+                + (f", PSNR {m['PSNR']:.2f} dB, SSIM {m['SSIM']:.3f}" if m else ""))
+
+    tally = run_items(items, lambda it: reconstruct_item(it, out, cfg, prior, solver, options, rank), ctx=ctx,
+                      name="reconstruct", out=out, overwrite=bool(cfg["overwrite"]), progress=bool(cfg["progress"]),
+                      report=report)
     barrier(world)
     if rank == 0:
-        for it in items:  # failures of other ranks are in their records
-            r = out / "records" / f"{it.out_name}.json"
-            if it.error is None and r.is_file() and not (out / it.out_name).exists():
-                rec = json.loads(r.read_text())
-                if rec.get("status") == "failed":
-                    it.error = rec.get("error")
         index = write_index(out, items, cfg, options)
         c = index["counts"]
         print(f"[reconstruct] {c['done']} of {len(items)} inputs reconstructed in {out} "
-              f"({skipped} already done on this rank), {c['failed']} failed; index: {out / 'index.json'}")
-    if initialised:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
-    if failures:
-        print(f"invdiff reconstruct: error: {len(failures)} input(s) failed:\n  " + "\n  ".join(failures),
+              f"({tally.skipped} already done on this rank), {c['failed']} failed; index: {out / 'index.json'}")
+    ctx.close()
+    if tally.failures:
+        print(f"invdiff reconstruct: error: {len(tally.failures)} input(s) failed:\n  " + "\n  ".join(tally.failures),
               file=sys.stderr)
         return 1
     return 0

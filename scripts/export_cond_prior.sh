@@ -4,6 +4,7 @@
 #
 #   OUT=/path/runs scripts/export_cond_prior.sh [CHECKPOINT]     # default: $OUT/mri-brainphantom-64-cond/ckpt/latest.safetensors
 #   WEIGHTS_DIR=/tmp/x scripts/export_cond_prior.sh             # an intermediate export outside the repository
+#   EVAL_IMAGES=16 scripts/export_cond_prior.sh                 # fewer held-out phantoms in the model card (default 64)
 #
 # The model card's regenerate command is rebuilt from the checkpoint's config with --out runs (the run folder is
 # a local choice, not part of the recipe): it is scripts/train_cond_prior.sh's command.
@@ -12,14 +13,14 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs}
 CKPT=${1:-$OUT/mri-brainphantom-64-cond/ckpt/latest.safetensors}
-OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $PY - "$CKPT" "${WEIGHTS_DIR:-}" <<'PYEOF'
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $PY - "$CKPT" "${WEIGHTS_DIR:-}" "${EVAL_IMAGES:-64}" <<'PYEOF'
 import json, sys
 from pathlib import Path
-from invdiff.priors.train import export, read_train_checkpoint, regenerate_command
+from invdiff.training import export, read_train_checkpoint, regenerate_command
 ckpt, wdir = sys.argv[1], sys.argv[2] or None
 meta, _ = read_train_checkpoint(ckpt)
 command = regenerate_command(dict(meta["config"], out="runs"), meta["step"])
-res = export(ckpt, weights_dir=wdir, eval_images=64, command=command, threads=1,
+res = export(ckpt, weights_dir=wdir, eval_images=int(sys.argv[3]), command=command, threads=1,
              loss_csv=Path(ckpt).resolve().parents[1] / "loss.csv")
 print(json.dumps(res, indent=1))
 PYEOF

@@ -10,7 +10,7 @@ export OMP_NUM_THREADS=1
 exp() {  # name data ckpt
   local ck=${3:-$OUT/$1/ckpt/latest.safetensors}
   # the regenerate command in the model card is rebuilt from the run's saved flags (runs/<name>/config.json)
-  $PY -m invdiff.priors.train --config "$OUT/$1/config.json" --export only --checkpoint "$ck"
+  $PY -m invdiff.training --config "$OUT/$1/config.json" --export only --checkpoint "$ck"
 }
 case "${1:-all}" in
   ct)  exp ct-phantom-64 ct "${CKPT_CT:-}" ;;

@@ -15,7 +15,7 @@ STEPS=${STEPS:-16750}
 OUT=${OUT:-runs}
 NAME=mri-brainphantom-64-cond
 mkdir -p "$OUT/$NAME"
-setsid nohup env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $PY -m invdiff.priors.train --name $NAME --data mri --conditional mri \
+setsid nohup env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $PY -m invdiff.training --name $NAME --data mri --conditional mri \
   --steps "$STEPS" --batch-size 16 --lr 3e-4 --warmup 200 --ema-decay 0.999 --threads 1 \
   --base-channels 16 --channel-mult 1,2,4,8 --num-blocks 1 --ckpt-every 100 --keep-every 1000 --log-every 50 \
   --init-from mri-brainphantom-64 --out "$OUT" --export never >> "$OUT/$NAME/train.log" 2>&1 < /dev/null &

@@ -11,7 +11,7 @@
 # Re-running the same command continues from runs/<name>/ckpt/latest.safetensors. Each run uses one
 # torch thread and nice 10 (the machine is shared). Logs: runs/<name>/train.log.
 # Export any checkpoint (also an intermediate one) at any time:
-#   python -m invdiff.priors.train --name ct-phantom-64 --data ct --export only [--checkpoint FILE]
+#   python -m invdiff.training --name ct-phantom-64 --data ct --export only [--checkpoint FILE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -25,8 +25,8 @@ launch() {  # name data [extra flags]
   if [ -n "${WARM:-}" ]; then extra="$extra --init-from $name --warmup 200"; fi
   mkdir -p "$OUT/$name"
   # training and export are separate processes, so the export uses the code present when training ends
-  setsid nohup nice -n 10 bash -c "OMP_NUM_THREADS=1 $PY -m invdiff.priors.train --name $name --data $data ${COMMON[*]} $extra --export never \
-    && OMP_NUM_THREADS=1 $PY -m invdiff.priors.train --name $name --data $data ${COMMON[*]} $extra --export only" \
+  setsid nohup nice -n 10 bash -c "OMP_NUM_THREADS=1 $PY -m invdiff.training --name $name --data $data ${COMMON[*]} $extra --export never \
+    && OMP_NUM_THREADS=1 $PY -m invdiff.training --name $name --data $data ${COMMON[*]} $extra --export only" \
     >> "$OUT/$name/train.log" 2>&1 &
   echo "launched $name (pid $!), log: $OUT/$name/train.log"
 }

@@ -13,9 +13,11 @@ import pickle
 import pytest
 import torch
 
+from conftest import assert_close_f32
+
 from invdiff import schedules as S
-from invdiff.priors import checkpoints as C
-from invdiff.priors.checkpoints import CheckpointError, CheckpointNotFoundError, load_checkpoint
+from invdiff.priors import loaders as C
+from invdiff.priors.loaders import CheckpointError, CheckpointNotFoundError, load_checkpoint
 
 torch.set_num_threads(1)
 
@@ -98,7 +100,7 @@ def test_guided_diffusion_uncentered_nearest_and_class_conditional(tmp_path):
     with torch.no_grad():
         ab = S.sigma_to_alpha_bar(sigma).reshape(-1, 1, 1, 1)
         eps = net(ab.sqrt() * x, t.float(), torch.tensor([2, 2]))
-        assert torch.allclose(prior(x, sigma), x - sigma.reshape(-1, 1, 1, 1) * eps, atol=1e-5)
+        assert_close_f32(prior(x, sigma), x - sigma.reshape(-1, 1, 1, 1) * eps)
 
 
 def test_deepinv_diffunet_checkpoint_loads_despite_its_schedule_buffers(tmp_path):
@@ -117,7 +119,7 @@ def test_deepinv_diffunet_checkpoint_loads_despite_its_schedule_buffers(tmp_path
     sigma = S.VPSchedule().sigma(t).float() / 2
     with torch.no_grad():
         eps = ref.forward_diffusion(S.VPSchedule().scale(t).float() * (2 * x - 1), t)[:, :1]
-        assert torch.allclose(prior(x, sigma), x - sigma * eps, atol=1e-5)
+        assert_close_f32(prior(x, sigma), x - sigma * eps)
 
 
 # =====================================================================================================
@@ -125,7 +127,7 @@ def test_deepinv_diffunet_checkpoint_loads_despite_its_schedule_buffers(tmp_path
 # =====================================================================================================
 @pytest.mark.parametrize("model_type", ["ncsn", "ddpm"])
 def test_edm_ncsnpp_matches_deepinv_edm_preconditioning(tmp_path, model_type):
-    net = tiny_ncsnpp(model_type)
+    net = _group_rule(tiny_ncsnpp(model_type))
     path = tmp_path / f"edm-{model_type}.safetensors"
     from safetensors.torch import save_file
 
@@ -136,12 +138,12 @@ def test_edm_ncsnpp_matches_deepinv_edm_preconditioning(tmp_path, model_type):
     net._was_trained_on_minus_one_one, net.pixel_std = True, 0.5        # deepinv's own [0, 1] EDM wrapper
     x, sigma = images(), torch.tensor([0.02, 3.0])
     with torch.no_grad():
-        assert torch.allclose(prior(x, sigma), net(x, sigma), atol=1e-5)
+        assert_close_f32(prior(x, sigma), net(x, sigma))
 
 
 def test_edm_vp_and_ve_preconditioning_equations(tmp_path):
     """EDM Table 1 VP/VE columns on [-1, 1]: D' = x' - s F(x'/sqrt(1+s^2), 999 t(s)) and D' = x' + s F(x', ln(s/2))."""
-    net = tiny_ncsnpp("ddpm")
+    net = _group_rule(tiny_ncsnpp("ddpm"))
     torch.save({"ema": {"model." + k: v for k, v in net.state_dict().items()}}, tmp_path / "vp.pt")   # EDMPrecond keys
     vp = load_checkpoint(tmp_path / "vp.pt", precond="vp")
     x, sigma = images(), torch.tensor([0.05, 1.5])
@@ -149,20 +151,21 @@ def test_edm_vp_and_ve_preconditioning_equations(tmp_path):
     t = ((0.1 ** 2 + 2 * 19.9 * torch.log(1 + (2 * sigma) ** 2)).sqrt() - 0.1) / 19.9
     with torch.no_grad():
         ref = (xs - ss * net.forward_unet(xs / (1 + ss ** 2).sqrt(), 999 * t) + 1) / 2
-        assert torch.allclose(vp(x, sigma), ref, atol=1e-5)
-    net = tiny_ncsnpp("ncsn")
+        assert_close_f32(vp(x, sigma), ref)
+    net = _group_rule(tiny_ncsnpp("ncsn"))
     torch.save(net.state_dict(), tmp_path / "ve.pt")
     ve = load_checkpoint(tmp_path / "ve.pt", precond="ve")
     with torch.no_grad():
         ref = (xs + ss * net.forward_unet(xs, torch.log(sigma)) + 1) / 2     # ln(sigma'/2) = ln(sigma)
-        assert torch.allclose(ve(x, sigma), ref, atol=1e-5)
+        assert_close_f32(ve(x, sigma), ref)
 
 
 def test_edm_adm_class_conditional(tmp_path):
     from deepinv.models import ADMUNet
 
-    net = randomize(ADMUNet(img_resolution=16, in_channels=1, out_channels=1, label_dim=3, model_channels=64,
-                            channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,), dropout=0.0, pretrained=None))
+    net = _group_rule(randomize(ADMUNet(img_resolution=16, in_channels=1, out_channels=1, label_dim=3, model_channels=64,
+                                        channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,), dropout=0.0,
+                                        pretrained=None)))
     torch.save(net.state_dict(), tmp_path / "adm.pt")
     with pytest.raises(CheckpointError, match="class-conditional"):
         load_checkpoint(tmp_path / "adm.pt")
@@ -172,14 +175,14 @@ def test_edm_adm_class_conditional(tmp_path):
     x, sigma = images(), torch.tensor([0.1, 10.0])
     with torch.no_grad():
         ref = net(x, sigma, class_labels=torch.nn.functional.one_hot(torch.tensor([1, 1]), 3))
-        assert torch.allclose(prior(x, sigma), ref, atol=1e-5)
+        assert_close_f32(prior(x, sigma), ref)
 
 
 # =====================================================================================================
 # score_sde
 # =====================================================================================================
-def _score_sde_groupnorm(net):
-    """score_sde normalises with min(C // 4, 32) groups (deepinv: 32); identical for C >= 128."""
+def _group_rule(net):
+    """EDM and score_sde normalise with min(C // 4, 32) groups (deepinv: 32); identical for C >= 128."""
     for m in net.modules():
         if isinstance(m, torch.nn.GroupNorm):
             m.num_groups = min(m.num_channels // 4, 32)
@@ -226,7 +229,7 @@ def _score_sde_checkpoint(net, tmp_path, name, *, fourier):
 
 def test_score_sde_ve_uncentered_uses_ema_and_config_sidecar(tmp_path):
     """score-MRI / DiffusionMBIR convention: data in [0, 1], net(x) sees 2x - 1, output h = sigma * score."""
-    net = _score_sde_groupnorm(tiny_ncsnpp("ncsn"))
+    net = _group_rule(tiny_ncsnpp("ncsn"))
     path = _score_sde_checkpoint(net, tmp_path, "checkpoint_95.pth", fourier=True)
     with pytest.raises(CheckpointError, match="sde"):
         load_checkpoint(path)
@@ -243,7 +246,7 @@ def test_score_sde_ve_uncentered_uses_ema_and_config_sidecar(tmp_path):
     with torch.no_grad():
         h = net.forward_unet(2 * x - 1, torch.log(sigma))
         ref = x + sigma.reshape(-1, 1, 1, 1) * h                       # D = x + sigma^2 * score, score = h / sigma
-        assert torch.allclose(prior(x, sigma), ref, atol=1e-5)
+        assert_close_f32(prior(x, sigma), ref)
         # score = (D - x) / sigma^2: at sigma = 0.01 the float32 difference D - x carries ~1e-7 absolute error,
         # i.e. ~1e-3 in the score (whose scale is |h| / sigma ~ 100): the tolerance must allow that (was flaky)
         assert torch.allclose(prior.score(x, sigma), h / sigma.reshape(-1, 1, 1, 1), rtol=1e-3, atol=5e-3)
@@ -254,7 +257,7 @@ def test_score_sde_ve_uncentered_uses_ema_and_config_sidecar(tmp_path):
 
 def test_score_sde_vp_centered(tmp_path):
     """DDPM++ continuous VP: labels 999 t, output eps, data [-1, 1]."""
-    net = _score_sde_groupnorm(tiny_ncsnpp("ddpm"))
+    net = _group_rule(tiny_ncsnpp("ddpm"))
     path = _score_sde_checkpoint(net, tmp_path, "vp.pth", fourier=False)
     prior = load_checkpoint(path, sde="vp", image_size=16, centered=True, ch_mult=[1, 2], num_res_blocks=1,
                             attn_resolutions=[8])
@@ -264,7 +267,7 @@ def test_score_sde_vp_centered(tmp_path):
     t = (-0.1 + torch.sqrt(0.1 ** 2 - 2 * 19.9 * log_ab)) / 19.9        # alpha_bar(t) = exp(-t^2 19.9/2 - 0.1 t)
     with torch.no_grad():
         eps = net.forward_unet(xs / (1 + ss ** 2).sqrt(), 999 * t)
-        assert torch.allclose(prior(x, sigma), (xs - ss * eps + 1) / 2, atol=1e-5)
+        assert_close_f32(prior(x, sigma), (xs - ss * eps + 1) / 2)
 
 
 def test_score_sde_refuses_unsupported_or_mismatched_configs(tmp_path):
@@ -319,7 +322,7 @@ def test_diffusers_score_sde_ve_folder(tmp_path):
     x, sigma = images(), torch.tensor([0.1, 20.0])
     with torch.no_grad():
         ref = x + sigma.reshape(-1, 1, 1, 1) ** 2 * unet(x, sigma).sample     # D = x + sigma^2 score
-        assert torch.allclose(prior(x, sigma), ref, atol=1e-5)
+        assert_close_f32(prior(x, sigma), ref)
 
 
 # =====================================================================================================

@@ -5,8 +5,9 @@ import torch
 
 import invdiff
 from invdiff.datasets import PhantomStream, ct_phantoms, mri_phantoms, split_seeds
-from invdiff.datasets.paired import (COND_CHANNELS, PairedStream, ct_view_pattern, denormalise,
-                                     measurement_conditioning, normalise)
+from invdiff.datasets.paired import PairedStream
+from invdiff.operators.conditioning import (COND_CHANNELS, ct_view_pattern, denormalise, measurement_conditioning,
+                                           normalise)
 from invdiff.operators import CT, MRI, MultiCoilMRI, equispaced_mask, random_mask_1d
 from invdiff.solvers.conditional_dc import data_consistency, tiny_conditional_prior
 
@@ -179,8 +180,36 @@ TINY = dict(size=16, base_channels=8, channel_mult=(1, 2), emb_dim=16, batch_siz
             ckpt_every=3, keep_every=0, progress=False)
 
 
+def test_conditional_hooks_of_the_training_package():
+    # config hook: cond_channels set from --conditional; data hook: paired (x0, cond) batches; warm-start hook:
+    # an unconditional network widened with zero conditioning weights computes the unconditional function
+    from invdiff.training import make_config, make_source, net_config_of
+    from invdiff.training.conditional import init_config_matches, widen_init_weights
+    from invdiff.priors.networks import CompactUNet
+
+    cfg = make_config({**TINY, "name": "c", "data": "ct", "conditional": "ct"})
+    assert cfg.cond_channels == COND_CHANNELS["ct"]
+    x0, cond = make_source(cfg)(0, 2)
+    assert x0.shape == (2, 1, 16, 16) and cond.shape == (2, 2, 16, 16)
+    want = net_config_of(cfg, 1)
+    assert init_config_matches(cfg, dict(want, cond_channels=0), want)
+    assert not init_config_matches(cfg, dict(want, cond_channels=0, base_channels=4), want)
+    torch.manual_seed(0)
+    u = CompactUNet(1, base_channels=8, channel_mult=(1, 2), emb_dim=16)
+    c = CompactUNet(1, base_channels=8, channel_mult=(1, 2), emb_dim=16, cond_channels=2)
+    wide = widen_init_weights(u.state_dict(), c)
+    c.load_state_dict(wide)
+    assert torch.equal(wide["conv_in.weight"][:, 1:], torch.zeros_like(wide["conv_in.weight"][:, 1:]))
+    xin, cn = torch.randn(2, 1, 16, 16), torch.randn(2, 2, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(c(xin, torch.zeros(2), cn), u(xin, torch.zeros(2)), atol=1e-6)
+    with pytest.raises(ValueError, match="init_from"):
+        widen_init_weights(CompactUNet(1, base_channels=4, channel_mult=(1, 2), emb_dim=16).state_dict(), c)
+
+
+@pytest.mark.slow
 def test_conditional_training_resumes_exactly_and_warm_starts(tmp_path):
-    from invdiff.priors.train import export, make_config, train
+    from invdiff.training import export, make_config, train
 
     def cfg(out, **kw):
         return make_config({**TINY, "name": "c", "data": "ct", "conditional": "ct", "out": str(out), **kw})
@@ -203,8 +232,8 @@ def test_conditional_training_resumes_exactly_and_warm_starts(tmp_path):
     train(make_config({**TINY, "name": "u", "data": "ct", "out": str(tmp_path / "u"), "steps": 2}))
     warm = train(cfg(tmp_path / "w2", steps=3, init_from=str(tmp_path / "u" / "u" / "ckpt" / "latest.safetensors")))
     assert warm.step == 3
-    from invdiff.priors.train import read_init_weights
-    from invdiff.priors.train_conditional import widen_init_weights
+    from invdiff.training import read_init_weights
+    from invdiff.training.conditional import widen_init_weights
 
     init = read_init_weights(str(tmp_path / "u" / "u" / "ckpt" / "latest.safetensors"))
     wide = widen_init_weights(init["ema"], warm.model.net)
@@ -218,7 +247,7 @@ def test_conditional_training_resumes_exactly_and_warm_starts(tmp_path):
 
 
 def test_train_cli_rejects_bad_conditional(tmp_path, capsys):
-    from invdiff.priors.train import train_prior_main
+    from invdiff.training import train_prior_main
 
     assert train_prior_main(["--name", "x", "--conditional", "pet", "--out", str(tmp_path)]) == 2
     assert "argument 'conditional'" in capsys.readouterr().err

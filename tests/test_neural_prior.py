@@ -150,9 +150,9 @@ def test_registry_loads_invdiff_path_and_delegates_other_formats(tmp_path, monke
     other = tmp_path / "foreign.pt"
     other.write_bytes(b"whatever")
     calls = []
-    fake = types.ModuleType("invdiff.priors.checkpoints")
+    fake = types.ModuleType("invdiff.priors.loaders")
     fake.load_checkpoint = lambda p, *, device, **kw: calls.append((str(p), device, kw)) or "delegated"
-    monkeypatch.setitem(sys.modules, "invdiff.priors.checkpoints", fake)
+    monkeypatch.setitem(sys.modules, "invdiff.priors.loaders", fake)
     assert load(other, device="cpu", arch="x") == "delegated"
     assert calls == [(str(other), "cpu", {"arch": "x"})]
 
@@ -171,7 +171,7 @@ def test_shipped_prior_denoises_heldout_phantoms(name, gen):
     if name not in available():
         pytest.skip(f"{name} weights not installed yet")
     from invdiff.datasets import ct_phantoms, mri_phantoms, split_seeds
-    from invdiff.priors.train import psnr
+    from invdiff.training import psnr
 
     p = load(name)
     assert isinstance(p, NeuralPrior) and p.name == name

@@ -9,7 +9,7 @@ from invdiff.datasets.phantoms3d import VolumeStream, ct_volumes, shepp_logan_3d
 from invdiff.priors import load
 from invdiff.priors.networks import CompactUNet
 from invdiff.priors.neural import NeuralPrior
-from invdiff.priors.train import edm_loss, export, make_config, read_train_checkpoint, resolve_config, train, \
+from invdiff.training import edm_loss, export, make_config, read_train_checkpoint, resolve_config, train, \
     train_prior_main
 
 TINY3D = dict(data="ct3d", dims=3, size=16, base_channels=8, channel_mult=(1, 2), emb_dim=16, batch_size=4,
@@ -128,7 +128,7 @@ def test_tiny_3d_prior_trains_and_reloads_identically(tmp_path):
     sigma = torch.tensor([0.02, 0.1, 0.3, 1.0]).repeat_interleave(4)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
 
-    from invdiff.priors.train import build_prior, make_source
+    from invdiff.training import build_prior, make_source
     cfg, channels = resolve_config(cfg, make_source(cfg))
     with torch.no_grad():
         before = float(edm_loss(build_prior(cfg, channels), x0, sigma, noise))  # zero output layer: c_skip only

@@ -9,8 +9,8 @@ import torch
 from invdiff.datasets import (HELDOUT_SEED_START, PhantomStream, ct_phantoms, mri_phantoms, shepp_logan,
                               split_seeds)
 from invdiff.priors.base import Prior
-from invdiff.priors.train import (TensorSource, edm_heun_sampler, edm_loss, export, make_config, read_train_checkpoint,
-                                  train, train_prior_main)
+from invdiff.training import (TensorSource, edm_heun_sampler, edm_loss, export, make_config, read_train_checkpoint,
+                             train, train_prior_main)
 
 TINY = dict(size=16, base_channels=8, channel_mult=(1, 2), emb_dim=16, batch_size=4, warmup=5, log_every=2,
             ckpt_every=5, keep_every=0, progress=False, channels_last=True)
@@ -75,7 +75,7 @@ def test_loss_decreases_on_tiny_overfit(tmp_path):
     x0 = data.repeat(6, 1, 1, 1)
     noise = torch.randn(x0.shape, generator=g)
 
-    from invdiff.priors.train import build_prior, resolve_config
+    from invdiff.training import build_prior, resolve_config
     cfg, _ = resolve_config(cfg, TensorSource(data))
     with torch.no_grad():
         before = float(edm_loss(build_prior(cfg, 1), x0, sigma, noise))  # zero-initialised output: the c_skip-only loss
@@ -196,7 +196,7 @@ def test_tensor_and_folder_sources(tmp_path):
     from safetensors.torch import save_file
     from skimage import io
 
-    from invdiff.priors.train import make_source
+    from invdiff.training import make_source
 
     x = ct_phantoms(range(5), 16)
     save_file({"images": x}, str(tmp_path / "x.safetensors"))
@@ -216,7 +216,7 @@ def test_tensor_and_folder_sources(tmp_path):
 def test_cli_help_documents_every_flag(capsys):
     import dataclasses
 
-    from invdiff.priors.train import _HELP, TrainConfig
+    from invdiff.training.cli import _HELP, TrainConfig
 
     with pytest.raises(SystemExit) as e:
         train_prior_main(["--help"])

@@ -8,7 +8,7 @@ compared at lr = 1e-4 to 3e-5, and the Adam first moments (linear in the average
 their scale. A negative control (one rank's shard alone) shows the comparison can fail.
 
 The fast test forks 2 worker processes from pytest (gloo over a FileStore, 1 thread each) and calls
-:func:`invdiff.priors.train.train` in each; the CLI test goes through torchrun (``--nproc 2``).
+:func:`invdiff.training.train` in each; the CLI test goes through torchrun (``--nproc 2``).
 """
 import json
 import multiprocessing
@@ -21,8 +21,8 @@ import torch
 
 from invdiff.datasets import PhantomStream, ct_phantoms
 from invdiff.datasets.phantoms3d import VolumeStream
-from invdiff.priors.train import (TensorSource, batch_part, make_config, read_train_checkpoint, train,
-                                  train_prior_main)
+from invdiff.training import (TensorSource, batch_part, make_config, read_train_checkpoint, train,
+                             train_prior_main)
 
 LR = 1e-4
 TINY = dict(name="d", data="ct", size=16, base_channels=8, channel_mult=(1, 2), emb_dim=16, batch_size=4, warmup=2,
@@ -170,10 +170,10 @@ def test_cli_nproc_launches_torchrun_and_resumes(tmp_path, capfd):
 
 @pytest.mark.slow
 def test_torchrun_directly_with_export(tmp_path):
-    # the documented launch: python -m torch.distributed.run ... -m invdiff.priors.train, export by rank 0
+    # the documented launch: python -m torch.distributed.run ... -m invdiff.training, export by rank 0
     wdir = tmp_path / "w"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "invdiff.priors.train", *_cli_args(str(tmp_path / "run"), steps=4), "--weights-dir", str(wdir),
+           "invdiff.training", *_cli_args(str(tmp_path / "run"), steps=4), "--weights-dir", str(wdir),
            "--set", "eval_images=2", "--set", "eval_sigmas=0.1", "--set", "sample_steps=2", "--set", "n_samples=2"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -82,7 +82,8 @@ def list_tasks() -> str:
 def main(argv=None) -> int:
     from ..io_utils import atomic_write_json, check_writable_dir
     from ..priors import available as priors_available
-    from ..reconstruct import barrier, check_solver_options, dist_context, resolve_with_solver_options
+    from ..jobs import barrier, check_solver_options, resolve_config
+    from ..jobs import join as dist_context
     from ..solvers import available as solvers_available
     from .runner import run, write_outputs
     from .tasks import TASKS
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     flags = {k: v for k, v in {"tasks": a.tasks, "solvers": a.solvers, "n_images": a.n_images, "size": a.size,
                                "prior": a.prior, "overwrite": a.overwrite, "progress": a.progress}.items()
              if v is not None}
-    cfg, options = resolve_with_solver_options(DEFAULTS, a.config, a.set, extra=flags)
+    cfg, options = resolve_config(DEFAULTS, a.config, a.set, extra=flags)
     if "solver" in options:
         fail("--set", "solver options as SOLVER.OPTION (the solver's name, e.g. dds.num_steps)",
              f"solver.{next(iter(options['solver']))}")
@@ -145,9 +146,9 @@ def main(argv=None) -> int:
     if failed:
         rc = 1
     if initialised:
-        import torch.distributed as dist
+        from ..jobs import DistContext
 
-        dist.destroy_process_group()
+        DistContext(rank, world, initialised).close()
     return rc
 
 

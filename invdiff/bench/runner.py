@@ -20,7 +20,6 @@ import hashlib
 import itertools
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,7 +121,7 @@ def _for_task(task, prior):
     """3D tasks take a 2D prior lifted slice by slice (invdiff.priors.lift, 8 slices per network call)."""
     if prior is None or task.dims != 3:
         return prior
-    from ..reconstruct import prior_for_volumes
+    from ..jobs import prior_for_volumes
 
     try:
         return prior_for_volumes(prior, chunk=8)
@@ -182,7 +181,7 @@ def run_row(r: RowSpec, cfg: dict, prior_cache: dict) -> dict:
             "image": r.image, "seed": seed, "image_seed": HELDOUT_SEED_START + seed, "PSNR": met["PSNR"],
             "SSIM": met["SSIM"], "NMSE": met["NMSE"],
             "NFE": rec.nfe, "NFE_images": int(rec.info.get("nfe_images", rec.nfe)),
-            "seconds": m.seconds, "peak_mb": m.peak_mb, "status": "ok", "key": r.key}
+            "seconds": m.seconds, "peak_mb": m.peak_mb, "growth_mb": m.growth_mb, "status": "ok", "key": r.key}
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -298,7 +297,9 @@ def write_outputs(out: Path, cfg: dict, options: dict, specs: list[RowSpec], not
             "without crop (PSNR/NMSE with data_range = reference max, SSIM mean over slices; complex images as "
             "magnitudes); mean and sample std over n images; NFE = denoiser calls (a batched call of K chains "
             "counts 1), NFE_images = images through the denoiser (it counts K: the compute); seconds = wall time of "
-            f"invdiff.solve; peak_mb = peak memory growth (MiB). Noise sigma = {cfg['noise']}, size {cfg['size']}, "
+            f"invdiff.solve; peak_mb = peak memory during the solve (MiB): peak resident memory of the whole process "
+            "on CPU (kernel high-water mark, everything resident included), torch's peak allocated memory on CUDA "
+            "(invdiff.bench.measure). Noise sigma = {cfg['noise']}, size {cfg['size']}, "
             f"{torch.get_num_threads()} torch thread(s).\n\n## PSNR / SSIM\n\n" + grid_table(summary)
             + ("\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else "") + "\n## All configurations\n")
     write_results(out, "results", summary, cols, title="invdiff bench", notes=text,
@@ -317,33 +318,30 @@ def write_outputs(out: Path, cfg: dict, options: dict, specs: list[RowSpec], not
 
 def run(cfg: dict, options: dict, out: Path, *, rank: int = 0, world: int = 1) -> tuple[list[RowSpec], list[str], int]:
     """Compute this rank's rows that are not done yet; returns (plan, notes, number of failed rows)."""
-    from tqdm.auto import tqdm
-
     from ..io_utils import atomic_write_json
+    from ..jobs import DistContext, run_items, shard
 
     specs, notes = plan(cfg, options)
-    mine = specs[rank::world]
-    todo = [r for r in mine if cfg["overwrite"] or not is_done(out, r)]
+    todo = [r for r in shard(specs, rank, world) if cfg["overwrite"] or not is_done(out, r)]
     if rank == 0:
         print(f"[bench] {len(specs)} rows planned, {len(specs) - sum(not is_done(out, r) for r in specs)} already "
               f"done; this rank computes {len(todo)}" + (f" (world size {world})" if world > 1 else ""))
         for n in notes:
             print(f"[bench] {n}")
     prior_cache: dict = {}
-    failed = 0
-    bar = tqdm(todo, desc=f"bench{f' [rank {rank}/{world}]' if world > 1 else ''}", unit="row",
-               disable=not cfg["progress"], position=rank if world > 1 else None, file=sys.stderr)
-    for r in bar:
-        try:
-            row = run_row(r, cfg, prior_cache)
-        except Exception as e:  # a failing solver/task pair must not cost the other rows
-            failed += 1
-            row = {"task": r.task, "solver": r.solver, "label": r.label, "prior": r.prior or "-", "options": r.options,
-                   "image": r.image, "status": "error", "error": f"{type(e).__name__}: {e}", "key": r.key}
-            tqdm.write(f"[bench] {r.task} / {r.label} / image {r.image}: FAILED {row['error']}", file=sys.stderr)
+
+    def work(r):
+        atomic_write_json(row_path(out, r), run_row(r, cfg, prior_cache))
+
+    def on_error(r, e):  # a failing solver/task pair must not cost the other rows: its row records the error
+        row = {"task": r.task, "solver": r.solver, "label": r.label, "prior": r.prior or "-", "options": r.options,
+               "image": r.image, "status": "error", "error": f"{type(e).__name__}: {e}", "key": r.key}
         atomic_write_json(row_path(out, r), row)
-    bar.close()
-    return specs, notes, failed
+        return f"{r.task} / {r.label} / image {r.image}: FAILED {row['error']}"
+
+    tally = run_items(specs, work, ctx=DistContext(rank, world), name="bench", overwrite=bool(cfg["overwrite"]),
+                      progress=bool(cfg["progress"]), unit="row", is_done=lambda r: is_done(out, r), on_error=on_error)
+    return specs, notes, tally.failed
 
 
 __all__ = ["DEFAULTS", "RowSpec", "plan", "run", "run_row", "summarise", "write_outputs", "plot_psnr_vs_nfe",

@@ -218,9 +218,9 @@ def get_task(name: str) -> BenchTask:
 
 def applicable(task: BenchTask, solver: str, prior=None) -> str | None:
     """None if ``solver`` can run on ``task`` (with ``prior``, already lifted for 3D tasks), else the reason."""
-    from ..reconstruct import VOLUME_SOLVERS
+    from ..jobs import is_volume_solver
 
-    if solver in VOLUME_SOLVERS and task.dims != 3:
+    if is_volume_solver(solver) and task.dims != 3:
         return f"{solver} reconstructs volumes (3D tasks only)"
     if solver == "l1-wavelet" and not (task.kind == "mri" and task.dims == 2):
         return "l1-wavelet is a 2D Cartesian MRI solver"

@@ -1,10 +1,12 @@
 """Data sources and sinks: synthetic phantoms (2D and 3D), fastMRI h5, NIfTI/DICOM volumes, sinograms, images.
 
-Readers raise one :class:`DataFileError` (a ``ValueError``) naming the file and the problem. h5py, nibabel and
-pydicom are imported only when used.
+:mod:`invdiff.datasets.inputs` says what an input file of a batch command holds and writes its result.
+``datasets`` never imports ``solvers``, ``priors`` or ``training``. Readers raise one :class:`DataFileError` (a
+``ValueError``) naming the file and the problem. h5py, nibabel and pydicom are imported only when used.
 """
+from .evaluation import evaluate   # fastmri.evaluate + one clear error when nothing can be scored
 from .fastmri import (DataFileError, FastMRIInfo, FastMRISliceDataset, FastMRIVolume, apply_mask, column_mask,
-                      evaluate, inspect_fastmri, kspace_to_tensor, read_fastmri, read_reconstruction,
+                      inspect_fastmri, kspace_to_tensor, read_fastmri, read_reconstruction,
                       save_reconstructions, write_reconstruction)
 from .phantoms import (HELDOUT_SEED_START, PhantomStream, complex_to_channels, ct_phantoms, mri_phantoms,
                        shepp_logan, split_seeds)

@@ -18,13 +18,20 @@ attributes                  ``acquisition``, ``max``, ``norm``, ``patient_id``; 
 Conventions copied from fastMRI:
 
 - the phase-encoding axis is the last one (W): masks are 1-D over columns (see :mod:`invdiff.operators.masks`);
-- padding columns ``[0, padding_left)`` and ``[padding_right, W)`` are never sampled, with
-  ``padding_left = enc_y // 2 - center`` and ``padding_right = padding_left + maximum + 1``;
+- padding columns ``[0, padding_left)`` and ``[padding_right, W)`` are never sampled (``VarNetDataTransform``:
+  the mask is zeroed there, the test files' own masks too), with ``padding_left = enc_y // 2 - center`` and
+  ``padding_right = padding_left + maximum + 1`` from the header, unless the file has ``padding_left`` /
+  ``padding_right`` attributes: those win, each on its own (``mri_data.py`` merges the file attributes over
+  the header values);
 - masking is ``kspace * mask + 0.0`` (the ``+ 0.0`` removes the sign of the zeros, through which the 2019
   test set leaked information);
-- validation masks are deterministic per file: ``seed = seed_for_file(fname)`` (CRC-32 of the base name,
-  :func:`invdiff.operators.seed_for_file`; fastMRI uses ``tuple(map(ord, fname))`` with numpy's legacy RNG, so
-  the columns differ from fastMRI's but the property, same mask for the same file on every machine, holds);
+- masks are fastMRI's own by default, bit for bit (:mod:`invdiff.operators.fastmri_masks`): knee files
+  get the knee challenge's ``RandomMaskFunc`` (``"fastmri-random"``), brain files the brain challenge's
+  ``EquispacedMaskFractionFunc`` (``"fastmri-equispaced-fraction"``), see :func:`default_mask_kind`;
+- masks are deterministic per file as in fastMRI's validation/test transforms: numpy's ``RandomState`` seeded
+  with ``tuple(map(ord, fname))`` (:func:`invdiff.operators.fastmri_seed`) for the fastMRI families; invdiff's
+  own families (``"equispaced"``, ``"random"``, ``"gaussian"``) keep their CRC-32 seed
+  (:func:`invdiff.operators.seed_for_file`);
 - the target key is ``reconstruction_esc`` for single-coil and ``reconstruction_rss`` for multi-coil files;
 - submissions: one h5 file per volume, same file name, one dataset ``reconstruction`` ``(slices, h, w)``
   (``fastmri.save_reconstructions``), scored by ``fastmri/evaluate.py`` (:func:`evaluate`, which uses
@@ -48,6 +55,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +68,9 @@ from .._validate import check_choice, fail
 
 ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
 TARGET_KEYS = {"singlecoil": "reconstruction_esc", "multicoil": "reconstruction_rss"}
+#: column masks for fastMRI files: "auto" (fastMRI's for the anatomy), fastMRI's families, invdiff's 1D families
+MASK_CHOICES = ("auto", "fastmri-random", "fastmri-equispaced", "fastmri-equispaced-fraction", "fastmri-magic",
+                "fastmri-magic-fraction", "equispaced", "random", "gaussian")
 
 
 class DataFileError(ValueError):
@@ -158,9 +169,14 @@ class FastMRIInfo:
 
     @property
     def padding(self) -> tuple[int, int] | None:
-        if "padding_left" not in self.header:
+        """``(padding_left, padding_right)``: the file attributes where present (each wins on its own, as in
+        fastMRI's ``mri_data.py``), else the header's; None when neither has them. A missing side is open
+        (0 on the left, W on the right)."""
+        left = self.attrs.get("padding_left", self.header.get("padding_left"))
+        right = self.attrs.get("padding_right", self.header.get("padding_right"))
+        if left is None and right is None:
             return None
-        return self.header["padding_left"], self.header["padding_right"]
+        return (0 if left is None else left), (self.shape[1] if right is None else right)
 
     @property
     def recon_size(self) -> tuple[int, int]:
@@ -274,28 +290,64 @@ def read_fastmri(path, slices: slice | Sequence[int] | None = None) -> FastMRIVo
 # ------------------------------------------------------------------------------------------------
 # masks, tensors
 # ------------------------------------------------------------------------------------------------
-def column_mask(info: FastMRIInfo, kind: str = "equispaced", acceleration: float = 4,
-                center_fraction: float | None = None, seed: int | None = None, *,
-                file_mask: np.ndarray | None = None) -> torch.Tensor:
-    """The (W,) 0/1 column mask used for a volume.
+#: knee acquisitions in fastMRI (``acquisition`` attribute); brain ones start with "AX" (AXT1, AXT2, AXFLAIR, ...)
+KNEE_ACQUISITIONS = ("CORPD_FBK", "CORPDFS_FBK")
 
-    A test file's own ``mask`` (``file_mask``) wins. Otherwise a ``kind`` mask (see
-    :func:`invdiff.operators.make_mask`; fastMRI pairs 4x with 8 % and 8x with 4 % centre, the
-    ``center_fraction=None`` default) seeded with ``seed`` (default :func:`~invdiff.operators.seed_for_file` of
-    the file name, so each file has its own fixed mask), with the padding columns zeroed.
+
+def anatomy(info: FastMRIInfo) -> str | None:
+    """The file's anatomy, "knee", "brain" or None: from the ``acquisition`` attribute (CORPD* knee, AX* brain),
+    else the file name (fastMRI's brain files are named ``file_brain_*``, knee files ``file<digits>.h5``)."""
+    acq = str(info.attrs.get("acquisition", "")).upper()
+    if acq in KNEE_ACQUISITIONS or acq.startswith("COR"):
+        return "knee"
+    if acq.startswith("AX") or "brain" in info.fname.lower():
+        return "brain"
+    if re.fullmatch(r"file\d+\.h5", info.fname):
+        return "knee"
+    return None
+
+
+def default_mask_kind(info: FastMRIInfo) -> str:
+    """The fastMRI challenge's mask for the file: ``"fastmri-random"`` (``RandomMaskFunc``, the 2019 knee
+    challenge) for knee, ``"fastmri-equispaced-fraction"`` (``EquispacedMaskFractionFunc``, the 2020 brain
+    challenge and fastMRI's VarNet default) for brain and for files of unknown anatomy."""
+    return "fastmri-random" if anatomy(info) == "knee" else "fastmri-equispaced-fraction"
+
+
+def column_mask(info: FastMRIInfo, kind: str = "auto", acceleration: float = 4,
+                center_fraction: float | None = None, seed=None, *,
+                file_mask: np.ndarray | None = None, padding: bool = True) -> torch.Tensor:
+    """The (W,) 0/1 column mask used for a volume, zeroed outside ``info.padding`` (``padding=False``: not).
+
+    A test file's own ``mask`` (``file_mask``) wins. Otherwise a ``kind`` mask: ``"auto"`` (default) is fastMRI's
+    own mask for the file's anatomy (:func:`default_mask_kind`); a name from
+    :data:`invdiff.operators.FASTMRI_MASK_KINDS` gives that fastMRI family bit for bit, seeded like fastMRI's
+    validation transforms with :func:`~invdiff.operators.fastmri_seed` of the file name; invdiff's own
+    "equispaced", "random", "gaussian" (:func:`invdiff.operators.make_mask`) are seeded with
+    :func:`~invdiff.operators.seed_for_file`. ``seed`` (an int) replaces the per-file seed. fastMRI pairs 4x
+    with 8 % and 8x with 4 % centre (the ``center_fraction=None`` default).
+
+    Padding follows fastMRI's ``VarNetDataTransform``: columns ``[:padding_left]`` and ``[padding_right:]`` are
+    zeroed, for test-file masks too (fastMRI's ``UnetDataTransform`` does not zero them: ``padding=False``).
     """
-    from ..operators import make_mask, seed_for_file
+    from ..operators import FASTMRI_MASK_KINDS, fastmri_seed, make_mask, seed_for_file, zero_padding
 
-    if file_mask is not None:
-        return torch.as_tensor(np.asarray(file_mask, dtype=np.float32).reshape(-1))
-    check_choice("kind", kind, ("equispaced", "random", "gaussian"))
+    check_choice("kind", kind, MASK_CHOICES)
     H, W = info.shape
-    s = seed_for_file(info.fname) if seed is None else seed
-    cols = make_mask(kind, (1, W), acceleration, center_fraction, seed=s)[0].clone()
-    if info.padding is not None:
+    if file_mask is not None:
+        cols = torch.as_tensor(np.asarray(file_mask, dtype=np.float32).reshape(-1))
+    else:
+        kind = default_mask_kind(info) if kind == "auto" else kind
+        if seed is None:
+            seed = fastmri_seed(info.fname) if kind in FASTMRI_MASK_KINDS else seed_for_file(info.fname)
+        cols = make_mask(kind, (1, W), acceleration, center_fraction, seed=seed)[0].clone()
+    if padding and info.padding is not None:
         left, right = info.padding
-        cols[: max(left, 0)] = 0
-        cols[max(right, 0):] = 0
+        try:
+            cols = zero_padding(cols, left, right)
+        except (TypeError, ValueError) as e:
+            raise DataFileError(info.path, f"unusable padding (padding_left, padding_right) = {info.padding} for "
+                                           f"the mask: {e}") from None
     return cols
 
 
@@ -353,7 +405,7 @@ class FastMRISliceDataset(torch.utils.data.Dataset):
 
     - ``kspace``: float32 ``(2, H, W)`` (single-coil) or ``(2, N, H, W)`` (multi-coil), (real, imag) first;
       masked when the file is a test file (its own ``mask``) or ``mask_kind`` is given (per-file seeded
-      columns, :func:`column_mask`).
+      columns, :func:`column_mask`; ``"auto"``: fastMRI's own mask for the file's anatomy).
     - ``target``: float32 ``(h, w)`` (``reconstruction_esc`` / ``_rss``), or None for test files.
     - ``metadata``: ``fname``, ``slice``, ``challenge``, ``mask`` ((W,) tensor or None), ``acceleration``,
       ``num_low_frequency``, ``padding``, ``recon_size``, ``max`` and the file attributes under ``attrs``.
@@ -362,9 +414,13 @@ class FastMRISliceDataset(torch.utils.data.Dataset):
 
     Args:
         root: a folder of ``.h5`` files, a file, or a list of files.
-        mask_kind: None (k-space as stored) or a mask family ("equispaced" (brain), "random" (knee), "gaussian").
+        mask_kind: None (k-space as stored), "auto" (fastMRI's mask for the anatomy: "fastmri-random" knee,
+            "fastmri-equispaced-fraction" brain), a fastMRI family ("fastmri-random", "fastmri-equispaced",
+            "fastmri-equispaced-fraction", "fastmri-magic", "fastmri-magic-fraction") or one of invdiff's
+            ("equispaced", "random", "gaussian"); see :data:`MASK_CHOICES`.
         acceleration, center_fraction: mask parameters (fastMRI's pairing 4x / 8 %, 8x / 4 % by default).
-        seed: None = per-file seed (:func:`~invdiff.operators.seed_for_file`), else this seed for every file.
+        seed: None = per-file seed (fastMRI's ``tuple(map(ord, fname))`` for the fastMRI families, CRC-32 for
+            invdiff's), else this int seed for every file.
     """
 
     def __init__(self, root, *, mask_kind: str | None = None, acceleration: float = 4,
@@ -372,7 +428,7 @@ class FastMRISliceDataset(torch.utils.data.Dataset):
         self.files = find_h5(root)
         self.infos = [inspect_fastmri(p) for p in self.files]
         if mask_kind is not None:
-            check_choice("mask_kind", mask_kind, ("equispaced", "random", "gaussian"))
+            check_choice("mask_kind", mask_kind, MASK_CHOICES)
         self.mask_kind, self.acceleration, self.center_fraction, self.seed = mask_kind, acceleration, center_fraction, seed
         self.index = [(i, s) for i, info in enumerate(self.infos) for s in range(info.num_slices)]
         self._masks: dict[int, torch.Tensor | None] = {}
@@ -385,7 +441,7 @@ class FastMRISliceDataset(torch.utils.data.Dataset):
             if file_mask is None and self.mask_kind is None:
                 self._masks[i] = None
             else:
-                self._masks[i] = column_mask(self.infos[i], self.mask_kind or "equispaced", self.acceleration,
+                self._masks[i] = column_mask(self.infos[i], self.mask_kind or "auto", self.acceleration,
                                              self.center_fraction, self.seed, file_mask=file_mask)
         return self._masks[i]
 
@@ -491,6 +547,6 @@ def evaluate(targets, predictions_dir, challenge: str | None = None, *, accelera
 
 
 __all__ = ["DataFileError", "FastMRIInfo", "FastMRIVolume", "FastMRISliceDataset", "inspect_fastmri",
-           "read_fastmri", "parse_ismrmrd_header", "column_mask", "apply_mask", "kspace_to_tensor", "fft2c", "ifft2c",
-           "zero_filled", "find_h5", "write_reconstruction", "save_reconstructions", "read_reconstruction",
-           "evaluate", "TARGET_KEYS"]
+           "read_fastmri", "parse_ismrmrd_header", "column_mask", "default_mask_kind", "anatomy", "MASK_CHOICES",
+           "KNEE_ACQUISITIONS", "apply_mask", "kspace_to_tensor", "fft2c", "ifft2c", "zero_filled", "find_h5",
+           "write_reconstruction", "save_reconstructions", "read_reconstruction", "evaluate", "TARGET_KEYS"]

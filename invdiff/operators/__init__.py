@@ -16,7 +16,8 @@ CT                  (B, C, N, N)                 (B, C, n_detectors, n_views), a
 CT3D, SliceWise     (B, C, D, H, W)              2D measurement with D inserted at axis 2
 ==================  ===========================  ==============================================
 
-Masks (1 = measured) come from :mod:`invdiff.operators.masks` (MRI) and the inpainting mask makers;
+Masks (1 = measured) come from :mod:`invdiff.operators.masks` (MRI; fastMRI's own in
+:mod:`invdiff.operators.fastmri_masks`) and the inpainting mask makers;
 kernels from :func:`gaussian_kernel`, :func:`motion_kernel`, :func:`uniform_kernel`; coil maps from
 :func:`espirit_maps` and :func:`birdcage_maps`.
 """
@@ -24,6 +25,7 @@ from .base import InvdiffPhysics
 from .blur import Blur, CircularBlur, gaussian_kernel, motion_kernel, uniform_kernel
 from .coils import acs_width, birdcage_maps, espirit_maps
 from .ct import CT, CT3D
+from .fastmri_masks import FASTMRI_MASK_KINDS, fastmri_columns, fastmri_mask, fastmri_seed, zero_padding
 from .inpainting import Inpainting, box_mask, brush_mask, half_mask, random_mask
 from .masks import (MASK_KINDS, default_center_fraction, equispaced_mask, gaussian_mask_1d, make_mask,
                     poisson_disc_mask, random_mask_1d, realised_acceleration, seed_for_file)
@@ -39,6 +41,7 @@ __all__ = [
     "MRI", "MultiCoilMRI", "birdcage_maps", "espirit_maps", "acs_width",
     "MASK_KINDS", "equispaced_mask", "random_mask_1d", "gaussian_mask_1d", "poisson_disc_mask", "make_mask",
     "seed_for_file", "default_center_fraction", "realised_acceleration",
+    "FASTMRI_MASK_KINDS", "fastmri_mask", "fastmri_columns", "fastmri_seed", "zero_padding",
     "CT", "CT3D",
     "SliceWise",
 ]

@@ -7,7 +7,7 @@ DiffPIR and ``prox_l2`` accept it) mixed with :class:`InvdiffPhysics`, which add
 - ``is_complex``: True when x is a complex image stored as 2 real channels (real, imaginary);
 - ``sigma``: the standard deviation of the additive Gaussian noise on the measurements;
 - :meth:`~InvdiffPhysics.check_x` / :meth:`~InvdiffPhysics.check_y`: one clear ``ValueError`` /
-  ``TypeError`` naming the argument for a wrong shape, channel count, complex dtype or NaN/Inf.
+  ``TypeError`` naming the argument for a wrong shape, channel count, complex or integer dtype, or NaN/Inf.
 
 The measurement model is always
 
@@ -16,8 +16,8 @@ The measurement model is always
 with deepinv's ``GaussianNoise``. Masked operators (inpainting, Cartesian MRI) add noise only where
 the mask is 1, so unmeasured entries of ``y`` are exactly 0 (deepinv does this in their ``noise``).
 
-Checks: ``A`` and ``A_adjoint`` check shapes and dtype on every call (no device sync, cheap); the full
-check including NaN/Inf runs in :meth:`check_x` / :meth:`check_y` and when simulating data with
+Checks: ``A`` and ``A_adjoint`` check shapes and dtype (floating point, real) on every call (no device sync,
+cheap); the full check including NaN/Inf runs in :meth:`check_x` / :meth:`check_y` and when simulating data with
 ``physics(x)``.
 """
 from __future__ import annotations
@@ -111,6 +111,10 @@ class InvdiffPhysics:
         if t.is_complex():
             fail(name, f"a real tensor of shape {_shape_str((None,) + expected)}: complex data is stored as "
                        "2 real channels (use torch.view_as_real(z).movedim(-1, 1))", t, TypeError)
+        if not t.is_floating_point():
+            fail(name, f"a floating-point tensor (torch.float32 or float64) of shape "
+                       f"{_shape_str((None,) + expected)}; convert integer images first, e.g. {name}.float()", t,
+                 TypeError)
         full = (None,) + tuple(expected)
         ok = t.dim() == len(full) and all(e is None or e == s for e, s in zip(full, t.shape))
         if not ok:

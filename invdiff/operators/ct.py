@@ -10,10 +10,12 @@ Conventions:
   image centre lands on detector bin :math:`s_0 + u\cos\theta - v\sin\theta` (parallel beam, one bin
   per pixel); deepinv's fan beam is turned by 90°: :math:`s_0 + v\cos\theta + u\sin\theta` (with the
   invdiff default fan geometry, about one bin per pixel);
-- the adjoint is exact (autograd through deepinv's ``grid_sample`` projector,
-  ``adjoint_via_backprop=True``), not the approximate interpolating back-projector;
-- ``normalize=True`` (default) scales :math:`A` so that :math:`\|A\|_2 = 1` (power iteration at
-  construction, 100 iterations);
+- :math:`A` is deepinv's forward projector (bilinear ``grid_sample`` along the rays) stored as its sparse
+  system matrix, and :math:`A^\top` is that matrix's transpose: the exact adjoint, at the cost of one
+  forward projection (:mod:`invdiff.operators.ct_matrix`; the matrix is built once per geometry and cached,
+  also per device). Same :math:`A` as deepinv's ``Tomography`` up to float32 round-off;
+- ``normalize=True`` (default) scales :math:`A` so that :math:`\|A\|_2 = 1` (deepinv's power iteration at
+  construction, at most 100 iterations; cached with the matrix);
 - :meth:`CT.fbp` is the ramp-filtered back-projection, an approximate inverse for full-view data.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from .._validate import check_tensor, fail
 from .base import InvdiffPhysics, gaussian_noise
+from .ct_matrix import csr_matmul, geometry_key, on_device, system_matrix
 from .stack import SliceWise
 
 
@@ -136,7 +139,14 @@ class CT(InvdiffPhysics, dinv.physics.Tomography):
             instead of :math:`\lceil\sqrt2 N\rceil`.
         rng: optional noise generator.
 
-    Shapes: ``x`` is ``(B, C, N, N)``, ``y`` is ``(B, C, n_detectors, n_views)``; float32.
+    Shapes: ``x`` is ``(B, C, N, N)``, ``y`` is ``(B, C, n_detectors, n_views)``; float32 (other float dtypes
+    and CUDA devices get a copy of the matrix on first use, cached).
+
+    Cost (``benchmarks/results/ct_operators.md``, 1 thread): ``A`` and ``A_adjoint`` are one sparse product
+    each, of equal cost, over all ``B * C`` columns at once. At 512 px / 180 views the two CSR matrices hold
+    1.6 GB (105 M entries each) and take about a minute to build the first time a geometry is used in a
+    process (then shared by every operator of that geometry; see :data:`invdiff.operators.ct_matrix.DISK_CACHE`
+    to keep them across processes).
 
     Example:
         >>> import torch
@@ -171,9 +181,41 @@ class CT(InvdiffPhysics, dinv.physics.Tomography):
                  "bins usually means swapped arguments", f"{theta.numel()} views")
         noise = gaussian_noise(sigma, rng)
         super().__init__(angles=theta, img_width=N, circle=circle, adjoint_via_backprop=True,
-                         normalize=normalize, fan_beam=fan_beam, fan_parameters=fp, noise_model=noise)
+                         normalize=False, fan_beam=fan_beam, fan_parameters=fp, noise_model=noise)
         self.angle_range = float(angle_range)
+        self._geometry = geometry_key(self.radon, N)
+        self._system = system_matrix(self.radon, N, self._geometry)     # CPU float32, shared per geometry
+        self._systems = {(self._system.device, self._system.dtype): self._system}
+        self._drop_deepinv_grids()
+        if normalize:
+            self._normalise(N)
         self._setup_shapes(x_shape, (x_shape[0], n_det, int(theta.numel())), is_complex=False)
+
+    def _drop_deepinv_grids(self):
+        """Free deepinv's sampling grids (~1 GB at 512 px / 180 views): the matrix replaces them.
+
+        ``self.radon`` / ``self.iradon`` stay for their angles and filters; calling them directly is not supported.
+        """
+        parts = ((self.radon, ("all_grids",)), (getattr(self, "iradon", None), ("all_grids", "xgrid", "ygrid")))
+        for mod, names in parts:
+            for nm in names if mod is not None else ():
+                if getattr(mod, nm, None) is not None:
+                    mod.register_buffer(nm, torch.empty(0, dtype=getattr(mod, nm).dtype), persistent=False)
+
+    def _normalise(self, N: int):
+        r""":math:`\|R\|_2` by deepinv's power iteration (as ``Tomography(normalize=True)``), cached with the matrix.
+
+        The power iteration starts from ``torch.randn`` on the global generator; when the norm comes from the
+        cache the same numbers are still drawn, so seeded code after ``CT(...)`` sees the random stream it saw
+        before the cache existed.
+        """
+        x0 = torch.zeros(1, 1, N, N)                                      # shape only: values are not used
+        if self._system.norm is None:
+            self._system.norm = self.compute_norm(x0, squared=False, verbose=False).detach()
+        else:
+            torch.randn_like(x0)
+        self.register_buffer("operator_norm", self._system.norm.clone())
+        self.normalize = True
 
     @property
     def n_views(self) -> int:
@@ -183,13 +225,38 @@ class CT(InvdiffPhysics, dinv.physics.Tomography):
     def n_detectors(self) -> int:
         return self.y_shape[1]
 
+    def _matrices(self, t: torch.Tensor):
+        """The system matrix on ``t``'s device and dtype (copied there once, then cached)."""
+        k = (t.device, t.dtype)
+        sm = self._systems.get(k)
+        if sm is None:
+            sm = on_device(self._system, t.device, t.dtype)
+            self._systems[k] = sm
+        return sm
+
+    def _A_leading(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`A` on the last two axes of ``(..., N, N)``: one sparse product over all leading axes."""
+        sm = self._matrices(x)
+        lead, n = x.shape[:-2], self.img_width
+        y = csr_matmul(sm.forward, sm.transpose, x.reshape(-1, n * n).T)        # (n_det * n_views, K)
+        y = y.T.reshape(*lead, self.y_shape[1] if self.y_shape else -1, self.radon.theta.numel())
+        return y / self.operator_norm if self.normalize else y
+
+    def _A_adjoint_leading(self, y: torch.Tensor) -> torch.Tensor:
+        r""":math:`A^\top` on the last two axes of ``(..., n_det, n_views)``: the transposed matrix, one product."""
+        sm = self._matrices(y)
+        lead, n = y.shape[:-2], self.img_width
+        x = csr_matmul(sm.transpose, sm.forward, y.reshape(-1, y.shape[-2] * y.shape[-1]).T)   # (N^2, K)
+        x = x.T.reshape(*lead, n, n)
+        return x / self.operator_norm if self.normalize else x
+
     def A(self, x, **kwargs):
         self._check_x_shape(x)
-        return super().A(x, **kwargs)
+        return self._A_leading(x)
 
     def A_adjoint(self, y, **kwargs):
         self._check_y_shape(y)
-        return super().A_adjoint(y, **kwargs)
+        return self._A_adjoint_leading(y)
 
     def fbp(self, y, **kwargs):
         """Filtered back-projection (ramp filter), an approximate inverse, ``(B, C, N, N)``."""
@@ -209,7 +276,8 @@ class CT3D(SliceWise):
 
     Args: as :class:`CT`, with ``img_size = (C, D, N, N)``.
 
-    Shapes: ``x`` is ``(B, C, D, N, N)``, ``y`` is ``(B, C, D, n_detectors, n_views)``.
+    Shapes: ``x`` is ``(B, C, D, N, N)``, ``y`` is ``(B, C, D, n_detectors, n_views)``. ``A`` and ``A_adjoint``
+    are one sparse product with the 2D matrix over all ``B * C * D`` slices.
 
     Example:
         >>> import torch

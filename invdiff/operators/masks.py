@@ -14,6 +14,11 @@ Conventions:
   R < 8, 0.04 for R >= 8 (``center_fraction=None``);
 - ``seed`` makes masks deterministic; :func:`seed_for_file` gives each data file its own fixed seed.
 
+These are invdiff's families (``MASK_KINDS``). fastMRI's own masks, the same columns as
+``fastmri/data/subsample.py`` for the same file name (``round`` centre, per-column random draws, numpy seeding by
+``tuple(map(ord, fname))``), are :mod:`invdiff.operators.fastmri_masks` (``FASTMRI_MASK_KINDS``, e.g.
+``"fastmri-random"``); :func:`make_mask` accepts both.
+
 The 1D masks reuse deepinv's mask generators (column counts: ``n_center = int(center_fraction * W)``
 and ``W // R`` columns in total for random/gaussian; fastMRI's equispaced pattern with a random
 offset, whose realised acceleration is slightly below R because its lines may fall in the centre).
@@ -209,13 +214,21 @@ def _poisson_bounded(img_shape, accel, calib, crop_corner, seed, max_attempts=30
     return None
 
 
-def make_mask(kind: str, shape, acceleration: float, center_fraction: float | None = None, seed: int | None = 0):
-    """Dispatch by name: ``kind`` in ``MASK_KINDS`` = equispaced, random, gaussian, poisson.
+def make_mask(kind: str, shape, acceleration: float, center_fraction: float | None = None,
+              seed: int | tuple[int, ...] | None = 0):
+    """Dispatch by name: ``kind`` in ``MASK_KINDS`` (equispaced, random, gaussian, poisson; invdiff's) or in
+    ``FASTMRI_MASK_KINDS`` (fastmri-random, fastmri-equispaced, fastmri-equispaced-fraction, fastmri-magic,
+    fastmri-magic-fraction; fastMRI's columns bit for bit, :func:`~invdiff.operators.fastmri_masks.fastmri_mask`,
+    which also takes a tuple ``seed`` such as :func:`~invdiff.operators.fastmri_masks.fastmri_seed` of a file).
 
     >>> make_mask("random", (16, 32), 4).shape
     torch.Size([16, 32])
     """
-    check_choice("kind", kind, MASK_KINDS)
+    from .fastmri_masks import FASTMRI_MASK_KINDS, fastmri_mask
+
+    check_choice("kind", kind, MASK_KINDS + FASTMRI_MASK_KINDS)
+    if kind in FASTMRI_MASK_KINDS:
+        return fastmri_mask(kind, shape, acceleration, center_fraction, seed)
     fn = {"equispaced": equispaced_mask, "random": random_mask_1d, "gaussian": gaussian_mask_1d,
           "poisson": poisson_disc_mask}[kind]
     return fn(shape, acceleration, center_fraction, seed)

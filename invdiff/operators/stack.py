@@ -107,12 +107,18 @@ class SliceWise(InvdiffPhysics, dinv.physics.LinearPhysics):
         self.op2d.update_parameters(**kwargs)
 
     # ---- operator ----------------------------------------------------------------------------------
+    # A 2D operator that maps the trailing axes of any (..., *x_shape[1:]) tensor (``_A_leading`` /
+    # ``_A_adjoint_leading``, e.g. CT's sparse matrix) gets the whole volume at once, without folding copies.
     def A(self, x, **kwargs):
         self._check_x_shape(x)
+        if not kwargs and hasattr(self.op2d, "_A_leading"):
+            return self.op2d._A_leading(x)
         return self._unfold(self.op2d.A(self._fold(x), **kwargs), x.shape[0])
 
     def A_adjoint(self, y, **kwargs):
         self._check_y_shape(y)
+        if not kwargs and hasattr(self.op2d, "_A_adjoint_leading"):
+            return self.op2d._A_adjoint_leading(y)
         return self._unfold(self.op2d.A_adjoint(self._fold(y), **kwargs), y.shape[0])
 
     def noise(self, y, **kwargs):

@@ -16,8 +16,9 @@ is :math:`\mu + E[x_0\mid x_0 + \sigma n]` the shift is exact. As :math:`\sigma\
 File format: a safetensors file whose tensors are the network's ``state_dict`` and whose header
 metadata key ``"invdiff"`` holds JSON: ``format``, ``arch`` + ``net_config`` (constructor arguments),
 ``precond`` (``type``, ``sigma_data``, ``data_shift``), ``channels``, ``spatial_dims``, ``resolution``,
-``value_range``, ``name`` and free-form ``info`` (training provenance). :meth:`NeuralPrior.load` rebuilds
-the prior from that header alone; no pickle is involved.
+``trained_resolution``, ``patch_size``, ``validated_sizes``, ``pixel_spacing`` (for the size guard; files without
+them were trained on whole ``trained_resolution`` images), ``value_range``, ``name`` and free-form ``info``
+(training provenance). :meth:`NeuralPrior.load` rebuilds the prior from that header alone; no pickle is involved.
 
 Volumes: a prior whose network was built with ``dims=3`` (``net_config["dims"] == 3``) is a native 3D
 prior: ``spatial_dims == 3``, it denoises (B, C, D, H, W) volumes, and ``resolution`` (when not None) is a
@@ -39,7 +40,7 @@ import torch
 from torch import nn
 
 from .._validate import check_positive, fail
-from .base import Prior, as_sigma_tensor
+from .base import Prior, as_sigma_tensor, check_sigma
 from .networks import build_network
 
 FORMAT = "invdiff-neural-prior/1"
@@ -72,12 +73,17 @@ class NeuralPrior(Prior):
     info : free-form provenance (training data, steps, ...) saved in the file header.
     spatial_dims : 2 (images) or 3 (volumes); None takes it from the network (``net.dims`` or
         ``net_config["dims"]``, default 2).
+    patch_size, validated_sizes, pixel_spacing : size / scale metadata for the size guard
+        (:func:`~invdiff.priors.base.check_prior_fits`): None patch size = trained on whole
+        ``trained_resolution`` images (the shipped 64x64 phantom priors); sizes it was validated at (default:
+        the trained resolution for whole-image priors); mm per pixel, None for synthetic data.
     """
 
     def __init__(self, net: nn.Module, *, sigma_data: float, data_shift: float = 0.0, channels: int,
                  resolution: tuple[int, int] | None = None, value_range=(0.0, 1.0), name: str | None = None,
                  arch: str | None = None, net_config: dict | None = None, trained_resolution=None,
-                 info: dict | None = None, spatial_dims: int | None = None):
+                 info: dict | None = None, spatial_dims: int | None = None, patch_size=None,
+                 validated_sizes=None, pixel_spacing=None):
         super().__init__()
         check_positive("sigma_data", float(sigma_data))
         check_positive("channels", channels, integer=True)
@@ -87,7 +93,9 @@ class NeuralPrior(Prior):
         if spatial_dims not in (2, 3) or spatial_dims != net_dims:
             fail("spatial_dims", f"{net_dims} (the network's number of spatial dimensions)", spatial_dims)
         self.spatial_dims = int(spatial_dims)
-        for key, res in (("resolution", resolution), ("trained_resolution", trained_resolution)):
+        for key, res in (("resolution", resolution), ("trained_resolution", trained_resolution),
+                         ("patch_size", patch_size), ("pixel_spacing", pixel_spacing),
+                         *(("validated_sizes", v) for v in (validated_sizes or ()))):
             if res is not None and len(tuple(res)) != self.spatial_dims:
                 fail(key, f"{self.spatial_dims} sizes ({'D, ' if self.spatial_dims == 3 else ''}H, W) for a "
                           f"{self.spatial_dims}D prior", tuple(res))
@@ -97,6 +105,10 @@ class NeuralPrior(Prior):
         self.channels = channels
         self.resolution = tuple(resolution) if resolution is not None else None
         self.trained_resolution = tuple(trained_resolution) if trained_resolution is not None else self.resolution
+        self.patch_size = tuple(int(s) for s in patch_size) if patch_size is not None else None
+        self.validated_sizes = (tuple(tuple(int(s) for s in v) for v in validated_sizes)
+                                if validated_sizes else None)
+        self.pixel_spacing = tuple(float(s) for s in pixel_spacing) if pixel_spacing is not None else None
         self.value_range = tuple(value_range) if value_range is not None else None
         self.arch = arch or type(net).__name__
         self.net_config = dict(net_config if net_config is not None else getattr(net, "config", {}))
@@ -108,6 +120,7 @@ class NeuralPrior(Prior):
     # -- the denoiser ------------------------------------------------------------------------------
     def denoise(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(x)
+        check_sigma(sigma, x)   # negative / NaN sigma, NaN input: one clear error (no GPU sync)
         return self.precond(x, as_sigma_tensor(sigma, x), cond)
 
     def precond(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -127,6 +140,9 @@ class NeuralPrior(Prior):
             "channels": self.channels, "complex": self.channels == 2, "spatial_dims": self.spatial_dims,
             "resolution": list(self.resolution) if self.resolution else None,
             "trained_resolution": list(self.trained_resolution) if self.trained_resolution else None,
+            "patch_size": list(self.patch_size) if self.patch_size else None,
+            "validated_sizes": [list(v) for v in self.validated_sizes] if self.validated_sizes else None,
+            "pixel_spacing": list(self.pixel_spacing) if self.pixel_spacing else None,
             "value_range": list(self.value_range) if self.value_range else None,
             "info": self.info,
         }
@@ -181,7 +197,9 @@ class NeuralPrior(Prior):
                         channels=int(meta["channels"]), resolution=meta.get("resolution"),
                         value_range=meta.get("value_range"), name=meta.get("name"), arch=meta["arch"],
                         net_config=meta["net_config"], trained_resolution=meta.get("trained_resolution"),
-                        info=meta.get("info"), spatial_dims=meta.get("spatial_dims"))
+                        info=meta.get("info"), spatial_dims=meta.get("spatial_dims"),
+                        patch_size=meta.get("patch_size"), validated_sizes=meta.get("validated_sizes"),
+                        pixel_spacing=meta.get("pixel_spacing"))
         except (ValueError, TypeError) as e:
             bad(f"inconsistent header ({e})")
         return prior.to(device).eval()

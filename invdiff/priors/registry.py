@@ -3,7 +3,7 @@
 - :func:`available` lists the shipped priors whose weights are present in ``invdiff/priors/weights/``.
 - :func:`load` takes a shipped name, a local invdiff safetensors checkpoint (self-describing header, see
   :mod:`invdiff.priors.neural`), or another local checkpoint format handled by
-  :func:`invdiff.priors.checkpoints.load_checkpoint` (loaded safely, no pickle code execution).
+  :func:`invdiff.priors.loaders.load_checkpoint` (loaded safely, no pickle code execution).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def load(name_or_path, *, device="cpu", **kwargs):
     if path.exists():
         if is_invdiff_checkpoint(path):
             return NeuralPrior.load(path, device=device)
-        from .checkpoints import load_checkpoint
+        from .loaders import load_checkpoint
 
         return load_checkpoint(path, device=device, **kwargs)
     fail("name_or_path", f"one of the shipped priors {available()} or an existing checkpoint path", key)

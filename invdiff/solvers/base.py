@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from .._validate import check_tensor, fail, check_positive
-from ..priors.base import CountingPrior, Prior
+from ..priors.base import CountingPrior, Prior, check_prior_fits
 
 
 @dataclass
@@ -55,18 +55,28 @@ class SolverSpec:
     needs_prior: bool
     sampler: bool  # True if independent runs give posterior samples
     doc: str
+    volume: bool = False  # True if it reconstructs whole volumes (B, C, D, H, W) with a volume prior
+    partial_y: bool = False  # reads only some entries of y (active acquisition): NaN elsewhere / None allowed
 
 
 _REGISTRY: dict[str, SolverSpec] = {}
 
 
-def register(name: str, *, needs_prior: bool = True, sampler: bool = True):
-    """Decorator: register ``fn`` as solver ``name``."""
+def register(name: str, *, needs_prior: bool = True, sampler: bool = True, volume: bool = False,
+             partial_y: bool = False):
+    """Decorator: register ``fn`` as solver ``name``.
+
+    ``volume=True`` marks a solver that reconstructs whole volumes ``(B, C, D, H, W)`` under a volume operator
+    (``invdiff reconstruct`` / ``bench`` then hand it the whole stack and lift a 2D prior slice by slice).
+    ``partial_y=True``: the solver reads only the entries of ``y`` it chooses (active acquisition, ``ads``), so
+    :func:`solve` leaves the finiteness and shape checks of ``y`` to it and lets ``y`` be None.
+    """
 
     def deco(fn):
         if name in _REGISTRY:
             raise RuntimeError(f"solver {name!r} registered twice")
-        _REGISTRY[name] = SolverSpec(name, fn, needs_prior, sampler, (fn.__doc__ or "").strip())
+        _REGISTRY[name] = SolverSpec(name, fn, needs_prior, sampler, (fn.__doc__ or "").strip(), volume=volume,
+                                     partial_y=partial_y)
         return fn
 
     return deco
@@ -99,7 +109,7 @@ def make_generator(seed: int | None, device) -> torch.Generator:
 
 
 def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "dds", *, seed: int | None = 0,
-          n_samples: int = 1, progress: bool | None = None, **options: Any) -> Reconstruction:
+          n_samples: int = 1, progress: bool | None = None, strict: bool = False, **options: Any) -> Reconstruction:
     """Reconstruct x from y = A x + n with ``solver``.
 
     Args:
@@ -110,6 +120,8 @@ def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "d
         seed: seeds the solver's own ``torch.Generator`` (results do not depend on global RNG state).
         n_samples: number of posterior samples (independent runs, or particles/draws for SMC).
         progress: show a progress bar (default: only on an interactive terminal).
+        strict: refuse (``PriorSizeError``) instead of warning (``PriorSizeWarning``) when the prior is applied to an
+            image size / pixel scale it was not trained or validated for (:func:`invdiff.priors.base.check_prior_fits`).
         **options: solver-specific options (see the solver's docstring).
 
     Example:
@@ -121,9 +133,10 @@ def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "d
         torch.Size([1, 3])
     """
     spec = get(solver)
-    check_tensor("y", y, finite=True)
-    if hasattr(physics, "check_y"):
-        physics.check_y(y)  # invdiff operators: shape / channel / dtype checks with one clear message
+    if not spec.partial_y:
+        check_tensor("y", y, finite=True, floating=True)
+        if hasattr(physics, "check_y"):
+            physics.check_y(y)  # invdiff operators: shape / channel / dtype checks with one clear message
     check_positive("n_samples", n_samples, integer=True)
     if spec.needs_prior and prior is None:
         fail("prior", f"a prior for solver {solver!r} (see invdiff.priors.available())", "None")
@@ -134,12 +147,15 @@ def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "d
              f"the conditional prior {prior.name!r} ({prior.cond_channels} conditioning channels)")
     if n_samples > 1 and not spec.sampler:
         fail("n_samples", f"1 for the deterministic solver {solver!r}", n_samples)
+    # size guard (issue 11 item 4): once, before the solver starts; per-slice H, W for lifted 2D priors
+    if spec.needs_prior and getattr(physics, "x_shape", None):
+        check_prior_fits(prior, physics.x_shape, strict=strict, stacklevel=2)
     if progress is None:
         import sys
 
         progress = sys.stderr.isatty()
     counted = CountingPrior(prior) if prior is not None else None
-    gen = make_generator(seed, y.device)
+    gen = make_generator(seed, y.device if y is not None else "cpu")
     t0 = time.perf_counter()
     out = spec.fn(y, physics, counted, generator=gen, n_samples=n_samples, progress=progress, **options)
     seconds = time.perf_counter() - t0

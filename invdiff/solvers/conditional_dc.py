@@ -6,7 +6,7 @@ data, :math:`D_\theta(x, \sigma, c) \approx E[x_0 \mid x_0 + \sigma n = x, c]`, 
 dossier (§4.2, option 1: DC on :math:`\hat x_0`, then re-noise, DDNM / DDS style), in the EDM (VE) noise
 parametrisation of invdiff's priors, :math:`x_i = x_0 + \sigma_i n`:
 
-0. Conditioning, once per measurement (:func:`invdiff.datasets.paired.measurement_conditioning`, the function
+0. Conditioning, once per measurement (:func:`invdiff.operators.conditioning.measurement_conditioning`, the function
    training used): :math:`c = [A^\dagger y / s, P_A]`, :math:`s` = 99th percentile of :math:`|A^\dagger y|`. The
    chain runs on the normalised image :math:`x/s` with :math:`y/s` and noise level :math:`\sigma_y/s`; the result
    is multiplied by :math:`s`.
@@ -76,7 +76,7 @@ def conditional_meta(prior) -> dict | None:
 
 def check_conditional_problem(physics, prior) -> str:
     """The conditional kind of ``physics`` after checking it against what ``prior`` was trained for."""
-    from ..datasets.paired import COND_CHANNELS, IMAGE_CHANNELS, conditional_kind
+    from ..operators.conditioning import COND_CHANNELS, IMAGE_CHANNELS, conditional_kind
 
     name = getattr(prior, "name", type(prior).__name__)
     meta = conditional_meta(prior)
@@ -151,7 +151,7 @@ def conditional_dc(y, physics, prior, *, generator, n_samples=1, progress=False,
     (fresh-noise fraction of the re-noising, step 3), ``cg_iters`` (CG steps per reverse step), ``final_cg_iters``,
     ``sigma_max`` / ``sigma_min`` / ``rho`` (EDM schedule; defaults scaled by sigma_data / 0.5).
     """
-    from ..datasets.paired import denormalise, measurement_conditioning, normalise
+    from ..operators.conditioning import denormalise, measurement_conditioning, normalise
 
     kind = check_conditional_problem(physics, prior)
     check_positive("num_steps", num_steps, integer=True)
@@ -223,7 +223,7 @@ def tiny_conditional_prior(kind: str = "mri", *, seed: int = 0, base_channels: i
 
     Its output layer is perturbed away from the zero initialisation, so the network output depends on the input
     and the conditioning."""
-    from ..datasets.paired import COND_CHANNELS, IMAGE_CHANNELS, NORMALISATION
+    from ..operators.conditioning import COND_CHANNELS, IMAGE_CHANNELS, NORMALISATION
     from ..priors.networks import CompactUNet
     from ..priors.neural import NeuralPrior
 

@@ -212,7 +212,7 @@ def _add_network_counters(info: dict, prior, before) -> None:
                     chunk=getattr(prior, "chunk", None))
 
 
-@register("dds3d")
+@register("dds3d", volume=True)
 def dds3d(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps: int = 50,
           eta: float | None = None, cg_iters: int = 5, preset: str = "auto", rho: float | None = None,
           lam: float | None = None, boundary: str = "neumann"):

@@ -102,7 +102,7 @@ def mbir_sample(y, physics, prior, admm: ZTVADMM, *, generator, num_steps: int, 
     return x
 
 
-@register("diffusion-mbir")
+@register("diffusion-mbir", volume=True)
 def diffusion_mbir(y, physics, prior, *, generator, n_samples=1, progress=False, preset: str = "faithful",
                    num_steps: int | None = None, snr: float = SNR, sigma_min: float = SIGMA_MIN,
                    sigma_max: float | None = None, eps: float = 1e-5, z_preset: str = "auto", rho: float | None = None,

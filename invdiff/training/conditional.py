@@ -1,11 +1,12 @@
-r"""Conditional priors in ``invdiff train-prior --conditional mri|ct``: everything :mod:`invdiff.priors.train` needs
-beyond its unconditional path, in one place (training code: it moves with ``train.py``).
+r"""Conditional priors in ``invdiff train-prior --conditional mri|ct``: everything :mod:`invdiff.training` needs
+beyond its unconditional path, in one place (its hooks in config, data, loop and export are marked
+``# conditional hook``).
 
 The network :math:`D_\theta(x, \sigma, c)` is the EDM denoiser of :class:`~invdiff.priors.neural.NeuralPrior` with
 the conditioning ``c`` concatenated to its input (``cond_channels``); the loss is the same EDM loss (Karras et
 al. 2022, Eq. 2) on paired data :math:`(x_0/s, c)` from :class:`invdiff.datasets.paired.PairedStream`:
 ``c = [A^dagger y / s, sampling pattern]`` for a random operator ``A`` per image, ``s`` the per-slice scale
-(:func:`invdiff.datasets.paired.measurement_conditioning`, shared with the ``"conditional-dc"`` solver).
+(:func:`invdiff.operators.conditioning.measurement_conditioning`, shared with the ``"conditional-dc"`` solver).
 
 Warm start from an unconditional prior (``--init-from mri-brainphantom-64``): every weight is copied and the
 input convolution gets zero weights for the extra conditioning channels (:func:`widen_init_weights`), so
@@ -123,9 +124,9 @@ def evaluate(prior, cfg: dict, *, n_images: int = 64, sample_steps: int = 32, n_
     """Held-out reconstructions for the model card: per setting of :data:`CARD_SETTINGS`, PSNR (peak 1, complex
     error) of the normalised-and-rescaled :math:`A^\dagger y` and of one conditional EDM Heun sample (no data
     consistency: the network alone), over ``n_images`` held-out phantoms. Returns (eval dict, grid images)."""
-    from ..datasets.paired import denormalise, measurement_conditioning
+    from ..operators.conditioning import denormalise, measurement_conditioning
     from ..datasets.phantoms import GENERATORS, split_seeds
-    from .train import edm_heun_sampler, psnr
+    from .export import edm_heun_sampler, psnr
 
     kind, size = cfg["conditional"], int(cfg["size"])
     x = GENERATORS[cfg["data"] if cfg["data"] in GENERATORS else kind](split_seeds("heldout", n_images, start=700_000), size)
@@ -152,7 +153,7 @@ def evaluate(prior, cfg: dict, *, n_images: int = 64, sample_steps: int = 32, n_
 def card(text: str, cfg: dict, ev: dict, *, sample_steps: int, t_sample: float) -> str:
     """The model card of a conditional prior: the unconditional card with a conditioning section and held-out
     reconstructions in place of the unconditional denoising table and samples."""
-    from ..datasets.paired import NORMALISATION
+    from ..operators.conditioning import NORMALISATION
 
     kind = cfg["conditional"]
     d = info(cfg)
@@ -161,7 +162,7 @@ def card(text: str, cfg: dict, ev: dict, *, sample_steps: int, t_sample: float) 
                         "Conditional diffusion prior (denoiser D(x, sigma, c) ~ E[x0 | x0 + sigma n = x, c]")
     adag = ("zero-filled coil-combined A^H y (2 channels)" if kind == "mri" else "filtered back-projection (1 channel)")
     pattern = ("the k-space sampling mask" if kind == "mri" else
-               "the k-space lines of the views (Fourier slice theorem), `invdiff.datasets.paired.ct_view_pattern`")
+               "the k-space lines of the views (Fourier slice theorem), `invdiff.operators.conditioning.ct_view_pattern`")
     ops = (f"mask family in {list(dist['families'])}, acceleration uniform in {list(dist['acceleration'])} with "
            f"fastMRI centre fractions (0.08 below 8x, 0.04 from 8x), coils {list(dist['coils'])} (1 = single coil, "
            f"else birdcage maps), k-space noise std log-uniform in [{dist['sigma_min']}, {dist['sigma_max']}]"
@@ -173,7 +174,7 @@ def card(text: str, cfg: dict, ev: dict, *, sample_steps: int, t_sample: float) 
         "## Conditioning", "",
         f"- trained for **{kind.upper()}** operators; `cond_channels = {d['cond_channels']}`: [{adag}, {pattern}]",
         f"- normalisation (one per slice, identical in training and in `solver=\"conditional-dc\"`, both call "
-        f"`invdiff.datasets.paired.measurement_conditioning`): {NORMALISATION}",
+        f"`invdiff.operators.conditioning.measurement_conditioning`): {NORMALISATION}",
         f"- paired data made on the fly (`invdiff.datasets.paired.PairedStream`, seed {cfg['seed']}): per training image "
         f"a random operator: {ops}; y = A x + n; target x / s",
         "- stored in the prior's metadata as `info['conditional']`; use it with "

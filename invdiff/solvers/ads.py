@@ -1,0 +1,413 @@
+r"""ADS: active diffusion subsampling by maximum entropy of the particle predictive (Nolan, Stevens, van Nierop &
+van Sloun, "Active Diffusion Subsampling", TMLR 2025, arXiv 2406.14388; reference dossier §3, §6.3).
+
+``physics`` is the *fully sampled* acquisition; its measurements are split into candidates (k-space columns, CT
+views, pixels, patches, matrix rows: :mod:`invdiff.operators.candidates`). ADS decides which ones to measure
+while it reconstructs.
+
+**Particles.** N particles run one reverse VP diffusion (DDPM schedule, DDS grid and re-noising, :mod:`.dds`),
+batched through the prior (one network call per step for all). Each step, with the measurements acquired so far
+:math:`y_S = M_S y` and the sub-operator :math:`A_S = M_S A`:
+
+1. Tweedie :math:`\hat x_0^{(i)} = \mathbb E[x_0 \mid x_t^{(i)}]` (one NFE for all particles);
+2. data consistency on :math:`\hat x_0^{(i)}`: DDS's M conjugate-gradient steps on
+   :math:`(I + \gamma A_S^\top A_S)x = \hat x_0 + \gamma A_S^\top y_S` (``dc="prox"``, noisy data) or on
+   :math:`A_S^\top A_S x = A_S^\top y_S` (``dc="ls"``), skipped while nothing is measured;
+3. at a scheduled step, the acquisition (below) on the predictions :math:`A \tilde x_0^{(i)}`;
+4. re-noising :math:`x_{t'} = \sqrt{\bar\alpha_{t'}}\tilde x_0 + \sqrt{1-\bar\alpha_{t'}}(\eta z + \sqrt{1-\eta^2}\hat\epsilon)`.
+
+``guidance="dps"`` replaces step 2 by the official DPS step (ADS ``pixel_guidance.py``): after the DDIM-type
+update, :math:`x_{t'} \mathrel{-}= \omega\nabla_{x_t}\|y_S - A_S\hat x_0(x_t)\|_2` (``dps_weight`` :math:`\omega`; the
+norm, not its square), one vector-Jacobian product through the network per step for all particles.
+
+*Why DDS's data consistency is the default*: the DPS gradient costs a backward pass through the network per step
+(about 2-3x the forward call) and the official setting needs 10 000 steps; CG on :math:`\hat x_0` needs no
+backpropagation, is the library's tuned data consistency (``benchmarks/results/dds*.md``) and keeps the particles
+consistent with the acquired data at 50-100 steps. Its limit, measured in ``benchmarks/results/ads_exactness.md``:
+CG changes :math:`\hat x_0` only in the range of :math:`A_S^\top`, so what an acquisition says about *correlated*
+unmeasured entries (a pixel's neighbours) reaches the particles only through later denoising steps, whereas the DPS
+gradient carries it through the network's Jacobian at once.
+
+*Window.* The presets acquire in the second half of the reverse steps, (0.5, 1), not early as the official
+fastMRI setting ((0.005, 0.25) of 10 000 steps): early Tweedie estimates are shrunk towards the prior mean by a
+direction-dependent factor, so their spread ranks candidates by the wrong quantity. Measured against the exact
+greedy choice with a Gaussian prior (``benchmarks/results/ads_exactness.md``, 1024 particles, variance score):
+Fourier rows 0.83 -> 0.96 agreement, MRI columns 0.83 -> 1.0 (within 0.01 nats: columns +k and -k tie exactly),
+pixels 0.17 -> 0.58 (0.58 with ``guidance="dps"``, 0.75 within 0.01 nats).
+
+**Acquisition** (dossier §3.2). At each scheduled step, for every candidate :math:`c` not yet acquired, the
+predictions :math:`\hat y_c^{(i)} = A_c\tilde x_0^{(i)}` (:math:`d` real entries) give the pairwise squared distances
+:math:`D_{ij}(c) = \|\hat y_c^{(i)} - \hat y_c^{(j)}\|^2`; the ``score`` (float64, log-sum-exp) is
+
+- ``"gmm"`` (official ``column_entropy`` / ``pixel_entropy``): :math:`\sum_i \log\sum_j \exp(D_{ij}/2\sigma_H^2)`;
+- ``"gmm-lb"``: the entropy lower bound of the equal-weight mixture :math:`\frac1N\sum_i\mathcal N(\hat y_c^{(i)}, \sigma_H^2 I)`
+  (Huber et al. 2008), in nats:
+  :math:`-\frac1N\sum_i\log\frac1N\sum_j\mathcal N(\hat y_c^{(i)}; \hat y_c^{(j)}, 2\sigma_H^2 I)`;
+- ``"variance"``: :math:`\sum_{k\le d}\widehat{\mathrm{Var}}_i(\hat y_{c,k}^{(i)})` (official ``column_variance``).
+
+For :math:`D \ll \sigma_H^2` all three rank like the variance. :math:`\sigma_H` (``entropy_sigma``) defaults to the
+measurement noise std (the predictive of a noisy measurement *is* that mixture), or 1e-2 x the prior's peak
+for noiseless physics. The ``per_step`` best candidates are acquired (greedy, no re-scoring within a step),
+never an already acquired one; the mask is shared by all particles.
+
+**Schedule.** ``budget`` candidates in total (or ``n // acceleration``), of which the operator's fixed block (the
+MRI centre: ``center_fraction``, fastMRI default 0.08 below 8x, 0.04 from 8x; none for CT, pixels, rows) is
+measured before the first step. The others are chosen at ``n_events = min(remaining, steps in window)`` steps
+spread evenly over the reverse-step window ``[window[0], window[1])`` (fractions of ``num_steps``; presets
+(0.5, 1); official fastMRI: [50, 2500] of 10 000 = (0.005, 0.25)), the remainder spread one extra per event from the first.
+
+**Measurements.** Retrospective: the chosen entries of ``y_full`` are read, no others (``y_full`` may hold NaN
+elsewhere). Prospective: ``acquire(candidates) -> measurements`` is called with the int64 candidate ids of one
+event and must return a float tensor ``(k, *meas_shape)`` (``CandidateSet.meas_shape``); ``y_full`` may then be
+None. Either way the final answer only depends on the chosen measurements.
+
+**Presets** (``preset``; particles x steps; NFE = network calls (``rec.nfe``, batched over particles) and images
+denoised (``info["nfe_images"]``); the official fastMRI setting costs 16 particles x 10 000 steps = 1.6e5 images
+denoised per slice plus as many VJPs):
+
+==========  =========  =====  ================  ===========  ====================================
+preset      particles  steps  window            rec.nfe      images denoised (share of official)
+==========  =========  =====  ================  ===========  ====================================
+"fast"      8          50     (0.5, 1.0)        50           400 (0.25 %)
+"default"   16         100    (0.5, 1.0)        100          1 600 (1 %)
+"quality"   16         200    (0.5, 1.0)        200          3 200 (2 %)
+"official"  16         1000   (0.005, 0.25)     1 000        16 000 (10 %)
+==========  =========  =====  ================  ===========  ====================================
+
+"official" keeps the official particle count and window; its 10 000 steps live on a continuous cosine schedule,
+while the shipped priors are trained on the 1000-step DDPM grid, so 1000 steps is the finest grid here. With
+``guidance="dps"`` every step adds one VJP for all particles (about 2-3x the cost of the network call).
+
+**Measured** (``benchmarks/results/ads_images.md``; preset "fast" = 400 images denoised, 0.25 % of the official
+cost; 2 held-out phantoms per task, each mask reconstructed by DDS mean of 2 chains x 50 NFE): MRI single-coil
+lines, ADS vs the best fixed line mask (Gaussian): 4x 27.3 vs 26.5 dB, SSIM 0.80 vs 0.77; 8x 21.8 vs 21.8 dB,
+SSIM 0.69 vs 0.62 (equispaced and random lower still; 2D Poisson-disc points, not a line mask, reach 30.6 / 26.3
+dB). CT, 8 / 16 of 64 views: ADS 30.4 / 30.8 dB vs uniform 30.7 / 30.9 dB (no gain). Inpainting 25 % of pixels:
+ADS 31.1 dB vs random 31.1 dB, SSIM 0.884 vs 0.892 (no gain: the top-k pixels of one event cluster).
+Exactness with a Gaussian prior (``benchmarks/results/ads_exactness.md``, 3 seeds x 8 acquisitions): >= 90 %
+agreement with the exact greedy choice on Fourier rows (0.96 at 1024 particles) and on MRI columns counting exact
+ties (1.0 within 0.01 nats), not on pixels (0.58-0.75).
+
+Outputs: ``mean`` (particle mean, (1, *x_shape)), ``samples`` (N, 1, *x_shape), ``std``; ``info``: ``mask``
+(``CandidateSet.to_mask``: (H, W) for MRI, (1, H, W) for inpainting, a bool vector over the views / rows for
+CT / matrices; plus ``angles`` for CT), ``order`` (list of (candidate, reverse step index), fixed block with
+step -1), ``scores`` ((n_events, n) float64, -inf at acquired candidates: the score of every candidate at each
+acquisition), ``event_steps``, ``candidates`` (unit, n), and the resolved options.
+
+Example:
+    >>> import torch, invdiff
+    >>> from invdiff.operators import MatrixOperator
+    >>> from invdiff.priors import GaussianMixture
+    >>> prior = GaussianMixture(torch.ones(1), torch.zeros(1, 6), torch.diag(torch.arange(1., 7.))[None])
+    >>> op = MatrixOperator(torch.eye(6), sigma=0.1)
+    >>> rec = invdiff.solve(op.A(torch.ones(1, 6)), op, prior, solver="ads", budget=2, particles=64, num_steps=20)
+    >>> int(rec.info["mask"].sum()), len(rec.info["order"]), rec.nfe, rec.samples.shape
+    (2, 2, 20, torch.Size([64, 1, 6]))
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .._validate import check_choice, check_in_range, check_positive, fail
+from ..operators.candidates import CandidateSet, candidates as make_candidates
+from ..schedules import VPSchedule
+from .base import SolverOutput, progress_bar, register
+from .dds import _eta, default_dc, default_gamma, dds_data_consistency, dds_timesteps
+from .particles import map_chunked
+from .primitives import noise_sigma
+
+F64 = torch.float64
+
+#: particles, num_steps, window (fractions of the reverse steps) per preset (module docstring table)
+PRESETS = {"fast": (8, 50, (0.5, 1.0)), "default": (16, 100, (0.5, 1.0)), "quality": (16, 200, (0.5, 1.0)),
+           "official": (16, 1000, (0.005, 0.25))}
+SCORES = ("gmm", "gmm-lb", "variance")
+
+
+# ------------------------------------------------------------------------------------------------
+# scores of the particle predictive (float64, log-sum-exp)
+# ------------------------------------------------------------------------------------------------
+def pairwise_sq_dist(pred: torch.Tensor) -> torch.Tensor:
+    """(N, n, d) predictions -> (n, N, N) float64 squared distances D_ij(c)."""
+    p = pred.to(F64).transpose(0, 1)                                   # (n, N, d)
+    sq = p.pow(2).sum(-1)
+    D = sq[:, :, None] + sq[:, None, :] - 2 * p @ p.transpose(1, 2)
+    return D.clamp_min(0.0)
+
+
+def predictive_score(pred: torch.Tensor, score: str = "gmm", sigma: float = 1.0) -> torch.Tensor:
+    r"""Score of each candidate from (N, n, d) particle predictions, (n,) float64 (module docstring).
+
+    >>> p = torch.zeros(4, 2, 1); p[:, 1, 0] = torch.tensor([0., 1., 2., 3.])   # candidate 1 spreads
+    >>> [round(v, 3) for v in predictive_score(p, "variance").tolist()]
+    [0.0, 1.25]
+    >>> s = predictive_score(p, "gmm", 1.0); bool(s[1] > s[0])
+    True
+    """
+    check_choice("score", score, SCORES)
+    N, n, d = pred.shape
+    if score == "variance":
+        p = pred.to(F64)
+        return (p - p.mean(0, keepdim=True)).pow(2).mean(0).sum(-1)
+    # D is (n, N, N): chunk over candidates to hold at most ~2^23 float64 entries at a time
+    step = max(1, (1 << 23) // (N * N))
+    out = []
+    for c0 in range(0, n, step):
+        D = pairwise_sq_dist(pred[:, c0:c0 + step])
+        if score == "gmm":                                              # official positive kernel
+            out.append(torch.logsumexp(D / (2 * sigma ** 2), dim=2).sum(1))
+        else:  # Huber et al. (2008) lower bound, nats: -1/N sum_i log 1/N sum_j N(mu_i; mu_j, 2 s^2 I)
+            log_k = -D / (4 * sigma ** 2) - 0.5 * d * math.log(4 * math.pi * sigma ** 2)
+            out.append(-(torch.logsumexp(log_k, dim=2) - math.log(N)).mean(1))
+    return torch.cat(out)
+
+
+def acquisition_steps(num_steps: int, n_acquire: int, window: tuple[float, float]) -> list[tuple[int, int]]:
+    """[(step index, number of candidates)] for ``n_acquire`` candidates spread over the window (docstring)."""
+    if n_acquire == 0:
+        return []
+    lo, hi = _window_range(num_steps, window)
+    n_win = hi - lo
+    n_events = min(n_acquire, n_win)
+    steps = [lo + (k * n_win) // n_events for k in range(n_events)]
+    base, extra = divmod(n_acquire, n_events)
+    return [(s, base + (1 if k < extra else 0)) for k, s in enumerate(steps)]
+
+
+def _window_range(num_steps: int, window) -> tuple[int, int]:
+    """Step indices [lo, hi) of the window; the last step (which returns the estimate) is excluded when there are
+    several, so that every acquisition reaches the particles through at least one data-consistency step."""
+    last = num_steps - 1 if num_steps > 1 else 1
+    lo = min(int(math.floor(window[0] * num_steps)), last - 1)
+    hi = min(max(lo + 1, int(math.ceil(window[1] * num_steps))), last)
+    return lo, hi
+
+
+def _measure(cs: CandidateSet, chosen: torch.Tensor, y_full, acquire, like: torch.Tensor) -> torch.Tensor:
+    """(1, k, d) measurements of ``chosen``: read from ``y_full`` or asked from ``acquire``."""
+    if acquire is not None:
+        v = acquire(chosen.clone())
+        want = (int(chosen.numel()),) + cs.meas_shape
+        if not isinstance(v, torch.Tensor) or tuple(v.shape) != want:
+            fail("acquire", f"a callable returning a float tensor of shape {want} "
+                            f"(len(candidates), *meas_shape) for candidates {chosen.tolist()}", v)
+        if v.is_complex() or not torch.isfinite(v).all():
+            fail("acquire", "finite real measurements (complex data as 2 real channels)", v)
+        return v.reshape(1, v.shape[0], -1).to(like.dtype)
+    v = cs.split(y_full)[:, chosen.to(y_full.device)]
+    if not torch.isfinite(v).all():
+        fail("y", f"finite measurements at the chosen candidates {chosen.tolist()}", v)
+    return v.to(like.dtype)
+
+
+@register("ads", partial_y=True)
+def ads(y, physics, prior, *, generator, n_samples=1, progress=False, acceleration: float | None = None,
+        budget: int | None = None, acquire: Callable | None = None, preset: str = "default",
+        particles: int | None = None, num_steps: int | None = None, window=None, per_step: int | None = None,
+        score: str = "gmm", entropy_sigma: float | None = None, center_fraction: float | str | None = "auto",
+        unit: str | None = None, patch: int | None = None, groups=None, eta: float | None = None,
+        cg_iters: int = 5, gamma: float | None = None, dc: str = "auto", guidance: str = "dds",
+        dps_weight: float = 1.0, chunk: int | None = None):
+    r"""Active maximum-entropy subsampling (see module docstring).
+
+    ``y`` is the fully sampled measurement ``(1, *physics.y_shape)`` (only chosen entries are read; NaN allowed
+    elsewhere), or None with ``acquire``. Exactly one of ``acceleration`` (>= 1; budget = n // acceleration)
+    and ``budget`` (candidates in total, fixed block included). ``preset`` sets ``particles``, ``num_steps``,
+    ``window``; ``n_samples`` > 1 also sets the particle count. ``per_step`` caps candidates per event (default:
+    as the schedule spreads them). ``score`` in {"gmm", "gmm-lb", "variance"}; ``entropy_sigma`` :math:`\sigma_H`.
+    ``center_fraction``: "auto" (MRI: fastMRI default for the acceleration; others none), a fraction, or None.
+    ``unit``/``patch`` (inpainting), ``groups`` (matrix rows) pick the candidate set. ``eta``, ``cg_iters``,
+    ``gamma``, ``dc`` as :func:`~invdiff.solvers.dds.dds`; ``guidance`` "dds" (CG data consistency) or "dps"
+    (official gradient step, ``dps_weight``); ``chunk`` = max particles per network call.
+    """
+    # ---- option checks (one block; resolved values below) ----------------------------------------------------
+    check_choice("preset", preset, list(PRESETS))
+    p_particles, p_steps, p_window = PRESETS[preset]
+    if particles is not None and n_samples > 1 and particles != n_samples:
+        fail("particles", f"the same value as n_samples = {n_samples} (both give the particle count)", particles)
+    particles = particles if particles is not None else (n_samples if n_samples > 1 else p_particles)
+    check_positive("particles", particles, integer=True)
+    if particles < 2:
+        fail("particles", "at least 2 particles (the predictive spread needs several)", particles)
+    num_steps = p_steps if num_steps is None else num_steps
+    check_positive("num_steps", num_steps, integer=True)
+    if num_steps > VPSchedule().num_train_timesteps:
+        check_in_range("num_steps", num_steps, 1, VPSchedule().num_train_timesteps)
+    check_positive("cg_iters", cg_iters, integer=True)
+    window = p_window if window is None else window
+    if not (isinstance(window, (tuple, list)) and len(window) == 2
+            and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in window)
+            and 0 <= window[0] < window[1] <= 1):
+        fail("window", "(start, stop) fractions of the reverse steps with 0 <= start < stop <= 1", window)
+    if (acceleration is None) == (budget is None):
+        fail("acceleration", "exactly one of acceleration= and budget=",
+             f"acceleration={acceleration!r}, budget={budget!r}")
+    if acceleration is not None:
+        if isinstance(acceleration, bool) or not isinstance(acceleration, (int, float)):
+            fail("acceleration", "a number >= 1", acceleration, TypeError)
+        if not 1 <= acceleration < float("inf"):
+            fail("acceleration", "a finite number >= 1 (candidates / acquired candidates)", acceleration)
+    else:
+        check_positive("budget", budget, integer=True)
+    if per_step is not None:
+        check_positive("per_step", per_step, integer=True)
+    check_choice("score", score, SCORES)
+    if entropy_sigma is not None:
+        check_positive("entropy_sigma", entropy_sigma)
+    if acquire is not None and not callable(acquire):
+        fail("acquire", "a callable(candidates) -> measurements, or None", acquire, TypeError)
+    if acquire is None:
+        if not isinstance(y, torch.Tensor):
+            fail("y", "the fully sampled measurement tensor, or None together with acquire=", y, TypeError)
+        if y.is_complex():
+            fail("y", "a real tensor (complex data as 2 real channels)", y, TypeError)
+    if y is not None:
+        want = (1,) + tuple(getattr(physics, "y_shape", y.shape[1:]))
+        if tuple(y.shape) != want:
+            fail("y", f"one fully sampled measurement of shape {want} (ADS acquires for one image at a time)", y)
+    eta = _eta(eta, num_steps)
+    check_choice("dc", dc, ["auto", "prox", "ls"])
+    check_choice("guidance", guidance, ["dds", "dps"])
+    check_positive("dps_weight", dps_weight)
+    if chunk is not None:
+        check_positive("chunk", chunk, integer=True)
+    # ---- candidate set, budget, fixed block ------------------------------------------------------------------
+    is_mri = _is_cartesian_mri(physics)
+    if isinstance(center_fraction, str):
+        check_choice("center_fraction", center_fraction, ["auto"])
+    cs0 = make_candidates(physics, unit=unit, patch=patch, groups=groups)
+    n = cs0.n
+    budget = int(n // acceleration) if acceleration is not None else budget
+    if budget > n:
+        fail("budget", f"at most the {n} candidates ({cs0.unit}s) of the fully sampled operator", budget)
+    if budget < 1:
+        fail("acceleration", f"at most {n} (at least one of the {n} candidates acquired)", acceleration)
+    if center_fraction == "auto":
+        from ..operators.masks import default_center_fraction
+
+        center_fraction = default_center_fraction(n / budget) if is_mri else None
+    cs = make_candidates(physics, unit=unit, patch=patch, groups=groups, center_fraction=center_fraction) \
+        if center_fraction is not None else cs0
+    if cs.fixed.numel() > budget:
+        fail("center_fraction", f"a centre block of at most budget = {budget} {cs.unit}s", 
+             f"{center_fraction} ({cs.fixed.numel()} {cs.unit}s)")
+    gamma = default_gamma(physics, prior) if gamma is None else gamma
+    check_positive("gamma", gamma)
+    dc = default_dc(physics) if dc == "auto" else dc
+    sigma_y = noise_sigma(physics)
+    if entropy_sigma is None:
+        vr = getattr(prior, "value_range", None)
+        peak = max(abs(float(vr[0])), abs(float(vr[1]))) if vr is not None else 1.0
+        entropy_sigma = sigma_y if sigma_y > 0 else 1e-2 * peak
+
+    # ---- state -----------------------------------------------------------------------------------------------
+    like = torch.zeros((), dtype=y.dtype if y is not None else torch.get_default_dtype(),
+                       device=y.device if y is not None else "cpu")
+    acquired = torch.zeros(n, dtype=torch.bool)
+    order: list[tuple[int, int]] = []
+    y_acq = torch.zeros(1, *cs.y_shape, dtype=like.dtype, device=like.device)
+
+    def take(chosen: torch.Tensor, step: int):
+        nonlocal y_acq
+        vals = _measure(cs, chosen, y, acquire, like)
+        y_acq = cs.merge(vals, chosen, y_acq)
+        acquired[chosen] = True
+        order.extend((int(c), step) for c in chosen)
+
+    if cs.fixed.numel():
+        take(cs.fixed, -1)
+    events = acquisition_steps(num_steps, budget - int(acquired.sum()), tuple(window))
+    if per_step is not None:
+        events = _cap(events, per_step, num_steps, tuple(window))
+    event_at = dict(events)
+
+    sched = VPSchedule()
+    alpha_bars = sched.alpha_bars()
+
+    def ab(t: int) -> float:
+        return 1.0 if t < 0 else float(alpha_bars[t])
+
+    def denoise(xx, a):
+        return prior.x0_vp(xx, a)
+
+    x_shape = tuple(getattr(physics, "x_shape", ()))
+    gdev = generator.device
+    x = torch.randn((particles,) + x_shape, generator=generator, device=gdev, dtype=like.dtype).to(like.device)
+    scores, event_steps = [], []
+    sub = cs.restrict(torch.nonzero(acquired).reshape(-1)) if acquired.any() else None
+    ts, prev = dds_timesteps(num_steps, sched)
+    with torch.no_grad():
+        for k, (t, t_prev) in enumerate(progress_bar(list(zip(ts, prev)), progress, "ads")):
+            a, a_prev = ab(t), ab(t_prev)
+            if guidance == "dps" and sub is not None:                              # official: DPS step
+                with torch.enable_grad():
+                    xg = x.detach().requires_grad_(True)
+                    x0_hat = map_chunked(denoise, xg, a, chunk=chunk)
+                    res = (sub.A(x0_hat) - y_acq).reshape(particles, -1)
+                    grad = torch.autograd.grad(res.norm(dim=1).sum(), xg)[0]      # grad of w ||y - A x0_hat(x_t)||
+                x0_hat = x0_hat.detach()
+            else:
+                x0_hat = map_chunked(denoise, x, a, chunk=chunk)                   # Tweedie, one NFE
+                grad = None
+            eps_hat = (x - a ** 0.5 * x0_hat) / (1 - a) ** 0.5
+            if sub is not None and guidance == "dds":                              # DDS data consistency
+                x0 = dds_data_consistency(x0_hat, y_acq.expand(particles, *cs.y_shape), sub, dc=dc, gamma=gamma,
+                                          cg_iters=cg_iters)
+            else:
+                x0 = x0_hat
+            if k in event_at:                                                      # acquisition
+                s = predictive_score(cs.predict(x0), score, entropy_sigma)
+                s = s.masked_fill(acquired.to(s.device), float("-inf"))
+                m = min(event_at[k], int((~acquired).sum()))
+                chosen = torch.topk(s, m).indices.sort().values.cpu()
+                # ties: topk is deterministic on CPU; sorting keeps the order readable
+                scores.append(s.cpu())
+                event_steps.append(k)
+                take(chosen, k)
+                sub = cs.restrict(torch.nonzero(acquired).reshape(-1))
+            if t_prev < 0:
+                break
+            z = torch.randn(x.shape, generator=generator, device=gdev, dtype=x.dtype).to(x.device)
+            x = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * (eta * z + (1 - eta ** 2) ** 0.5 * eps_hat)  # Eq. 17
+            if grad is not None:
+                x = x - dps_weight * grad
+    samples = x0[:, None]
+    chosen_all = torch.nonzero(acquired).reshape(-1)
+    info = {"mask": cs.to_mask(chosen_all), "order": order, "scores": torch.stack(scores) if scores else
+            torch.zeros(0, n, dtype=F64), "event_steps": event_steps,
+            "candidates": {"unit": cs.unit, "n": n, "meas_shape": cs.meas_shape, "fixed": cs.fixed.tolist()},
+            "budget": budget, "acceleration": n / budget, "particles": particles, "num_steps": num_steps,
+            "window": tuple(window), "score": score, "entropy_sigma": entropy_sigma,
+            "center_fraction": center_fraction, "eta": eta, "cg_iters": cg_iters, "gamma": gamma, "dc": dc,
+            "guidance": guidance, "dps_weight": dps_weight, "preset": preset, "prospective": acquire is not None}
+    if "angles" in cs.info:
+        info["angles"] = cs.info["angles"][chosen_all]
+    return SolverOutput(mean=samples.mean(0), samples=samples, std=samples.std(0), info=info)
+
+
+def _cap(events, per_step, num_steps, window):
+    """Re-spread so that no event takes more than ``per_step`` candidates (more events, same window)."""
+    total = sum(c for _, c in events)
+    lo, hi = _window_range(num_steps, window)
+    if math.ceil(total / per_step) > hi - lo:
+        fail("per_step", f"at least {math.ceil(total / (hi - lo))} ({total} candidates over the {hi - lo} steps "
+                         "of the window)", per_step)
+    if all(c <= per_step for _, c in events):
+        return events
+    n_events = math.ceil(total / per_step)
+    out = acquisition_steps(num_steps, n_events, window)
+    base, extra = divmod(total, n_events)
+    return [(s, base + (1 if k < extra else 0)) for k, (s, _) in enumerate(out)]
+
+
+def _is_cartesian_mri(physics) -> bool:
+    from ..operators import MRI, MultiCoilMRI, SliceWise
+
+    inner = physics.op2d if isinstance(physics, SliceWise) else physics
+    return isinstance(inner, (MRI, MultiCoilMRI))
+
+
+__all__ = ["ads", "predictive_score", "pairwise_sq_dist", "acquisition_steps", "PRESETS", "SCORES"]
