@@ -150,7 +150,7 @@ def evaluate(prior, cfg: dict, *, n_images: int = 64, sample_steps: int = 32, n_
             "rows": rows, "grid_setting": CARD_SETTINGS[kind][1][0]}, grid
 
 
-def card(text: str, cfg: dict, ev: dict, *, sample_steps: int, t_sample: float) -> str:
+def card(text: str, cfg: dict, ev: dict, *, sample_steps: int, t_sample: float, step: int | None = None) -> str:
     """The model card of a conditional prior: the unconditional card with a conditioning section and held-out
     reconstructions in place of the unconditional denoising table and samples."""
     from ..operators.conditioning import NORMALISATION
@@ -170,6 +170,12 @@ def card(text: str, cfg: dict, ev: dict, *, sample_steps: int, t_sample: float) 
            f"parallel beam, view count log-uniform in {list(dist['views'])} over 180 degrees, or with probability "
            f"{dist['p_limited']} a limited angle range from {list(dist['limited_ranges'])} degrees, sinogram noise std "
            f"log-uniform in [{dist['sigma_min']}, {dist['sigma_max']}]")
+    start, steps_line = int(cfg.get("init_step") or 0), []
+    if step is not None and start and cfg.get("init_from"):
+        steps_line = [f"- conditional training: {step - start} steps on paired data (steps {start + 1}-{step}) after the "
+                      f"warm start from `{cfg['init_from']}` at step {start} (its unconditional steps 1-{start})"
+                      + (f"; stopped {int(cfg['steps']) - step} steps before the planned {cfg['steps']}"
+                         if step < int(cfg["steps"]) else "")]
     cond_section = "\n".join([
         "## Conditioning", "",
         f"- trained for **{kind.upper()}** operators; `cond_channels = {d['cond_channels']}`: [{adag}, {pattern}]",
@@ -177,6 +183,7 @@ def card(text: str, cfg: dict, ev: dict, *, sample_steps: int, t_sample: float) 
         f"`invdiff.operators.conditioning.measurement_conditioning`): {NORMALISATION}",
         f"- paired data made on the fly (`invdiff.datasets.paired.PairedStream`, seed {cfg['seed']}): per training image "
         f"a random operator: {ops}; y = A x + n; target x / s",
+        *steps_line,
         "- stored in the prior's metadata as `info['conditional']`; use it with "
         "`invdiff.solve(y, physics, prior, solver=\"conditional-dc\")`", "", ""])
     text = text.replace("## Training data\n", cond_section + "## Training data\n", 1)

@@ -211,7 +211,8 @@ def export(checkpoint, *, weights_dir=None, name: str | None = None, dtype: str 
     card = model_card(name, meta, prior, ev, loss_rows, dtype=dtype, fp_dev=dev, sample_steps=sample_steps,
                       t_sample=t_sample, n_samples=n_samples, regenerate=info["regenerate"], file_size=out.stat().st_size)
     if conditional:  # conditional hook: conditioning and held-out reconstruction sections
-        card = cond_mod.card(card, cfg, cond_ev, sample_steps=sample_steps, t_sample=t_sample)
+        card = cond_mod.card(card, cfg, cond_ev, sample_steps=sample_steps, t_sample=t_sample,
+                             step=meta["step"])
         ev = cond_ev
     (wdir / f"{name}.md").write_text(card)
     return {"weights": str(out), "eval": ev, "step": meta["step"], "fp_dev": dev}
