@@ -1,4 +1,4 @@
-"""The ``invdiff`` command line: ``invdiff demo``, ``invdiff train-prior`` (more subcommands plug in here).
+"""The ``invdiff`` command line: ``invdiff demo``, ``invdiff train-prior``, ``invdiff solvers`` (more plug in here).
 
 Every command: ``--help``, ``--config FILE`` (JSON or ``key = value`` lines) with ``--set key=value`` overrides,
 the resolved config saved next to the outputs, a progress bar on long work, and on bad input one clear message
@@ -34,11 +34,45 @@ def _bench(argv):
     return bench_main(argv)
 
 
+def _solvers(argv):
+    """``invdiff solvers [NAME]``: the registered solvers, or one solver's options and measured defaults."""
+    from .solvers.base import available, get
+    from .solvers.defaults import table_for
+
+    p = argparse.ArgumentParser(prog="invdiff solvers", description="List solvers, or the options of one solver "
+                                "(type, accepted values, default, meaning) and its measured per-operator defaults.")
+    p.add_argument("name", nargs="?", help="a solver name (omit to list all)")
+    a = p.parse_args(argv)
+    if a.name is None:
+        for n in available():
+            s = get(n)
+            first = (s.doc.splitlines() or [""])[0]
+            print(f"{n:<16} {'prior' if s.needs_prior else '-':<6} {len(s.options):>2} options  {first}"[:118])
+        print("\n'invdiff solvers NAME' lists a solver's options; set them with --set solver.OPTION=VALUE "
+              "(reconstruct) or --set NAME.OPTION=VALUE (bench).")
+        return 0
+    s = get(a.name)
+    print(f"{s.name}: {(s.doc.splitlines() or [''])[0]}")
+    print("options:" if s.options else "options: none")
+    for o in s.options:
+        print(f"  {o.name:<18} {o.type_name():<14} default {o.default!r:<12} {o.help}")
+        print(f"  {'':<18} accepts {o.expected()}")
+    rows = table_for(s.name)
+    if rows:
+        print("measured defaults (used when the option is not given; invdiff.solvers.defaults):")
+        for r in rows:
+            opts = ", ".join(f"{k}={v.__doc__.split(':')[0] if callable(v) else v!r}" for k, v in r.options.items())
+            when = f" ({r.when.__doc__.strip()})" if r.when is not None else ""
+            print(f"  {'/'.join(r.kinds) + when:<32} {opts}   [{r.source}]")
+    return 0
+
+
 COMMANDS = {
     "demo": (_demo, "run the embedded offline demo (MRI + CT + inpainting, metrics table, figure)"),
     "train-prior": (_train_prior, "train a diffusion prior (EDM denoising score matching, resumable)"),
     "reconstruct": (_reconstruct, "reconstruct files/folders (fastMRI h5, NIfTI/DICOM, sinograms, images); resumable"),
     "bench": (_bench, "benchmark solvers on standard tasks: results.json + CSV/markdown tables + PSNR-vs-NFE plot"),
+    "solvers": (_solvers, "list the solvers, or one solver's options (type, range, default, meaning)"),
 }
 
 

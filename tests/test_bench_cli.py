@@ -164,9 +164,16 @@ def test_task_tuned_options_apply_unless_overridden_and_n_samples_averages_chain
         pytest.skip("shipped prior not installed")
     rows, _ = plan(cfg, {"diffpir": {"zeta": 0.3}})
     opts = {r.label: r.options for r in rows}
-    assert opts["dps (n_samples=1)"] == {"weight": 1000.0, "n_samples": 1}  # the task's tuned weight
+    assert opts["dps (n_samples=1)"] == {"n_samples": 1}   # tuned values: the solver's measured defaults (below)
     assert opts["dps (n_samples=2)"]["n_samples"] == 2
-    assert opts["diffpir"] == {"lambda_": 1.0, "zeta": 0.3}                   # a run's own value wins
+    assert opts["diffpir"] == {"zeta": 0.3}
+    from invdiff.priors import load
+    from invdiff.solvers.base import resolve_options
+
+    op, prior = get_task("ct-8view").physics(32), load("ct-phantom-64")
+    assert resolve_options("dps", {}, op, prior)[0]["weight"] == 1000.0                 # the measured CT weight
+    resolved = resolve_options("diffpir", opts["diffpir"], op, prior)[0]
+    assert resolved["lambda_"] == 1.0 and resolved["zeta"] == 0.3                      # a run's own value wins
     rc, _, err = bench(["--tasks", "ct-8view", "--solvers", "dds", "--sweep", "dds.n_samples=1,3", "--out", tmp_path,
                         *TINY, "--n-images", "1"], capsys)
     assert rc == 0, err

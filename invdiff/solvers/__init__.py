@@ -2,6 +2,6 @@
 
 ``available()`` lists registered solvers; each solver lives in its own module.
 """
-from .base import Reconstruction, SolverOutput, available, get, register, solve
+from .base import Option, Reconstruction, SolverOutput, available, get, register, solve
 
-__all__ = ["Reconstruction", "SolverOutput", "available", "get", "register", "solve"]
+__all__ = ["Option", "Reconstruction", "SolverOutput", "available", "get", "register", "solve"]

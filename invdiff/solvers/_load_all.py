@@ -2,7 +2,7 @@
 import importlib
 import pkgutil
 
-_SHARED = {"base", "primitives", "_load_all"}
+_SHARED = {"base", "primitives", "defaults", "_load_all"}
 
 for _info in pkgutil.iter_modules(importlib.import_module(__package__).__path__):
     if _info.name not in _SHARED and not _info.name.startswith("_"):

@@ -107,14 +107,13 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 
-from .._validate import check_choice, check_in_range, check_positive, fail
+from .._validate import check_choice, check_positive, fail
 from ..operators.candidates import CandidateSet, candidates as make_candidates
 from ..schedules import VPSchedule
-from .base import SolverOutput, progress_bar, register
+from .base import Option, SolverOutput, progress_bar, register
 from .dds import _eta, default_dc, default_gamma, dds_data_consistency, dds_timesteps
 from .particles import map_chunked
 from .primitives import noise_sigma
@@ -203,14 +202,44 @@ def _measure(cs: CandidateSet, chosen: torch.Tensor, y_full, acquire, like: torc
     return v.to(like.dtype)
 
 
-@register("ads", partial_y=True)
-def ads(y, physics, prior, *, generator, n_samples=1, progress=False, acceleration: float | None = None,
-        budget: int | None = None, acquire: Callable | None = None, preset: str = "default",
-        particles: int | None = None, num_steps: int | None = None, window=None, per_step: int | None = None,
-        score: str = "gmm", entropy_sigma: float | None = None, center_fraction: float | str | None = "auto",
-        unit: str | None = None, patch: int | None = None, groups=None, eta: float | None = None,
-        cg_iters: int = 5, gamma: float | None = None, dc: str = "auto", guidance: str = "dds",
-        dps_weight: float = 1.0, chunk: int | None = None):
+OPTIONS = (
+    Option("acceleration", float, None, "candidates / acquired candidates (exactly one of acceleration, budget)",
+           lo=1.0),
+    Option("budget", int, None, "candidates acquired in total, fixed block included (or acceleration)", lo=1),
+    Option("acquire", object, None, "prospective: callable(candidate ids) -> (k, *meas_shape) measurements; "
+           "None: read them from y", extra=("callable",)),
+    Option("preset", str, "default", "particles x steps x acquisition window (module docstring: NFE of each)",
+           choices=tuple(PRESETS)),
+    Option("particles", int, None, "particles N (None: the preset's, or n_samples when > 1)", lo=2),
+    Option("num_steps", int, None, "reverse steps (None: the preset's)", lo=1, hi=VPSchedule().num_train_timesteps),
+    Option("window", object, None, "(start, stop) fractions of the reverse steps in which to acquire (None: the "
+           "preset's)", extra=("sequence",)),
+    Option("per_step", int, None, "at most this many candidates per acquisition event (None: as scheduled)", lo=1),
+    Option("score", str, "gmm", "candidate score: gmm (official), gmm-lb (entropy lower bound, nats), variance",
+           choices=SCORES),
+    Option("entropy_sigma", float, None, "kernel width sigma_H of the mixture entropy (None: the noise level)",
+           lo=0.0, lo_open=True),
+    Option("center_fraction", str, "auto", "fixed centre block acquired first: auto (MRI: fastMRI default for the "
+           "acceleration), a fraction, or None", choices=("auto",), extra=("number", "none")),
+    Option("unit", str, None, "inpainting candidates: pixel or patch", choices=("pixel", "patch")),
+    Option("patch", int, None, "patch side for unit=patch", lo=1),
+    Option("groups", object, None, "matrix operators: row groups forming one candidate", extra=("sequence", "tensor")),
+    Option("eta", float, None, "DDS re-noising eta (None: DDS's preset for num_steps)", lo=0.0, hi=1.0),
+    Option("cg_iters", int, 5, "CG steps of the data-consistency step", lo=1),
+    Option("gamma", float, None, "prox weight (None: DDS's default for the operator)", lo=0.0, lo_open=True),
+    Option("dc", str, "auto", "data consistency: prox, ls or auto (ls noiseless, else prox)",
+           choices=("auto", "prox", "ls")),
+    Option("guidance", str, "dds", "dds (CG data consistency) or dps (official gradient step)",
+           choices=("dds", "dps")),
+    Option("dps_weight", float, 1.0, "step weight of guidance=dps", lo=0.0, lo_open=True),
+    Option("chunk", int, None, "at most this many particles per network call", lo=1),
+)
+
+
+@register("ads", partial_y=True, options=OPTIONS)
+def ads(y, physics, prior, *, generator, n_samples, progress, acceleration, budget, acquire, preset, particles,
+        num_steps, window, per_step, score, entropy_sigma, center_fraction, unit, patch, groups, eta, cg_iters, gamma,
+        dc, guidance, dps_weight, chunk):
     r"""Active maximum-entropy subsampling (see module docstring).
 
     ``y`` is the fully sampled measurement ``(1, *physics.y_shape)`` (only chosen entries are read; NaN allowed
@@ -223,8 +252,7 @@ def ads(y, physics, prior, *, generator, n_samples=1, progress=False, accelerati
     ``gamma``, ``dc`` as :func:`~invdiff.solvers.dds.dds`; ``guidance`` "dds" (CG data consistency) or "dps"
     (official gradient step, ``dps_weight``); ``chunk`` = max particles per network call.
     """
-    # ---- option checks (one block; resolved values below) ----------------------------------------------------
-    check_choice("preset", preset, list(PRESETS))
+    # ---- cross-option checks (the registry checked each option against OPTIONS) ----------------------------
     p_particles, p_steps, p_window = PRESETS[preset]
     if particles is not None and n_samples > 1 and particles != n_samples:
         fail("particles", f"the same value as n_samples = {n_samples} (both give the particle count)", particles)
@@ -234,9 +262,6 @@ def ads(y, physics, prior, *, generator, n_samples=1, progress=False, accelerati
         fail("particles", "at least 2 particles (the predictive spread needs several)", particles)
     num_steps = p_steps if num_steps is None else num_steps
     check_positive("num_steps", num_steps, integer=True)
-    if num_steps > VPSchedule().num_train_timesteps:
-        check_in_range("num_steps", num_steps, 1, VPSchedule().num_train_timesteps)
-    check_positive("cg_iters", cg_iters, integer=True)
     window = p_window if window is None else window
     if not (isinstance(window, (tuple, list)) and len(window) == 2
             and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in window)
@@ -252,11 +277,7 @@ def ads(y, physics, prior, *, generator, n_samples=1, progress=False, accelerati
             fail("acceleration", "a finite number >= 1 (candidates / acquired candidates)", acceleration)
     else:
         check_positive("budget", budget, integer=True)
-    if per_step is not None:
-        check_positive("per_step", per_step, integer=True)
     check_choice("score", score, SCORES)
-    if entropy_sigma is not None:
-        check_positive("entropy_sigma", entropy_sigma)
     if acquire is not None and not callable(acquire):
         fail("acquire", "a callable(candidates) -> measurements, or None", acquire, TypeError)
     if acquire is None:
@@ -269,11 +290,6 @@ def ads(y, physics, prior, *, generator, n_samples=1, progress=False, accelerati
         if tuple(y.shape) != want:
             fail("y", f"one fully sampled measurement of shape {want} (ADS acquires for one image at a time)", y)
     eta = _eta(eta, num_steps)
-    check_choice("dc", dc, ["auto", "prox", "ls"])
-    check_choice("guidance", guidance, ["dds", "dps"])
-    check_positive("dps_weight", dps_weight)
-    if chunk is not None:
-        check_positive("chunk", chunk, integer=True)
     # ---- candidate set, budget, fixed block ------------------------------------------------------------------
     is_mri = _is_cartesian_mri(physics)
     if isinstance(center_fraction, str):

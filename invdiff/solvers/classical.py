@@ -14,20 +14,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._validate import check_positive, fail
-from .base import SolverOutput, progress_bar, register
+from .._validate import fail
+from .base import Option, SolverOutput, progress_bar, register
 from .primitives import conjugate_gradient, grad_adjoint, grad_op, op_norm_sq
 
 
-@register("adjoint", needs_prior=False, sampler=False)
-def adjoint(y, physics, prior=None, *, generator=None, n_samples=1, progress=False):
+@register("adjoint", needs_prior=False, sampler=False, options=())
+def adjoint(y, physics, prior, *, generator, n_samples, progress):
     """Zero-filled / back-projected estimate A^T y."""
     with torch.no_grad():
         return SolverOutput(mean=physics.A_adjoint(y))
 
 
-@register("fbp", needs_prior=False, sampler=False)
-def fbp(y, physics, prior=None, *, generator=None, n_samples=1, progress=False):
+@register("fbp", needs_prior=False, sampler=False, options=())
+def fbp(y, physics, prior, *, generator, n_samples, progress):
     """Filtered back-projection (CT operators only)."""
     if hasattr(physics, "fbp"):
         with torch.no_grad():
@@ -40,29 +40,37 @@ def fbp(y, physics, prior=None, *, generator=None, n_samples=1, progress=False):
         return SolverOutput(mean=physics.A_dagger(y, fbp=True))
 
 
-@register("cg", needs_prior=False, sampler=False)
-def cg(y, physics, prior=None, *, generator=None, n_samples=1, progress=False, lam: float = 1e-3,
-       max_iter: int = 50, tol: float = 1e-6):
+CG_OPTIONS = (
+    Option("lam", float, 1e-3, "Tikhonov weight lambda", lo=0.0),
+    Option("max_iter", int, 50, "CG steps", lo=1),
+    Option("tol", float, 1e-6, "relative residual tolerance of CG", lo=0.0),
+)
+
+
+@register("cg", needs_prior=False, sampler=False, options=CG_OPTIONS)
+def cg(y, physics, prior, *, generator, n_samples, progress, lam, max_iter, tol):
     """Tikhonov-regularised least squares by conjugate gradients (lam >= 0, max_iter CG steps)."""
-    check_positive("lam", lam, strict=False)
-    check_positive("max_iter", max_iter, integer=True)
     with torch.no_grad():
         b = physics.A_adjoint(y)
         x = conjugate_gradient(lambda v: physics.A_adjoint(physics.A(v)) + lam * v, b, max_iter=max_iter, tol=tol)
     return SolverOutput(mean=x, info={"lam": lam, "cg_iters": max_iter})
 
 
-@register("tv", needs_prior=False, sampler=False)
-def tv(y, physics, prior=None, *, generator=None, n_samples=1, progress=False, lam: float = 1e-3,
-       n_iter: int = 300, nonneg: bool | None = None):
+TV_OPTIONS = (
+    Option("lam", float, 1e-3, "TV weight lambda", lo=0.0),
+    Option("n_iter", int, 300, "Chambolle-Pock iterations", lo=1),
+    Option("nonneg", bool, None, "constrain x >= 0; None: True for 1-channel, False for complex images"),
+)
+
+
+@register("tv", needs_prior=False, sampler=False, options=TV_OPTIONS)
+def tv(y, physics, prior, *, generator, n_samples, progress, lam, n_iter, nonneg):
     r"""Total-variation regularised least squares by Chambolle-Pock primal-dual iterations.
 
     K = [A; grad], F(Kx) = 1/2||Ax - y||^2 + lam ||grad x||_{2,1}, G = indicator(x >= 0) if nonneg.
     Steps tau = sigma = 0.99 / ||K|| (Chambolle & Pock 2011, Thm. 1 needs tau*sigma*||K||^2 < 1).
     ``nonneg`` defaults to True for 1-channel images and False for complex (2-channel) images.
     """
-    check_positive("lam", lam, strict=False)
-    check_positive("n_iter", n_iter, integer=True)
     with torch.no_grad():
         x = physics.A_adjoint(y)
         if nonneg is None:
@@ -113,17 +121,21 @@ def _mri_parts(physics, y):
     return ksp, mask, maps
 
 
-@register("l1-wavelet", needs_prior=False, sampler=False)
-def l1_wavelet(y, physics, prior=None, *, generator=None, n_samples=1, progress=False, lam: float = 0.005,
-               max_iter: int = 100, wave_name: str = "db4"):
+L1W_OPTIONS = (
+    Option("lam", float, 0.005, "l1 weight relative to max |A^H y|", lo=0.0),
+    Option("max_iter", int, 100, "FISTA iterations", lo=1),
+    Option("wave_name", str, "db4", "pywt wavelet name"),
+)
+
+
+@register("l1-wavelet", needs_prior=False, sampler=False, options=L1W_OPTIONS)
+def l1_wavelet(y, physics, prior, *, generator, n_samples, progress, lam, max_iter, wave_name):
     r"""Compressed-sensing MRI with a Daubechies wavelet l1 penalty (sigpy ``L1WaveletRecon``, FISTA).
 
     ``lam`` is relative to max|A^H y| (so it does not depend on the k-space scale).
     """
     import sigpy.mri as mr
 
-    check_positive("lam", lam, strict=False)
-    check_positive("max_iter", max_iter, integer=True)
     ksp, mask, maps = _mri_parts(physics, y)
     outs = []
     for b in range(ksp.shape[0]):

@@ -66,9 +66,8 @@ from typing import Callable
 
 import torch
 
-from .._validate import check_choice, check_in_range, check_positive, fail
 from ..schedules import VPSchedule
-from .base import SolverOutput, chains_batch, chains_unbatch, progress_bar, register
+from .base import Option, SolverOutput, chains_batch, chains_unbatch, progress_bar, register
 from .primitives import conjugate_gradient, noise_sigma
 from .ztv import PRESETS as ZTV_PRESETS, ZTVADMM, check_volume_problem, default_preset
 
@@ -118,17 +117,35 @@ def default_gamma(physics, prior) -> float:
 
 
 def _eta(eta, num_steps):
-    eta = ETA_PRESETS.get(num_steps, 0.5) if eta is None else eta
-    check_in_range("eta", eta, 0.0, 1.0)
-    return eta
+    """``eta=None``: the paper's preset for ``num_steps`` (:data:`ETA_PRESETS`), else 0.5."""
+    return ETA_PRESETS.get(num_steps, 0.5) if eta is None else eta
 
 
-def _check_steps(num_steps, cg_iters):
-    check_positive("num_steps", num_steps, integer=True)
-    check_positive("cg_iters", cg_iters, integer=True)
-    T = VPSchedule().num_train_timesteps
-    if num_steps > T:
-        check_in_range("num_steps", num_steps, 1, T)
+_T = VPSchedule().num_train_timesteps
+#: options shared by dds and dds3d
+_STEPS = (
+    Option("num_steps", int, 50, "network evaluations (timesteps of the released grid; presets 20/50/100)",
+           lo=1, hi=_T),
+    Option("eta", float, None, "DDS re-noising eta (Eq. 17); None: the paper's preset for num_steps, else 0.5",
+           lo=0.0, hi=1.0),
+    Option("cg_iters", int, 5, "CG steps M of the data-consistency step (paper: 5)", lo=1),
+)
+DDS_OPTIONS = _STEPS + (
+    Option("gamma", float, None, "prox weight; None: v peak^2 / sigma_y^2 for image priors (default_gamma)",
+           lo=0.0, lo_open=True),
+    Option("dc", str, "auto", "data consistency: prox (noisy), ls (noiseless), auto (by the physics' noise)",
+           choices=("auto", "prox", "ls")),
+    Option("data_consistency", object, None, "callable (x0, y, physics) -> x replacing step 3 (e.g. a ZTVADMM)",
+           extra=("callable",)),
+)
+DDS3D_OPTIONS = _STEPS + (
+    Option("preset", str, "auto", "z-TV preset; auto: from the operator (sparse-view CT, limited-angle CT, MRI)",
+           choices=("auto",) + tuple(ZTV_PRESETS)),
+    Option("rho", float, None, "ADMM penalty rho (overrides the preset)", lo=0.0, lo_open=True),
+    Option("lam", float, None, "z-TV weight lambda (overrides the preset)", lo=0.0),
+    Option("boundary", str, "neumann", "z boundary of the TV difference (circular: released code)",
+           choices=("neumann", "circular")),
+)
 
 
 def dds_sample(y: torch.Tensor, physics, prior, data_consistency: Callable, *, generator: torch.Generator,
@@ -160,9 +177,9 @@ def dds_sample(y: torch.Tensor, physics, prior, data_consistency: Callable, *, g
     return x
 
 
-@register("dds")
-def dds(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps: int = 50, eta: float | None = None,
-        cg_iters: int = 5, gamma: float | None = None, dc: str = "auto", data_consistency=None):
+@register("dds", options=DDS_OPTIONS)
+def dds(y, physics, prior, *, generator, n_samples, progress, num_steps, eta, cg_iters, gamma, dc,
+        data_consistency):
     r"""Decomposed diffusion sampler (see module docstring).
 
     Options: ``num_steps`` (NFE; presets 20/50/100), ``eta`` (DDS re-noising, default from the paper's preset for
@@ -171,10 +188,7 @@ def dds(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps:
     ``data_consistency(x0, y, physics)``
     overrides step 3 (e.g. a :class:`~invdiff.solvers.ztv.ZTVADMM`; its ``reset()`` is called first).
     """
-    _check_steps(num_steps, cg_iters)
     gamma = default_gamma(physics, prior) if gamma is None else gamma
-    check_positive("gamma", gamma)
-    check_choice("dc", dc, ["auto", "prox", "ls"])
     eta = _eta(eta, num_steps)
     if dc == "auto":
         dc = default_dc(physics)
@@ -183,8 +197,6 @@ def dds(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps:
             return dds_data_consistency(x0, yy, ph, dc=dc, gamma=gamma, cg_iters=cg_iters)
         info_dc = dc
     else:
-        if not callable(data_consistency):
-            fail("data_consistency", "a callable (x0, y, physics) -> x", data_consistency, TypeError)
         if hasattr(data_consistency, "reset"):
             data_consistency.reset()
         info_dc = repr(data_consistency)
@@ -212,10 +224,9 @@ def _add_network_counters(info: dict, prior, before) -> None:
                     chunk=getattr(prior, "chunk", None))
 
 
-@register("dds3d", volume=True)
-def dds3d(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps: int = 50,
-          eta: float | None = None, cg_iters: int = 5, preset: str = "auto", rho: float | None = None,
-          lam: float | None = None, boundary: str = "neumann"):
+@register("dds3d", volume=True, options=DDS3D_OPTIONS)
+def dds3d(y, physics, prior, *, generator, n_samples, progress, num_steps, eta, cg_iters, preset, rho, lam,
+          boundary):
     r"""DDS for volumes with a z-direction TV prior (Chung, Lee & Ye 2024, Sec. 4.3; released ``solver_3d.py``).
 
     ``prior``: a volume prior, normally a lifted 2D prior (``lift(prior2d, chunk=8)``, :mod:`invdiff.priors.lift`:
@@ -232,9 +243,7 @@ def dds3d(y, physics, prior, *, generator, n_samples=1, progress=False, num_step
     NFE = ``num_steps`` calls of the volume prior; ``info`` adds ``network_calls`` (2D network calls,
     ceil(B*D/chunk) per step) and ``slice_evaluations`` (2D images denoised) for lifted priors.
     """
-    _check_steps(num_steps, cg_iters)
     eta = _eta(eta, num_steps)
-    check_choice("preset", preset, ["auto"] + list(ZTV_PRESETS))
     check_volume_problem(y, physics, prior, "dds3d", chunk_hint=8)
     name = default_preset(physics) if preset == "auto" and (rho is None or lam is None) else preset
     if name == "auto":

@@ -17,9 +17,9 @@ import copy
 import numpy as np
 import torch
 
-from .._validate import check_positive, fail
+from .._validate import fail
 from ..priors.base import Prior
-from .base import SolverOutput, chains_batch, chains_unbatch, register
+from .base import Option, SolverOutput, chains_batch, chains_unbatch, register
 from .primitives import noise_sigma, preserve_solver_settings
 
 
@@ -91,18 +91,25 @@ def _run_chains(run, y, physics, prior, n_samples):
     return SolverOutput(mean=samples.mean(0), samples=samples)
 
 
-@register("dps")
-def dps(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps: int = 1000, weight: float = 100.0,
-        guidance: str = "norm", schedule: str = "vp", ode_solver: str = "ddpm"):
+DPS_OPTIONS = (
+    Option("num_steps", int, 1000, "network evaluations (diffusion steps)", lo=1),
+    Option("weight", float, 100.0, "guidance weight zeta (100 works with norm guidance; deepinv's 1 fails)", lo=0.0),
+    Option("guidance", str, "norm", "guidance of deepinv DPS: norm (paper) or annealed",
+           choices=("norm", "annealed")),
+    Option("schedule", str, "vp", "noise schedule of deepinv DPS", choices=("vp", "ve")),
+    Option("ode_solver", str, "ddpm", "reverse-time solver of deepinv DPS",
+           choices=("ddpm", "ancestral", "ddim", "euler")),
+)
+
+
+@register("dps", options=DPS_OPTIONS)
+def dps(y, physics, prior, *, generator, n_samples, progress, num_steps, weight, guidance, schedule, ode_solver):
     r"""Diffusion posterior sampling (Chung et al., ICLR 2023), deepinv ``DPS``.
 
     Guidance :math:`-\zeta\nabla_{x_t}\|y-A\hat x_0(x_t)\|` with ``weight`` :math:`\zeta` (deepinv audit §2.3: 100 works
     with "norm" guidance, the default 1 fails). ``num_steps`` = NFE.
     """
     import deepinv as dinv
-
-    check_positive("num_steps", num_steps, integer=True)
-    check_positive("weight", weight, strict=False)
 
     def run(y_u, phys_u, den):
         sampler = dinv.sampling.DPS(den, schedule=schedule, solver=ode_solver, num_steps=num_steps, weight=weight,
@@ -115,9 +122,15 @@ def dps(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps:
     return _run_chains(run, y, physics, prior, n_samples)
 
 
-@register("ddrm")
-def ddrm(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps: int = 100, eta: float = 0.85,
-         etab: float = 1.0):
+DDRM_OPTIONS = (
+    Option("num_steps", int, 100, "network evaluations (noise levels linear from 1 to 0)", lo=1),
+    Option("eta", float, 0.85, "DDRM eta (paper Sec. 4.3)", lo=0.0, hi=1.0),
+    Option("etab", float, 1.0, "DDRM eta_b (paper Sec. 4.3)", lo=0.0, hi=1.0),
+)
+
+
+@register("ddrm", options=DDRM_OPTIONS)
+def ddrm(y, physics, prior, *, generator, n_samples, progress, num_steps, eta, etab):
     r"""Denoising diffusion restoration models (Kawar et al., NeurIPS 2022), deepinv ``DDRM``.
 
     Needs an SVD-decomposable operator (inpainting, single-coil Cartesian MRI, circular FFT blur).
@@ -125,7 +138,6 @@ def ddrm(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps
     """
     import deepinv as dinv
 
-    check_positive("num_steps", num_steps, integer=True)
     if not isinstance(physics, dinv.physics.DecomposablePhysics):
         fail("physics", "an SVD-decomposable operator for 'ddrm' (inpainting, single-coil MRI, FFT blur)",
              type(physics).__name__, TypeError)
@@ -138,16 +150,20 @@ def ddrm(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps
     return _run_chains(run, y, physics, prior, n_samples)
 
 
-@register("diffpir")
-def diffpir(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps: int = 100, zeta: float = 0.1,
-            lambda_: float = 7.0):
+DIFFPIR_OPTIONS = (
+    Option("num_steps", int, 100, "network evaluations (HQS iterations)", lo=1),
+    Option("zeta", float, 0.1, "re-injected noise zeta (paper Eq. 15)", lo=0.0, hi=1.0),
+    Option("lambda_", float, 7.0, "prior weight lambda in the data sub-problem (paper Eq. 13)", lo=0.0, lo_open=True),
+)
+
+
+@register("diffpir", options=DIFFPIR_OPTIONS)
+def diffpir(y, physics, prior, *, generator, n_samples, progress, num_steps, zeta, lambda_):
     r"""DiffPIR (Zhu et al., CVPRW 2023), deepinv ``DiffPIR``: HQS with a diffusion denoiser and a data prox.
 
     ``lambda_`` weighs the prior in the data sub-problem (paper Eq. 13), ``zeta`` the re-injected noise (Eq. 15).
     """
     import deepinv as dinv
-
-    check_positive("num_steps", num_steps, integer=True)
 
     def run(y_u, phys_u, den):
         if noise_sigma(phys_u) < 1e-3:

@@ -47,8 +47,8 @@ import math
 
 import torch
 
-from .._validate import check_choice, check_in_range, check_positive, fail
-from .base import SolverOutput, chains_batch, chains_unbatch, progress_bar, register
+from .._validate import fail
+from .base import Option, SolverOutput, chains_batch, chains_unbatch, progress_bar, register
 from .ztv import PRESETS as ZTV_PRESETS, ZTVADMM, check_volume_problem, default_preset, tomography_of
 
 #: step budgets: the released N, and the fewest steps found stable (module docstring)
@@ -102,12 +102,29 @@ def mbir_sample(y, physics, prior, admm: ZTVADMM, *, generator, num_steps: int, 
     return x
 
 
-@register("diffusion-mbir", volume=True)
-def diffusion_mbir(y, physics, prior, *, generator, n_samples=1, progress=False, preset: str = "faithful",
-                   num_steps: int | None = None, snr: float = SNR, sigma_min: float = SIGMA_MIN,
-                   sigma_max: float | None = None, eps: float = 1e-5, z_preset: str = "auto", rho: float | None = None,
-                   lam: float | None = None, cg_iters: int = 1, boundary: str = "neumann",
-                   final_consistency: bool | None = None):
+OPTIONS = (
+    Option("preset", str, "faithful", "step budget: faithful (N = 2000, released) or fast (N = 300)",
+           choices=tuple(MBIR_PRESETS)),
+    Option("num_steps", int, None, "predictor-corrector steps N (overrides the preset); NFE = 2 N", lo=1),
+    Option("snr", float, SNR, "Langevin corrector signal-to-noise ratio r", lo=0.0, hi=10.0, lo_open=True),
+    Option("sigma_min", float, SIGMA_MIN, "smallest VE noise level", lo=0.0, lo_open=True),
+    Option("sigma_max", float, None, "largest VE noise level; None: 378 scaled to the data range and slice size",
+           lo=0.0, lo_open=True),
+    Option("eps", float, 1e-5, "end of the time grid linspace(1, eps, N)", lo=0.0, hi=1.0, lo_open=True,
+           hi_open=True),
+    Option("z_preset", str, "auto", "z-TV preset; auto: from the operator", choices=("auto",) + tuple(ZTV_PRESETS)),
+    Option("rho", float, None, "ADMM penalty rho (overrides the z preset)", lo=0.0, lo_open=True),
+    Option("lam", float, None, "z-TV weight lambda (overrides the z preset)", lo=0.0),
+    Option("cg_iters", int, 1, "CG steps per ADMM iteration (released: 1)", lo=1),
+    Option("boundary", str, "neumann", "z boundary of the TV difference (circular: released code)",
+           choices=("neumann", "circular")),
+    Option("final_consistency", bool, None, "final x += A^T(y - Ax) / A^T A 1 step; None: True for CT"),
+)
+
+
+@register("diffusion-mbir", volume=True, options=OPTIONS)
+def diffusion_mbir(y, physics, prior, *, generator, n_samples, progress, preset, num_steps, snr, sigma_min, sigma_max,
+                   eps, z_preset, rho, lam, cg_iters, boundary, final_consistency):
     r"""DiffusionMBIR: VE predictor-corrector with a lifted 2D prior + one ADMM-TV(z) iteration per step.
 
     ``prior``: a volume prior (``lift(prior2d, chunk)``, :mod:`invdiff.priors.lift`); ``physics``: a volume operator.
@@ -117,17 +134,9 @@ def diffusion_mbir(y, physics, prior, *, generator, n_samples=1, progress=False,
     adjoint scale), ``rho``/``lam`` override it, ``cg_iters`` (released: 1), ``boundary`` ("neumann"/"circular");
     ``final_consistency`` (default: True for CT, as released). NFE = 2 N.
     """
-    check_choice("preset", preset, list(MBIR_PRESETS))
     num_steps = MBIR_PRESETS[preset]["num_steps"] if num_steps is None else num_steps
-    check_positive("num_steps", num_steps, integer=True)
-    check_positive("cg_iters", cg_iters, integer=True)
-    check_in_range("snr", snr, 0.0, 10.0, lo_open=True)
-    check_positive("sigma_min", sigma_min)
-    check_in_range("eps", eps, 0.0, 1.0, lo_open=True, hi_open=True)
-    check_choice("z_preset", z_preset, ["auto"] + list(ZTV_PRESETS))
     x_shape = check_volume_problem(y, physics, prior, "diffusion-mbir", chunk_hint=12)
     sigma_max = default_sigma_max(prior, x_shape) if sigma_max is None else sigma_max
-    check_positive("sigma_max", sigma_max)
     if not sigma_max > sigma_min:
         fail("sigma_max", f"a value > sigma_min = {sigma_min}", sigma_max)
     if final_consistency is None:

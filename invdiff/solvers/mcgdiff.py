@@ -52,8 +52,8 @@ import math
 
 import torch
 
-from .._validate import check_choice, check_in_range, check_positive, fail
-from .base import SolverOutput, chains_batch, chains_unbatch, progress_bar, register
+from .._validate import fail
+from .base import Option, SolverOutput, chains_batch, chains_unbatch, progress_bar, register
 from .particles import ParticleState, spectral_basis
 from .primitives import noise_sigma
 from .smc import _denoiser, edm_sigmas, noise_range
@@ -78,11 +78,24 @@ def observation_levels(sig_obs: torch.Tensor, grid: list[float], max_obs_levels:
     return out + [0.0]
 
 
-@register("mcgdiff")
-def mcgdiff(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps: int = 100,
-            sigma_max: float | None = None, sigma_min: float | None = None, rho: float = 7.0,
-            ess_threshold: float = 1.0, resample: str = "systematic", max_obs_levels: int = 32,
-            sigma_y: float | None = None, chunk: int | None = None):
+OPTIONS = (
+    Option("num_steps", int, 100, "EDM noise levels (plus up to max_obs_levels observation levels)", lo=1),
+    Option("sigma_max", float, None, "largest noise level; None: 80 tau (tau^2 = prior variance)", lo=0.0,
+           lo_open=True),
+    Option("sigma_min", float, None, "smallest noise level; None: 0.004 tau", lo=0.0, lo_open=True),
+    Option("rho", float, 7.0, "EDM grid exponent", lo=0.0, lo_open=True),
+    Option("ess_threshold", float, 1.0, "resample when ESS/N falls below it (1: every level, as the paper)", lo=0.0,
+           hi=1.0, lo_open=True),
+    Option("resample", str, "systematic", "resampling scheme", choices=("systematic", "multinomial")),
+    Option("max_obs_levels", int, 32, "observation noise levels added to the grid", lo=0),
+    Option("sigma_y", float, None, "measurement noise std (> 0); None: the physics' noise level", lo=0.0),
+    Option("chunk", int, None, "at most this many particles per network call (None: all)", lo=1),
+)
+
+
+@register("mcgdiff", options=OPTIONS)
+def mcgdiff(y, physics, prior, *, generator, n_samples, progress, num_steps, sigma_max, sigma_min, rho, ess_threshold,
+            resample, max_obs_levels, sigma_y, chunk):
     r"""MCGdiff particle filter (see module docstring); ``n_samples`` = particles per measurement.
 
     Options: ``num_steps`` EDM levels (plus up to ``max_obs_levels`` observation levels; NFE per particle = number
@@ -90,15 +103,7 @@ def mcgdiff(y, physics, prior, *, generator, n_samples=1, progress=False, num_st
     resample at every level, as the paper), ``resample`` "systematic" | "multinomial", ``sigma_y`` (default: the
     physics' noise; > 0), ``chunk`` (max particles per network call).
     """
-    check_positive("num_steps", num_steps, integer=True)
-    check_positive("max_obs_levels", max_obs_levels, integer=True, strict=False)
-    check_in_range("ess_threshold", ess_threshold, 0.0, 1.0, lo_open=True)
-    check_choice("resample", resample, ["systematic", "multinomial"])
-    check_positive("rho", rho)
-    if chunk is not None:
-        check_positive("chunk", chunk, integer=True)
     sig_y = noise_sigma(physics) if sigma_y is None else sigma_y
-    check_positive("sigma_y", sig_y, strict=False)
     if not sig_y > 0:
         fail("sigma_y", "a noise level > 0 for solver 'mcgdiff' (observations are matched to diffusion noise levels "
                         "sigma_y / s_i): give the physics Gaussian noise or pass sigma_y=...", sig_y)

@@ -89,9 +89,9 @@ from typing import Callable
 
 import torch
 
-from .._validate import check_choice, check_positive, check_tensor, describe, fail
+from .._validate import check_choice, check_tensor, describe, fail
 from ..schedules import VPSchedule
-from .base import SolverOutput, chains_batch, chains_unbatch, progress_bar, register
+from .base import Option, SolverOutput, chains_batch, chains_unbatch, progress_bar, register
 from .dds import dds_timesteps
 from .primitives import conjugate_gradient, preserve_solver_settings
 
@@ -218,10 +218,7 @@ def _check_init(init, y: torch.Tensor, n_samples: int):
         if init.shape[0] != y.shape[0]:
             fail("init", f"a tensor shaped like x with batch size {y.shape[0]} (that of y)", init)
         return chains_batch(init.to(y.dtype), n_samples)
-    if not isinstance(init, str):
-        fail("init", "'pinv', 'adjoint' or a tensor shaped like x", init, TypeError)
-    check_choice("init", init, ["pinv", "adjoint"])
-    return init
+    return init  # "pinv" | "adjoint" (the registry checked the choice)
 
 
 def _eps_predictor(prior, mu0: torch.Tensor, chunk: int | None):
@@ -239,33 +236,35 @@ def _eps_predictor(prior, mu0: torch.Tensor, chunk: int | None):
 # ------------------------------------------------------------------------------------------------
 # the solver
 # ------------------------------------------------------------------------------------------------
-@register("red-diff")  # sampler=True only so that n_samples > 1 gives independent runs (see SAMPLES_NOTE)
-def red_diff(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps: int = 50,
-             preset: str = "default", lr: float | None = None, lam: float | None = None, weighting: str = "linear",
-             normalize: str = "mean", sigma_x0: float = 0.0, init="pinv", init_iters: int = 30,
-             chunk: int | None = None):
+OPTIONS = (
+    Option("num_steps", int, 50, "network evaluations = Adam steps (timesteps of the released grid)",
+           lo=1, hi=VPSchedule().num_train_timesteps),
+    Option("preset", str, "default", "named (lr, lam) in the paper's units, scaled to the prior's range (PRESETS)",
+           choices=tuple(PRESETS)),
+    Option("lr", float, None, "Adam step size in the prior's units (overrides the preset)", lo=0.0, lo_open=True),
+    Option("lam", float, None, "regulariser weight lambda in the prior's units (overrides the preset)", lo=0.0),
+    Option("weighting", str, "linear", "denoiser weighting w_t (WEIGHTINGS; linear = 1/SNR)",
+           choices=tuple(WEIGHTINGS)),
+    Option("normalize", str, "mean", "data and regulariser terms averaged (mean, released) or summed",
+           choices=("mean", "sum")),
+    Option("sigma_x0", float, 0.0, "jitter of the variational sample x0 = mu + sigma_x0 z", lo=0.0),
+    Option("init", str, "pinv", "starting mu: pinv (least squares), adjoint (A^T y) or a tensor shaped like x",
+           choices=("pinv", "adjoint"), extra=("tensor",)),
+    Option("init_iters", int, 30, "CG steps of the least-squares start", lo=1),
+    Option("chunk", int, None, "at most this many 2D images per prior call (None: all at once)", lo=1),
+)
+
+
+@register("red-diff", options=OPTIONS)  # sampler=True only so that n_samples > 1 gives independent runs
+def red_diff(y, physics, prior, *, generator, n_samples, progress, num_steps, preset, lr, lam, weighting, normalize,
+             sigma_x0, init, init_iters, chunk):
     r"""RED-Diff (Mardani et al., ICLR 2024): Adam on :math:`\mu` with the stop-gradient score-matching regulariser.
 
-    Options: ``num_steps`` (NFE), ``preset`` (one of :data:`PRESETS`), ``lr`` (> 0), ``lam`` (>= 0),
-    ``weighting`` (one of :data:`WEIGHTINGS`), ``normalize`` ("mean" | "sum"), ``sigma_x0`` (>= 0), ``init``
-    ("pinv" | "adjoint" | tensor), ``init_iters`` (CG steps of the least-squares start), ``chunk`` (images per
-    prior call). Details and equations: module docstring of :mod:`invdiff.solvers.red_diff`.
+    Options (:data:`OPTIONS`; ``invdiff solvers red-diff``): ``num_steps``, ``preset``, ``lr``, ``lam``,
+    ``weighting``, ``normalize``, ``sigma_x0``, ``init``, ``init_iters``, ``chunk``. Details and equations: module
+    docstring of :mod:`invdiff.solvers.red_diff`.
     """
     sched = VPSchedule()
-    check_positive("num_steps", num_steps, integer=True)
-    if num_steps > sched.num_train_timesteps:
-        fail("num_steps", f"at most {sched.num_train_timesteps} (the prior's VP timesteps)", num_steps)
-    check_choice("preset", preset, list(PRESETS))
-    if lr is not None:
-        check_positive("lr", lr)
-    if lam is not None:
-        check_positive("lam", lam, strict=False)
-    check_choice("weighting", weighting, list(WEIGHTINGS))
-    check_choice("normalize", normalize, ["mean", "sum"])
-    check_positive("sigma_x0", sigma_x0, strict=False)
-    check_positive("init_iters", init_iters, integer=True)
-    if chunk is not None:
-        check_positive("chunk", chunk, integer=True)
     init = _check_init(init, y, n_samples)
 
     yy = chains_batch(y, n_samples)
@@ -313,5 +312,5 @@ def red_diff(y, physics, prior, *, generator, n_samples=1, progress=False, num_s
     return SolverOutput(mean=samples.mean(0), samples=samples, info=info)
 
 
-__all__ = ["red_diff", "PRESETS", "WEIGHTINGS", "denoiser_weight", "surrogate_loss", "initial_estimate",
+__all__ = ["red_diff", "OPTIONS", "PRESETS", "WEIGHTINGS", "denoiser_weight", "surrogate_loss", "initial_estimate",
            "fold_slices", "unfold_slices", "apply_in_chunks"]

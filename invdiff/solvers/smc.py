@@ -90,9 +90,9 @@ import warnings
 
 import torch
 
-from .._validate import check_choice, check_in_range, check_positive, fail
+from .._validate import check_positive, fail
 from ..schedules import EDMSchedule
-from .base import SolverOutput, chains_batch, chains_unbatch, progress_bar, register
+from .base import Option, SolverOutput, chains_batch, chains_unbatch, progress_bar, register
 from .particles import ParticleState, map_chunked, sample_linear_gaussian, spectral_basis
 from .primitives import inner, noise_sigma, op_norm_sq
 
@@ -250,14 +250,41 @@ def _x_like(y, physics, prior, linear: bool) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 # the solver
 # ------------------------------------------------------------------------------------------------
-@register("smc")
-def smc(y, physics, prior, *, generator, n_samples=1, progress=False, variant: str = "ode", num_steps: int = 200,
-        sigma_max: float | None = None, sigma_min: float | None = None, rho: float = 7.0,
-        ess_threshold: float | None = None, resample: str = "systematic", corrector_steps: int = 1,
-        corrector_step: float = 0.5, corrector_substeps: int | None = None, integrator: str | None = None,
-        tempering: str | None = None, stability: float = 0.5, max_substeps: int = 20, hutchinson_probes: int = 1,
-        hutchinson_eps: float = 1e-3, sigma_y: float | None = None, cg_iters: int = 100, chunk: int | None = None,
-        reduce: str = "mean"):
+OPTIONS = (
+    Option("variant", str, "ode", "ode: probability-flow predictor + Langevin corrector; sde: Alg. 2",
+           choices=("ode", "sde")),
+    Option("num_steps", int, 200, "noise levels K (NFE per particle: K for sde, K + corrector_steps (K - 1) for ode)",
+           lo=1),
+    Option("sigma_max", float, None, "largest noise level; None: 80 tau (tau^2 = prior variance)", lo=0.0,
+           lo_open=True),
+    Option("sigma_min", float, None, "smallest noise level; None: 0.004 tau", lo=0.0, lo_open=True),
+    Option("rho", float, 7.0, "EDM grid exponent", lo=0.0, lo_open=True),
+    Option("ess_threshold", float, None, "resample when ESS/N falls below it; None: 0.5 for ode, 1 for sde",
+           lo=0.0, hi=1.0, lo_open=True),
+    Option("resample", str, "systematic", "resampling scheme", choices=("systematic", "multinomial")),
+    Option("corrector_steps", int, 1, "Langevin corrector steps per level (ode)", lo=0),
+    Option("corrector_step", float, 0.5, "ULA step as a fraction of the stiffest curvature", lo=0.0, lo_open=True),
+    Option("corrector_substeps", int, None, "likelihood substeps per corrector step; None: automatic", lo=1),
+    Option("integrator", str, None, "sde integrator: exact (linear A) or euler; None: exact for linear A",
+           choices=("exact", "euler")),
+    Option("tempering", str, None, "likelihood tempering alpha_sigma: noise (None), none or linear",
+           choices=("none", "linear", "noise")),
+    Option("stability", float, 0.5, "Euler stability bound on the likelihood substeps", lo=0.0, lo_open=True),
+    Option("max_substeps", int, 20, "cap on likelihood substeps", lo=1),
+    Option("hutchinson_probes", int, 1, "Hutchinson probes of the Laplacian (nonlinear A)", lo=1),
+    Option("hutchinson_eps", float, 1e-3, "finite-difference step of the Hutchinson probes", lo=0.0, lo_open=True),
+    Option("sigma_y", float, None, "measurement noise std (> 0); None: the physics' noise level", lo=0.0),
+    Option("cg_iters", int, 100, "CG steps of the Gaussian draws without an SVD", lo=1),
+    Option("chunk", int, None, "at most this many particles per network call (None: all)", lo=1),
+    Option("reduce", str, "mean", "point estimate: weighted mean, or best (highest-weight particle)",
+           choices=("mean", "best")),
+)
+
+
+@register("smc", options=OPTIONS)
+def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps, sigma_max, sigma_min, rho,
+        ess_threshold, resample, corrector_steps, corrector_step, corrector_substeps, integrator, tempering,
+        stability, max_substeps, hutchinson_probes, hutchinson_eps, sigma_y, cg_iters, chunk, reduce):
     r"""AFDPS weighted-particle posterior sampler (see module docstring); ``n_samples`` = particles per measurement.
 
     Options:
@@ -278,34 +305,14 @@ def smc(y, physics, prior, *, generator, n_samples=1, progress=False, variant: s
     """
     import deepinv as dinv
 
-    check_choice("variant", variant, ["ode", "sde"])
-    check_positive("num_steps", num_steps, integer=True)
-    check_choice("resample", resample, ["systematic", "multinomial"])
-    check_positive("corrector_steps", corrector_steps, integer=True, strict=False)
-    check_positive("corrector_step", corrector_step)
-    check_positive("stability", stability)
-    check_positive("max_substeps", max_substeps, integer=True)
-    check_positive("hutchinson_probes", hutchinson_probes, integer=True)
-    check_positive("hutchinson_eps", hutchinson_eps)
-    check_positive("cg_iters", cg_iters, integer=True)
-    check_positive("rho", rho)
-    check_choice("reduce", reduce, ["mean", "best"])
-    if chunk is not None:
-        check_positive("chunk", chunk, integer=True)
     ess_threshold = (0.5 if variant == "ode" else 1.0) if ess_threshold is None else ess_threshold
-    check_in_range("ess_threshold", ess_threshold, 0.0, 1.0, lo_open=True)
     linear = isinstance(physics, dinv.physics.LinearPhysics)
     tempering = "noise" if tempering is None else tempering
-    check_choice("tempering", tempering, ["none", "linear", "noise"])
-    if corrector_substeps is not None:
-        check_positive("corrector_substeps", corrector_substeps, integer=True)
     integrator = ("exact" if linear else "euler") if integrator is None else integrator
-    check_choice("integrator", integrator, ["exact", "euler"])
     if not linear and integrator != "euler":
         fail("integrator", "'euler' for a nonlinear physics ('exact' needs a linear-Gaussian likelihood)",
              repr(integrator))
     sig_y = noise_sigma(physics) if sigma_y is None else sigma_y
-    check_positive("sigma_y", sig_y, strict=False)
     if not sig_y > 0:
         fail("sigma_y", "a noise level > 0 for solver 'smc' (its likelihood exp(-||Ax - y||^2 / 2 sigma_y^2) needs "
                         "Gaussian noise): give the physics Gaussian noise or pass sigma_y=...", sig_y)

@@ -1,0 +1,196 @@
+r"""Measured default options per operator kind: what a solver uses when the caller does not say.
+
+A solver's own defaults (its option spec, :class:`~invdiff.solvers.base.Option`) are the paper's values. They are
+often far from the best on invdiff's operators and priors (RED-Diff's released lam = 0.25 loses ~6 dB on 4x MRI,
+DPS's weight 100 loses 1-6 dB on CT and MRI). This table holds the settings *measured* best for an operator kind,
+noise level and prior value range, each with the result file it was measured in; :func:`invdiff.solve` applies the
+matching entry to the options the caller left out (explicit options always win; an entry may also step aside for
+an explicit option, e.g. RED-Diff's ``preset``). ``rec.info["measured_defaults"]`` says which entry was used.
+
+Operator kinds (:func:`operator_kind`): ``inpainting-holes`` (>= half of the pixels measured, e.g. a missing box),
+``inpainting-sparse`` (fewer than half, e.g. 70 % random pixels missing), ``blur``, ``mri-singlecoil``,
+``mri-multicoil``, ``ct`` (sparse-view, >= 179 degrees), ``ct-limited`` (limited angle); volumes: ``ct3d``,
+``mri3d``. Other operators (dense matrices, custom physics) have no kind and get the solver's own defaults.
+
+An entry applies when the physics' Gaussian noise std is within ``sigma`` (the range around the measured 0.01 in
+which the choice is expected to hold; outside it the solver's own, noise-aware rules apply) and the prior's
+``value_range`` equals the measured one (a value of the table is in that prior's units). An option value may be a
+function ``f(physics, prior, sigma) -> value`` (e.g. DDS's prox weight, which scales with 1 / sigma^2).
+
+``benchmarks/defaults.py`` checks every diffusion solver with these defaults against per-task tuned values and the
+classical baseline on every 64 x 64 bench task (``benchmarks/results/defaults.md``).
+
+Adding a solver (``ads``, ``conditional-dc``, ...): append :class:`Measured` rows with its name; nothing else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .primitives import noise_sigma
+
+CT_RANGE, MRI_RANGE = (0.0, 1.0), (-1.0, 1.0)   # shipped priors: ct-phantom-64, mri-brainphantom-64
+NEAR_001 = (0.005, 0.02)                        # noise levels around the measured 0.01
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One row of the table: ``options`` of ``solver`` measured best on operator ``kind``.
+
+    kinds: operator kinds it applies to; sigma: (lo, hi) noise std it holds for; value_range: the prior's range it
+    was measured with (None: any); unless: explicit options that switch the row off; when: an extra condition on
+    the physics (e.g. the number of CT views; its docstring says it); source: result file and rows. The first
+    matching row of a solver wins.
+    """
+
+    solver: str
+    kinds: tuple[str, ...]
+    options: dict[str, Any]
+    source: str
+    value_range: tuple[float, float] | None = None
+    sigma: tuple[float, float] = NEAR_001
+    unless: tuple[str, ...] = field(default_factory=tuple)
+    when: Callable | None = None
+
+
+def _dds_mri_gamma(physics, prior, sigma: float) -> float:
+    """DDS prox weight gamma = v peak^2 / sigma_y^2 with v = 0.001 on MRI (gamma = 10 at sigma_y = 0.01)."""
+    lo, hi = prior.value_range
+    return 0.001 * max(abs(float(lo)), abs(float(hi))) ** 2 / sigma ** 2
+
+
+def _ct_views(physics) -> int:
+    tomo = _tomography(physics)
+    return int(tomo.radon.theta.numel()) if tomo is not None else 0
+
+
+def few_views(physics) -> bool:
+    """at most 12 CT views"""
+    return _ct_views(physics) <= 12
+
+
+def many_views(physics) -> bool:
+    """more than 12 CT views"""
+    return _ct_views(physics) > 12
+
+
+def _dds_ct_gamma_many_views(physics, prior, sigma: float) -> float:
+    """DDS prox weight gamma = v peak^2 / sigma_y^2 with v = 0.005 / 3 for CT with > 12 views (17 at sigma_y 0.01)."""
+    lo, hi = prior.value_range
+    return 0.005 / 3 * max(abs(float(lo)), abs(float(hi))) ** 2 / sigma ** 2
+
+
+_RD = "benchmarks/results/red_diff_tuning.md (2 tuning phantoms, 50 NFE; also benchmarks/red_diff_images.py SETUP)"
+_TASKS = "benchmarks/results/priors/NOTES.md (deepinv baselines tuned on 2 tuning phantoms, 1000 / 100 NFE)"
+_DDS = "benchmarks/results/dds_sweep.md (mri-4x-8coil, sigma 0.01: gamma 10 beats the v = 0.005 rule by ~1 dB)"
+_DEF = "benchmarks/results/defaults.md"
+_TUNE = _DEF + " (per-task tuning section: selected on the tuning image, held-out index 1000, current priors)"
+
+TABLE: tuple[Measured, ...] = (
+    # ---- RED-Diff: (lr, lam) in the prior's units (the released presets lose 0.2-6.4 dB at 50-100 NFE) ----
+    Measured("red-diff", ("inpainting-holes",), {"lr": 0.03, "lam": 0.01}, _RD + ": inpaint-box", CT_RANGE,
+             unless=("preset",)),
+    Measured("red-diff", ("inpainting-sparse",), {"lr": 0.1, "lam": 0.003}, _TUNE + ": inpainting-random, lr 0.1 "
+             "beat the older choice 0.3 (red_diff_tuning.md, step-4000 priors) by 1.3 dB", CT_RANGE,
+             unless=("preset",)),
+    Measured("red-diff", ("blur",), {"lr": 0.1, "lam": 0.05}, _RD + ": deblur", CT_RANGE, unless=("preset",)),
+    Measured("red-diff", ("mri-multicoil",), {"lr": 0.1, "lam": 0.01}, _RD + ": mri-4x (multi-coil)", MRI_RANGE,
+             unless=("preset",)),
+    Measured("red-diff", ("mri-singlecoil",), {"lr": 0.1, "lam": 0.03}, _TUNE + ": mri-4x/8x-singlecoil, lam 0.03 "
+             "beat 0.01 by 1.3 / 2.2 dB", MRI_RANGE, unless=("preset",)),
+    Measured("red-diff", ("ct",), {"lr": 0.1, "lam": 0.25}, _RD + ": ct-8view", CT_RANGE, unless=("preset",),
+             when=few_views),
+    Measured("red-diff", ("ct", "ct-limited"), {"lr": 0.1, "lam": 0.25 / 3}, _TUNE + ": ct-16view, ct-32view, "
+             "ct-limited90, lam 0.083 beat 0.25 by 1.2-3.8 dB (on 8 views it lost 0.9 dB)", CT_RANGE,
+             unless=("preset",)),
+    # ---- DPS (1000 steps): guidance weight ----
+    Measured("dps", ("ct", "ct-limited"), {"weight": 1000.0}, _TASKS + ": ct-8view, weight in {30..3000}",
+             CT_RANGE),
+    Measured("dps", ("mri-multicoil", "mri-singlecoil"), {"weight": 1000.0},
+             _TASKS + ": mri-4x-multicoil, weight in {30..3000}", MRI_RANGE),
+    Measured("dps", ("inpainting-holes",), {"weight": 100.0}, _RD + ": inpaint-box (DPS at 100 NFE)", CT_RANGE),
+    Measured("dps", ("inpainting-sparse",), {"weight": 1000.0}, _RD + ": inpaint-random (DPS at 100 NFE)",
+             CT_RANGE),
+    Measured("dps", ("blur",), {"weight": 300.0}, _RD + ": deblur (DPS at 100 NFE)", CT_RANGE),
+    # ---- DiffPIR: (lambda_, zeta) ----
+    Measured("diffpir", ("ct", "ct-limited"), {"lambda_": 1.0, "zeta": 0.5},
+             _TASKS + ": ct-8view, lambda_ in {1, 3, 7, 20} x zeta in {0.1, 0.5}", CT_RANGE),
+    Measured("diffpir", ("mri-multicoil", "mri-singlecoil"), {"lambda_": 3.0, "zeta": 0.5},
+             _TASKS + ": mri-4x-multicoil, lambda_ in {1, 3, 7, 20} x zeta in {0.1, 0.5}", MRI_RANGE),
+    # ---- DDS: prox weight on MRI (CT keeps the v = 0.005 rule, best there) ----
+    Measured("dds", ("mri-multicoil", "mri-singlecoil"), {"gamma": _dds_mri_gamma}, _DDS, MRI_RANGE,
+             unless=("dc",)),
+    Measured("dds", ("ct",), {"gamma": _dds_ct_gamma_many_views}, _TUNE + ": ct-16view / ct-32view, gamma 17 beat "
+             "50 by 0.4 / 2.1 dB (8 views and limited angle: 50 best)", CT_RANGE, unless=("dc",), when=many_views),
+)
+
+
+def _tomography(physics):
+    from .ztv import tomography_of
+
+    return tomography_of(physics)
+
+
+def operator_kind(physics) -> str | None:
+    """The operator kind of ``physics`` for the table (module docstring), or None."""
+    import deepinv as dinv
+
+    from .ztv import angular_coverage
+
+    img = getattr(physics, "img_size", None)
+    volume = img is not None and len(tuple(img)) == 4
+    if _tomography(physics) is not None:
+        if volume or type(physics).__name__ == "CT3D":
+            return "ct3d"
+        return "ct-limited" if angular_coverage(physics) < 179.0 else "ct"
+    if isinstance(physics, dinv.physics.MultiCoilMRI):
+        return "mri-multicoil"
+    if isinstance(physics, dinv.physics.MRI):
+        return "mri3d" if volume or getattr(physics, "three_d", False) else "mri-singlecoil"
+    if isinstance(physics, dinv.physics.Inpainting):
+        m = physics.mask
+        frac = float(m.float().mean()) if hasattr(m, "float") else float(m)
+        return "inpainting-holes" if frac >= 0.5 else "inpainting-sparse"
+    if isinstance(physics, (dinv.physics.Blur, dinv.physics.BlurFFT)):
+        return "blur"
+    return None
+
+
+def _sigma(physics) -> float:
+    s = getattr(physics, "sigma", None)              # invdiff operators: the decimal value
+    return s if isinstance(s, float) else noise_sigma(physics)
+
+
+def measured(solver: str, physics, prior, explicit: dict) -> dict:
+    """The table row for ``solver`` on ``physics`` with ``prior``: ``{"options": {...}, "source": ..., "kind": ...}``
+    holding only options not in ``explicit``; ``{}`` when no row applies."""
+    rows = [r for r in TABLE if r.solver == solver]
+    if not rows or physics is None:
+        return {}
+    kind = operator_kind(physics)
+    if kind is None:
+        return {}
+    sigma = _sigma(physics)
+    vr = getattr(prior, "value_range", None)
+    vr = None if vr is None else (float(vr[0]), float(vr[1]))
+    for r in rows:
+        if kind not in r.kinds or not (r.sigma[0] <= sigma <= r.sigma[1]):
+            continue
+        if r.value_range is not None and vr != r.value_range:
+            continue
+        if r.when is not None and not r.when(physics):
+            continue
+        if any(k in explicit for k in r.unless):
+            return {}
+        opts = {k: (v(physics, prior, sigma) if callable(v) else v)
+                for k, v in r.options.items() if k not in explicit}
+        return {"options": opts, "source": r.source, "kind": kind, "sigma": sigma} if opts else {}
+    return {}
+
+
+def table_for(solver: str) -> list[Measured]:
+    """The rows of ``solver`` (``invdiff solvers NAME`` prints them)."""
+    return [r for r in TABLE if r.solver == solver]
+
+
+__all__ = ["Measured", "TABLE", "operator_kind", "measured", "table_for"]
