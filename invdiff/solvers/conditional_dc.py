@@ -51,9 +51,9 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import check_choice, check_in_range, check_positive, fail
+from .._validate import check_choice, fail
 from ..schedules import EDMSchedule
-from .base import SolverOutput, chains_batch, chains_unbatch, progress_bar, register
+from .base import Option, SolverOutput, chains_batch, chains_unbatch, progress_bar, register
 from .dds import GAMMA_VARIANCE, dds_data_consistency
 from .primitives import noise_sigma
 
@@ -137,11 +137,28 @@ def data_consistency(x0, y, physics, *, mode: str, gamma, cg_iters: int):
     return dds_data_consistency(x0, y, physics, dc="prox", gamma=g, cg_iters=cg_iters)
 
 
-@register("conditional-dc")
-def conditional_dc(y, physics, prior, *, generator, n_samples=1, progress=False, num_steps: int = 50,
-                   dc: str = "auto", final_dc: str = "auto", lam: float = 1.0, gamma: float | None = None,
-                   eta: float = 0.85, cg_iters: int = 5, final_cg_iters: int = 50,
-                   sigma_max: float | None = None, sigma_min: float | None = None, rho: float = 7.0):
+OPTIONS = (
+    Option("num_steps", int, 50, "network evaluations (EDM noise levels, NFE = num_steps)", lo=1),
+    Option("dc", str, "auto", "DC on x0 in every step: hard (single-coil k-space replacement), cg (projection), "
+           "prox (noisy), soft (weight lam), none; auto: hard for single coil, else cg noiseless / prox noisy",
+           choices=DC_MODES),
+    Option("final_dc", str, "auto", "DC after the last step: hard, cg, prox, none; auto: hard for single coil, else "
+           "cg noiseless / prox noisy (none when dc=none)", choices=FINAL_DC_MODES),
+    Option("lam", float, 1.0, "weight of dc=soft", lo=0.0, lo_open=True),
+    Option("gamma", float, None, "prox weight in the network's units (None: v / (sigma_y / s)^2, v = DDS's "
+           "GAMMA_VARIANCE)", lo=0.0, lo_open=True),
+    Option("eta", float, 0.85, "fresh-noise fraction of the re-noising (step 3)", lo=0.0, hi=1.0),
+    Option("cg_iters", int, 5, "CG steps of the DC in every reverse step", lo=1),
+    Option("final_cg_iters", int, 50, "CG steps of the final DC", lo=1),
+    Option("sigma_max", float, None, "largest noise level (None: 80 sigma_data / 0.5)", lo=0.0, lo_open=True),
+    Option("sigma_min", float, None, "smallest noise level (None: 0.002 sigma_data / 0.5)", lo=0.0, lo_open=True),
+    Option("rho", float, 7.0, "EDM schedule exponent (Karras et al. 2022, Eq. 5)", lo=0.0, lo_open=True),
+)
+
+
+@register("conditional-dc", options=OPTIONS)
+def conditional_dc(y, physics, prior, *, generator, n_samples, progress, num_steps, dc, final_dc, lam, gamma, eta,
+                   cg_iters, final_cg_iters, sigma_max, sigma_min, rho):
     r"""Conditional diffusion with DC in every reverse step (module docstring).
 
     Options: ``num_steps`` (NFE), ``dc`` in {"auto", "hard", "cg", "prox", "soft", "none"}, ``final_dc`` in
@@ -153,14 +170,7 @@ def conditional_dc(y, physics, prior, *, generator, n_samples=1, progress=False,
     """
     from ..operators.conditioning import denormalise, measurement_conditioning, normalise
 
-    kind = check_conditional_problem(physics, prior)
-    check_positive("num_steps", num_steps, integer=True)
-    check_positive("cg_iters", cg_iters, integer=True)
-    check_positive("final_cg_iters", final_cg_iters, integer=True)
-    check_choice("dc", dc, DC_MODES)
-    check_choice("final_dc", final_dc, FINAL_DC_MODES)
-    check_positive("lam", lam)
-    check_in_range("eta", eta, 0.0, 1.0)
+    kind = check_conditional_problem(physics, prior)   # options: checked by the registry (OPTIONS)
     single = kind == "mri" and _single_coil(physics)
     for opt, mode in (("dc", dc), ("final_dc", final_dc)):
         if mode == "hard" and not single:
@@ -184,7 +194,6 @@ def conditional_dc(y, physics, prior, *, generator, n_samples=1, progress=False,
     if gamma is None:
         gamma_t = GAMMA_VARIANCE / (sigma_y / sc).clamp_min(1e-12) ** 2 if sigma_y > 0 else torch.ones_like(sc)
     else:
-        check_positive("gamma", gamma)
         gamma_t = torch.full_like(sc, float(gamma))
     step_gamma = torch.full_like(sc, float(lam)) if dc == "soft" else gamma_t
     step_mode = "prox" if dc == "soft" else dc
