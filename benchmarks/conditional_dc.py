@@ -12,8 +12,10 @@ images as 2 channels, k-space noise std ``--noise`` (0.01) per real component, o
   ``mri-poisson6x-8coil`` (2D variable-density Poisson-disc mask at 6x, a family never seen); the robustness
   table reports each method's drop from ``mri-8x-8coil``.
 
-Methods (all on the same images; each method is run once on the batch of images, ``seconds`` = wall time / images):
-``conditional-dc`` (defaults: hard k-space replacement for single coil, noisy prox for 8 coils; 20/50/100 NFE,
+Methods (all on the same images; each method is run once on the batch of images, ``seconds`` = wall time / images;
+every solver with its defaults, the measured per-operator defaults of ``invdiff.solvers.defaults`` included: column
+``options`` = what the script set, ``measured`` = what the defaults table added):
+``conditional-dc`` (hard k-space replacement for single coil, noisy prox for 8 coils; 20/50/100 NFE,
 one sample), ``conditional-dc`` mean of K samples (50 NFE), the same conditional model without DC
 (``dc="none"``, 50 NFE), DDS (defaults, 50/100 NFE) and DPS (``--dps-steps`` NFE, first ``--dps`` images) with the
 shipped unconditional ``mri-brainphantom-64``, l1-wavelet (lambda tuned on 2 other held-out phantoms per task),
@@ -94,14 +96,15 @@ def run_task(task: str, a, cond_prior, uncond_prior) -> list[dict]:
     runs += [(f"dds {n}", "dds", uncond_prior, {"num_steps": n}, a.eval, 1) for n in (50,) + (() if a.quick else (100,))]
     runs += [(f"dds {50} mean of K", "dds", uncond_prior, {"num_steps": 50}, a.eval, a.samples)]
     if a.dps > 0:
-        runs.append(("dps", "dps", uncond_prior, {"num_steps": a.dps_steps, "weight": 100.0}, min(a.dps, a.eval), 1))
+        runs.append(("dps", "dps", uncond_prior, {"num_steps": a.dps_steps}, min(a.dps, a.eval), 1))
     rows = []
     for label, solver, prior, opts, n_img, k in runs:
         c0 = time.process_time()
         m = measure(invdiff.solve, y[:n_img], op, prior, solver=solver, seed=0, n_samples=k, **opts)
         rec = m.value
         row = {"task": task, "shifted": TASKS[task][3], "method": label, "nfe": rec.nfe, "n_samples": k,
-               "options": json.dumps(opts), "n_images": n_img, **scores(rec.mean, x[:n_img]),
+               "options": json.dumps(opts), "measured": json.dumps(rec.info.get("measured_defaults", {}).get("options", {})),
+               "n_images": n_img, **scores(rec.mean, x[:n_img]),
                "seconds": m.seconds / n_img, "cpu_s": (time.process_time() - c0) / n_img, "peak_mb": m.peak_mb}
         if k > 1:  # samples (K, B, 2, H, W) -> magnitudes (K, B*H*W)
             smag = rec.samples.pow(2).sum(2).sqrt().flatten(1)
@@ -186,7 +189,7 @@ def main(argv=None):
             "noise": a.noise, "size": N, "quick": a.quick, "torch_threads": 1}
     notes = (a.note + "\n\n" if a.note else "") + __doc__.split("\n\nUsage:")[0]
     cols = ["task", "method", "nfe", "n_samples", "PSNR", "SSIM", "NMSE", "coverage90", "mean_std", "n_images",
-            "seconds", "cpu_s", "peak_mb", "dc", "final_dc", "options"]
+            "seconds", "cpu_s", "peak_mb", "dc", "final_dc", "options", "measured"]
     write_results(a.out, a.name, rows, cols, title="Conditional diffusion with DC in every reverse step (MRI, held-out phantoms)",
                   notes=notes, meta=meta)
     rob = robustness(rows)
