@@ -17,7 +17,8 @@ every solver with its defaults, the measured per-operator defaults of ``invdiff.
 ``options`` = what the script set, ``measured`` = what the defaults table added):
 ``conditional-dc`` (hard k-space replacement for single coil, noisy prox for 8 coils; 20/50/100 NFE,
 one sample), ``conditional-dc`` mean of K samples (50 NFE), the same conditional model without DC
-(``dc="none"``, 50 NFE), DDS (defaults, 50/100 NFE) and DPS (``--dps-steps`` NFE, first ``--dps`` images) with the
+(``dc="none"``, 50 NFE), DDS (defaults, 50/100 NFE) and DPS (``--dps-steps`` NFE, weight ``--dps-weight``, first
+``--dps`` images) with the
 shipped unconditional ``mri-brainphantom-64``, l1-wavelet (lambda tuned on 2 other held-out phantoms per task),
 the adjoint (zero-filled, coil-combined).
 
@@ -96,7 +97,7 @@ def run_task(task: str, a, cond_prior, uncond_prior) -> list[dict]:
     runs += [(f"dds {n}", "dds", uncond_prior, {"num_steps": n}, a.eval, 1) for n in (50,) + (() if a.quick else (100,))]
     runs += [(f"dds {50} mean of K", "dds", uncond_prior, {"num_steps": 50}, a.eval, a.samples)]
     if a.dps > 0:
-        runs.append(("dps", "dps", uncond_prior, {"num_steps": a.dps_steps}, min(a.dps, a.eval), 1))
+        runs.append(("dps", "dps", uncond_prior, {"num_steps": a.dps_steps, "weight": a.dps_weight}, min(a.dps, a.eval), 1))
     rows = []
     for label, solver, prior, opts, n_img, k in runs:
         c0 = time.process_time()
@@ -163,6 +164,9 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=8, help="K samples for the mean-of-K rows and coverage")
     ap.add_argument("--dps", type=int, default=2, help="images DPS runs on (0: no DPS)")
     ap.add_argument("--dps-steps", type=int, default=1000)
+    ap.add_argument("--dps-weight", type=float, default=100.0,
+                    help="DPS guidance weight (its measured default 1000 is for 1000 steps; at 200 steps it gave 13.4 dB "
+                         "against 21.2 dB with 100 on one 8x 8-coil image)")
     ap.add_argument("--noise", type=float, default=0.01)
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--sweep", action="store_true", help="only the gamma / eta sweep on tuning phantoms")
@@ -186,6 +190,7 @@ def main(argv=None):
         rows += run_task(task, a, cond_prior, uncond_prior)
     meta = {"prior": str(a.prior), "prior_step": (cond_prior.info or {}).get("step"), "uncond": a.uncond,
             "eval_images": a.eval, "samples": a.samples, "dps_images": a.dps, "dps_steps": a.dps_steps,
+            "dps_weight": a.dps_weight,
             "noise": a.noise, "size": N, "quick": a.quick, "torch_threads": 1}
     notes = (a.note + "\n\n" if a.note else "") + __doc__.split("\n\nUsage:")[0]
     cols = ["task", "method", "nfe", "n_samples", "PSNR", "SSIM", "NMSE", "coverage90", "mean_std", "n_images",
