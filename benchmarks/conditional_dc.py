@@ -15,12 +15,11 @@ images as 2 channels, k-space noise std ``--noise`` (0.01) per real component, o
 Methods (all on the same images; each method is run once on the batch of images, ``seconds`` = wall time / images;
 every solver with its defaults, the measured per-operator defaults of ``invdiff.solvers.defaults`` included: column
 ``options`` = what the script set, ``measured`` = what the defaults table added):
-``conditional-dc`` (hard k-space replacement for single coil, noisy prox for 8 coils; 20/50/100 NFE,
-one sample), ``conditional-dc`` mean of K samples (50 NFE), the same conditional model without DC
-(``dc="none"``, 50 NFE), DDS (defaults, 50/100 NFE) and DPS (``--dps-steps`` NFE, weight ``--dps-weight``, first
-``--dps`` images) with the
-shipped unconditional ``mri-brainphantom-64``, l1-wavelet (lambda tuned on 2 other held-out phantoms per task),
-the adjoint (zero-filled, coil-combined).
+``conditional-dc`` (hard k-space replacement for single coil, noisy prox for 8 coils; 20/50/100 NFE, one sample),
+``conditional-dc`` mean of K samples (50 NFE), the same conditional model without DC (``dc="none"``, 50 NFE), DDS
+(defaults, 50/100 NFE) and DPS (``--dps-steps`` NFE, weight ``--dps-weight``, first ``--dps`` images) with the
+shipped unconditional ``mri-brainphantom-64``, l1-wavelet (lambda tuned on 2 other held-out phantoms per task), the
+adjoint (zero-filled, coil-combined).
 
 Metrics (fastMRI protocol on our slices): magnitude images, PSNR and SSIM with data_range = the target's max
 magnitude (each phantom is its own "volume"), NMSE; ``coverage90``: fraction of pixels whose ground-truth magnitude
