@@ -146,7 +146,10 @@ def save_sample_grid(samples: torch.Tensor, path, title: str = "", cols: int | N
 
 
 def _default_weights_dir() -> Path:
-    return Path(__file__).resolve().parent / "weights"
+    """The shipped priors' folder, ``invdiff/priors/weights`` (where :func:`invdiff.priors.load` finds a name)."""
+    from ..priors.registry import WEIGHTS_DIR
+
+    return WEIGHTS_DIR
 
 
 def export(checkpoint, *, weights_dir=None, name: str | None = None, dtype: str = "float16", eval_images: int = 64,
