@@ -22,5 +22,11 @@ meta, _ = read_train_checkpoint(ckpt)
 command = regenerate_command(dict(meta["config"], out="runs"), meta["step"])
 res = export(ckpt, weights_dir=wdir, eval_images=int(sys.argv[3]), command=command, threads=1,
              loss_csv=Path(ckpt).resolve().parents[1] / "loss.csv")
+# the run folder is a local choice: the shipped metadata says "runs", as the regenerate command does
+import torch
+from invdiff.priors.neural import NeuralPrior
+prior = NeuralPrior.load(res["weights"])
+prior.info["training_config"]["out"] = "runs"
+prior.save(res["weights"], dtype=torch.float16)
 print(json.dumps(res, indent=1))
 PYEOF

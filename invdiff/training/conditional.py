@@ -150,6 +150,15 @@ def evaluate(prior, cfg: dict, *, n_images: int = 64, sample_steps: int = 32, n_
             "rows": rows, "grid_setting": CARD_SETTINGS[kind][1][0]}, grid
 
 
+def loss_note(text: str, start: int) -> str:
+    """After the loss table of a warm-started conditional card: which rows are the unconditional run."""
+    if not start or "\nRegenerate (" not in text:
+        return text
+    note = (f"Rows up to step {start} are the unconditional run this one started from (its loss log, carried over); "
+            f"from step {start + 1} the conditional loss on normalised targets x0 / s, whose level is not comparable.\n\n")
+    return text.replace("\nRegenerate (", "\n" + note + "Regenerate (", 1)
+
+
 def card(text: str, cfg: dict, ev: dict, *, sample_steps: int, t_sample: float, step: int | None = None) -> str:
     """The model card of a conditional prior: the unconditional card with a conditioning section and held-out
     reconstructions in place of the unconditional denoising table and samples."""
@@ -187,6 +196,7 @@ def card(text: str, cfg: dict, ev: dict, *, sample_steps: int, t_sample: float, 
         "- stored in the prior's metadata as `info['conditional']`; use it with "
         "`invdiff.solve(y, physics, prior, solver=\"conditional-dc\")`", "", ""])
     text = text.replace("## Training data\n", cond_section + "## Training data\n", 1)
+    text = loss_note(text, start)
     head = ["## Held-out reconstructions", "",
             f"PSNR (dB, peak 1{', complex error' if kind == 'mri' else ''}) averaged over {ev['n_images']} held-out "
             f"phantoms (seeds {ev['heldout_seeds']}); one fixed random operator per setting, noise std "
@@ -205,4 +215,4 @@ def card(text: str, cfg: dict, ev: dict, *, sample_steps: int, t_sample: float, 
 
 
 __all__ = ["KINDS", "COND_CHANNELS", "check_config", "make_source", "init_config_matches", "widen_init_weights", "info",
-           "CARD_SETTINGS", "card_operator", "evaluate", "card"]
+           "CARD_SETTINGS", "card_operator", "evaluate", "card", "loss_note"]
