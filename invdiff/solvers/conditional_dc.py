@@ -29,6 +29,12 @@ parametrisation of invdiff's priors, :math:`x_i = x_0 + \sigma_i n`:
 4. After the last step (:math:`\sigma \to 0`) a final DC (``final_dc``): "hard" (single coil), "cg"
    (noiseless: :math:`Ax = y` to round-off on the sampled data) or "prox" (noisy), with ``final_cg_iters``.
 
+Defaults: the option spec (:data:`OPTIONS`) holds the values above (:math:`\gamma = v/(\sigma_y/s)^2`, :math:`\eta` =
+0.85); on MRI at :math:`\sigma_y` near 0.01 :func:`invdiff.solve` uses the measured ones of
+:mod:`invdiff.solvers.defaults` instead: :math:`\gamma = 10`, :math:`\eta = 1` on multi-coil data, :math:`\eta = 1` on
+single-coil data (``benchmarks/results/conditional_dc_sweep.md``, tuning phantoms; evaluation in
+``benchmarks/results/conditional_dc.md``).
+
 Noise levels: EDM's (Karras et al. 2022, Eq. 5, :class:`~invdiff.schedules.EDMSchedule`) with
 :math:`\sigma_{max}, \sigma_{min}` = 80, 0.002 scaled by :math:`\sigma_d / 0.5`; ``num_steps`` network calls
 (NFE = ``num_steps``). ``n_samples`` chains run batched -> mean and per-pixel std.
