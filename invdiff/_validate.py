@@ -74,3 +74,45 @@ def check_shape(name: str, x: torch.Tensor, expected: Sequence[int | None]):
         exp = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
         fail(name, f"shape {exp}", x)
     return x
+
+
+def check_int(name: str, value, *, lo: int | None = None, hi: int | None = None) -> int:
+    """An integer (not a bool, not a string) in ``[lo, hi]``; e.g. ``seed=abc`` gives
+    "argument 'seed': expected an integer, received str 'abc'"."""
+    rng = (f" >= {lo}" if hi is None else f" in [{lo}, {hi}]") if lo is not None else \
+        (f" <= {hi}" if hi is not None else "")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        fail(name, f"an integer{rng}", value, TypeError)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        fail(name, f"an integer{rng}", value)
+    return value
+
+
+def check_number(name: str, value, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+                 hi_open: bool = False) -> float:
+    """A finite real number (not a bool, not a string) in the given (half-)open or closed range."""
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        parts.append(f"{'<' if hi_open else '<='} {hi:g}")
+    exp = "a number" + (" " + " and ".join(parts) if parts else "")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail(name, exp, value, TypeError)
+    v = float(value)
+    if v != v or v in (float("inf"), float("-inf")):
+        fail(name, exp, value)
+    if lo is not None and not (v > lo if lo_open else v >= lo):
+        fail(name, exp, value)
+    if hi is not None and not (v < hi if hi_open else v <= hi):
+        fail(name, exp, value)
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    """True or False (config files and ``--set`` give JSON ``true`` / ``false``)."""
+    if not isinstance(value, bool):
+        fail(name, "true or false", value, TypeError)
+    return value

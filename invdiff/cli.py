@@ -3,6 +3,10 @@
 Every command: ``--help``, ``--config FILE`` (JSON or ``key = value`` lines) with ``--set key=value`` overrides,
 the resolved config saved next to the outputs, a progress bar on long work, and on bad input one clear message
 and exit code 2.
+
+Exit codes: 0 done; 1 some inputs (or benchmark rows) failed, the others were done; 2 bad usage, configuration or
+input, found before anything was written; 3 the output disk is full (one message; outputs written so far are
+complete, nothing partial is left; re-running the same command resumes).
 """
 from __future__ import annotations
 
@@ -28,10 +32,28 @@ def _reconstruct(argv):
     return reconstruct_main(argv)
 
 
+def _acquire(argv):
+    from .acquire import main as acquire_main
+
+    return acquire_main(argv)
+
+
 def _bench(argv):
     from .bench.cli import main as bench_main
 
     return bench_main(argv)
+
+
+def _evaluate(argv):
+    from .datasets.cli import evaluate_main
+
+    return evaluate_main(argv)
+
+
+def _synth_fastmri(argv):
+    from .datasets.cli import synth_fastmri_main
+
+    return synth_fastmri_main(argv)
 
 
 def _solvers(argv):
@@ -71,9 +93,15 @@ COMMANDS = {
     "demo": (_demo, "run the embedded offline demo (MRI + CT + inpainting, metrics table, figure)"),
     "train-prior": (_train_prior, "train a diffusion prior (EDM denoising score matching, resumable)"),
     "reconstruct": (_reconstruct, "reconstruct files/folders (fastMRI h5, NIfTI/DICOM, sinograms, images); resumable"),
+    "acquire": (_acquire, "active acquisition (ADS): which k-space lines / CT views / pixels the prior asks for"),
     "bench": (_bench, "benchmark solvers on standard tasks: results.json + CSV/markdown tables + PSNR-vs-NFE plot"),
+    "evaluate": (_evaluate, "score fastMRI reconstructions by the fastMRI protocol (evaluate.py: NMSE, PSNR, SSIM)"),
+    "synth-fastmri": (_synth_fastmri, "write synthetic fastMRI-format .h5 files (train/val/test style, offline)"),
     "solvers": (_solvers, "list the solvers, or one solver's options (type, range, default, meaning)"),
 }
+
+
+EXIT_DISK_FULL = 3
 
 
 def main(argv=None) -> int:
@@ -91,11 +119,20 @@ def main(argv=None) -> int:
         return 0
     ns = parser.parse_args(argv[:1])
     fn = COMMANDS[ns.command][0]
+    from .io_utils import DiskFullError, disk_full_error, is_disk_full
+
     try:
         return int(fn(argv[1:]) or 0)
     except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"invdiff {ns.command}: error: {e}", file=sys.stderr)
+        if not getattr(e, "echo_of_rank0", False):
+            print(f"invdiff {ns.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        err = e if isinstance(e, DiskFullError) else disk_full_error(getattr(e, "filename", None) or "output", e)
+        print(f"invdiff {ns.command}: error: {err.strerror}", file=sys.stderr)
+        return EXIT_DISK_FULL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,6 +37,7 @@ DEFAULTS = {
     "dds_chains": 8,          # DDS chains averaged (one batch): the posterior-mean estimate; 1 = one sample
     "seed": 0,
     "threads": 2,
+    "device": "cpu",          # cpu | cuda | cuda:N: where the solvers run
     "tasks": ["mri", "ct", "inpainting"],
 }
 
@@ -47,6 +48,7 @@ def _parser():
     p.add_argument("--out", default="demo_out", help="output folder (created; default: demo_out)")
     p.add_argument("--config", help="config file (JSON or key = value lines) with keys: " + ", ".join(DEFAULTS))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key")
+    p.add_argument("--device", help="cpu (default), cuda or cuda:N (same as --set device=...)")
     return p
 
 
@@ -128,6 +130,7 @@ class _Panel:
 def run(cfg, out: Path) -> list[dict]:
     import invdiff
     from .bench.tables import write_results
+    from .jobs import check_device, to_device
     from .io_utils import atomic_path, atomic_write_json, atomic_write_text
     from .metrics import psnr, ssim
     from .priors import available, load
@@ -136,8 +139,9 @@ def run(cfg, out: Path) -> list[dict]:
     atomic_write_json(out / "config.json", cfg)
     rows, panels = [], []
     shipped = available()
+    device = check_device(cfg["device"], "device")
     for task, x, op, prior_name, baseline, bopts in build_tasks(cfg):
-        y = op(x)
+        y, op = to_device(op(x), op, device)
         runs = [("adjoint", None, {}), (baseline, None, bopts)]
         if prior_name in shipped:
             runs.append(("dds", prior_name, {"num_steps": cfg["dds_steps"], "dc": cfg["dds_dc"],
@@ -146,13 +150,13 @@ def run(cfg, out: Path) -> list[dict]:
             print(f"[demo] shipped prior {prior_name!r} not installed; skipping DDS on {task}")
         panel = _Panel(task, _mag(x), [], None)
         for solver, pname, opts in runs:
-            prior = load(pname) if pname else None
+            prior = load(pname, device=device) if pname else None
             rec = invdiff.solve(y, op, prior, solver=solver, seed=cfg["seed"], progress=True, **opts)
             if opts.get("n_samples", 1) > 1:
                 solver = f"{solver} (mean of {opts['n_samples']})"
                 if rec.samples is not None:      # spread of the chains, on the magnitude images that are scored
-                    panel.std = torch.stack([_mag(s) for s in rec.samples]).std(0)
-            est = _mag(rec.mean)
+                    panel.std = torch.stack([_mag(s.detach().cpu()) for s in rec.samples]).std(0)
+            est = _mag(rec.mean.detach().cpu())
             ref = panel.truth
             rows.append({"task": task, "solver": solver, "prior": pname or "-",
                          "PSNR": float(psnr(est, ref, data_range=float(ref.max()))),
@@ -218,7 +222,7 @@ def main(argv=None) -> int:
     from .io_utils import check_writable_dir
 
     a = _parser().parse_args(argv)
-    cfg = resolve(DEFAULTS, a.config, a.set)
+    cfg = resolve(DEFAULTS, a.config, a.set + ([f"device={a.device}"] if a.device else []))
     out = check_writable_dir("--out", a.out)
     t0 = time.perf_counter()
     run(cfg, out)

@@ -23,7 +23,7 @@ The process-group context
     own backend). ``ctx.barrier()``, ``ctx.on_main(fn)`` (rank 0 computes, every rank receives, an error on
     rank 0 is raised on every rank) and ``ctx.close()`` (destroys the group only if :func:`join` created it).
 
-A new batch command (the coming ``invdiff acquire``: simulate measurements for a folder of clean inputs) is
+A new batch command (say: simulate measurements for a folder of clean inputs; :mod:`invdiff.acquire` is built so) is
 the experiment plus about 30 lines of this module::
 
     def main(argv=None):
@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from ._validate import fail
+from ._validate import check_choice, fail
 
 
 # ================================================================================================
@@ -218,9 +218,18 @@ def check_solver_options(solver: str, options: dict, *, chains: bool = False) ->
     ``n_samples`` key instead)."""
     import inspect
 
+    from .solvers import base
     from .solvers.base import get
 
     spec = get(solver)
+    if getattr(spec, "options", None) and hasattr(base, "resolve_options"):  # typed option specs: values too
+        known = sorted(o.name for o in spec.options) + (["n_samples"] if chains and spec.sampler else [])
+        bad = sorted(set(options) - set(known))
+        if bad:
+            fail(f"{solver}.<option>", f"options of solver {solver!r} among {sorted(known)}",
+                 f"unknown option(s) {bad}")
+        base.resolve_options(solver, {k: v for k, v in options.items() if v is not None and k != "n_samples"})
+        return options
     params = inspect.signature(spec.fn).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return options
@@ -243,9 +252,39 @@ def is_volume_solver(solver: str) -> bool:
     return bool(spec is not None and spec.volume)
 
 
-def load_prior_checked(solver: str, prior_name):
-    """The prior (or None), with one clear message for a missing / unknown prior or a conditional prior paired
-    with a solver other than ``conditional-dc`` (and back)."""
+def check_device(device, name: str = "--device") -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` as a torch.device, refused with one clear message when CUDA is missing."""
+    import torch
+
+    try:
+        dev = torch.device(str(device))
+    except (RuntimeError, TypeError):
+        fail(name, "cpu, cuda or cuda:N", device)
+    if dev.type not in ("cpu", "cuda"):
+        fail(name, "cpu, cuda or cuda:N", device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            fail(name, "cpu on this machine (torch sees no CUDA device)", device)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            fail(name, f"cuda:0..cuda:{torch.cuda.device_count() - 1}", device)
+    return dev
+
+
+def to_device(y: torch.Tensor, physics, device):
+    """Measurements and operator on ``device`` (operators are torch modules: masks, coil maps, CT matrices move)."""
+    import torch
+
+    device = torch.device(device)
+    if y.device != device:
+        y = y.to(device)
+        if isinstance(physics, torch.nn.Module):
+            physics = physics.to(device)
+    return y, physics
+
+
+def load_prior_checked(solver: str, prior_name, device="cpu", precision: str = "fp32"):
+    """The prior (or None) on ``device`` with the network in ``precision``, with one clear message for a
+    missing / unknown prior or a conditional prior paired with a solver other than ``conditional-dc`` (and back)."""
     from .priors import available as priors_available
     from .priors import load
     from .solvers.base import get
@@ -256,8 +295,9 @@ def load_prior_checked(solver: str, prior_name):
             fail("--prior", f"a prior for solver {solver!r}: one of {priors_available()} or a checkpoint path",
                  "nothing")
         return None
+    check_choice("--precision", precision, ("fp32", "bf16", "fp16"))
     try:
-        prior = load(prior_name)
+        prior = load(prior_name, device=device, precision=precision)
     except (ValueError, TypeError, OSError) as e:
         fail("--prior", f"one of the shipped priors {priors_available()} or a loadable checkpoint path",
              f"{prior_name!r} ({e})")
@@ -289,6 +329,7 @@ class Item:
     task: str | None = None   # what is done with it (e.g. mri | ct | inpainting | deblur)
     out_name: str = ""        # its output, relative to OUT; existence marks it done
     error: str | None = None
+    info: dict = field(default_factory=dict)  # what probing found (sizes from the header, ...)
 
 
 def discover(inputs, classify: Callable, *, folder: Callable | None = None, what: str = "a supported file") \
@@ -442,7 +483,12 @@ def run_items(items: list, work: Callable, *, ctx: DistContext, name: str, out: 
             tally.done += 1
             if report is not None:
                 tqdm.write(f"[{name}] {report(it, result)}", file=sys.stderr)
-        except Exception as e:  # one bad item must not cost the others
+        except Exception as e:  # one bad item must not cost the others; a full disk stops the job
+            from .io_utils import disk_full_error, is_disk_full
+
+            if is_disk_full(e):
+                bar.close()
+                raise (e if getattr(e, "filename", None) else disk_full_error(out or "the outputs", e)) from None
             tally.failed += 1
             if on_error is not None:
                 line = on_error(it, e)

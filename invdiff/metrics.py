@@ -20,7 +20,9 @@ PSNR by skimage on the whole volume with ``data_range = gt.max()``, SSIM the mea
 
 **Posterior metrics** (reference notes ``smc-ads-conditional-dc.md`` §5.4): sliced Wasserstein distance
 between sample sets with its Monte Carlo floor, per-pixel coverage of central credible intervals, and
-mode weights for mixture posteriors.
+mode weights for mixture posteriors. **Calibration** of per-pixel uncertainty: :func:`coverage`,
+:func:`interval_score` and :func:`crps` (proper scores, Gneiting & Raftery 2007) from samples, and :func:`spearman`
+(rank correlation of a std map with the |error| map).
 """
 from __future__ import annotations
 
@@ -190,6 +192,9 @@ def fastmri_metrics(recon_volume, target_volume, *, complex: bool = False, crop:
         pred = center_crop(pred, (gt.shape[-1], gt.shape[-1]))
     if gt.shape != pred.shape:
         fail("recon_volume", f"the target's shape {gt.shape} (after cropping)", f"array of shape {pred.shape}")
+    if min(gt.shape[-2:]) < 7:  # fastMRI's SSIM: scikit-image's default 7x7 window (no smaller window is substituted)
+        fail("target_volume", "slices of at least 7x7 pixels (the fastMRI protocol's SSIM uses a 7x7 window)",
+             f"slices of {gt.shape[-2]}x{gt.shape[-1]}")
     maxval = gt.max()
     ssim_sum = 0
     for s in range(gt.shape[0]):
@@ -371,6 +376,89 @@ def coverage(samples: torch.Tensor, truth: torch.Tensor, level: float = 0.9, *, 
     return float(inside.to(F64).mean()) if reduce else inside
 
 
+def _samples_truth(samples, truth):
+    check_tensor("samples", samples)
+    check_tensor("truth", truth)
+    if samples.dim() < 1 or samples.shape[0] < 2:
+        fail("samples", "at least 2 samples (S, ...)", samples)
+    if tuple(truth.shape) != tuple(samples.shape[1:]):
+        fail("truth", f"shape {tuple(samples.shape[1:])} (one ground truth, like one sample)", truth)
+    return samples.detach().to(F64), truth.detach().to(device=samples.device, dtype=F64)
+
+
+def interval_score(samples: torch.Tensor, truth: torch.Tensor, level: float = 0.9, *, reduce: bool = True):
+    r"""Interval score of the per-pixel central credible intervals (Gneiting & Raftery 2007, Eq. 43).
+
+    With :math:`\alpha = 1 - \text{level}` and :math:`[l, u]` the :math:`\alpha/2` and :math:`1 - \alpha/2` sample quantiles
+    (as in :func:`coverage`):
+
+    .. math::  S_\alpha(l, u; x) = (u - l) + \tfrac{2}{\alpha}(l - x)\,\mathbb 1\{x < l\} + \tfrac{2}{\alpha}(x - u)\,\mathbb 1\{x > u\}
+
+    (width plus a penalty for a miss; lower is better, proper: minimised in expectation by the true quantiles).
+
+    :param samples: (S, *shape) posterior samples; ``truth``: (*shape) the ground truth.
+    :returns: the mean over pixels (float), or the per-pixel map with ``reduce=False``.
+
+    Example:
+        >>> s = torch.tensor([[0.0], [1.0], [2.0]])
+        >>> interval_score(s, torch.tensor([3.0]), level=0.5)   # [0.5, 1.5], miss by 1.5: 1 + 4 * 1.5
+        7.0
+    """
+    s, t = _samples_truth(samples, truth)
+    check_in_range("level", level, 0.0, 1.0, lo_open=True, hi_open=True)
+    alpha = 1.0 - level
+    srt = s.sort(dim=0).values
+    lo, hi = _sorted_quantile(srt, alpha / 2), _sorted_quantile(srt, 1 - alpha / 2)
+    score = (hi - lo) + (2 / alpha) * (lo - t).clamp_min(0) + (2 / alpha) * (t - hi).clamp_min(0)
+    return float(score.mean()) if reduce else score
+
+
+def crps(samples: torch.Tensor, truth: torch.Tensor, *, reduce: bool = True):
+    r"""Continuous ranked probability score per pixel from samples, energy form (Gneiting & Raftery 2007, Eq. 21):
+
+    .. math::  \mathrm{CRPS}(F, x) = \mathbb E|X - x| - \tfrac12\mathbb E|X - X'|,
+
+    estimated without bias (the "fair" estimator, Ferro 2014) from S samples :math:`x_1..x_S`:
+    :math:`\frac1S\sum_i|x_i - x| - \frac{1}{2S(S-1)}\sum_{i\ne j}|x_i - x_j|`, the pair sum in O(S log S) from the
+    sorted samples, :math:`\sum_{i<j}|x_{(i)} - x_{(j)}| = \sum_i (2i - S - 1)\,x_{(i)}` (i = 1..S). Same units as the
+    pixels, lower is better; for a point forecast it is the absolute error.
+
+    :param samples: (S, *shape), S >= 2; ``truth``: (*shape).
+    :returns: the mean over pixels (float), or the per-pixel map with ``reduce=False``.
+
+    Example:
+        >>> crps(torch.tensor([[0.0], [2.0]]), torch.tensor([1.0]))   # 1 - (2 * 2) / (2 * 2 * 1)
+        0.0
+    """
+    s, t = _samples_truth(samples, truth)
+    S = s.shape[0]
+    first = (s - t).abs().mean(0)
+    srt = s.sort(dim=0).values
+    i = torch.arange(1, S + 1, dtype=F64, device=s.device).reshape(S, *([1] * (s.dim() - 1)))
+    pair = ((2 * i - S - 1) * srt).sum(0)                                   # sum_{i<j} |x_i - x_j|
+    score = first - pair / (S * (S - 1))
+    return float(score.mean()) if reduce else score
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    r"""Spearman rank correlation of two equally shaped tensors (flattened): the Pearson correlation of their
+    ranks (ties broken by order; use on continuous values such as a std map and an |error| map)."""
+    check_tensor("a", a)
+    check_tensor("b", b)
+    if a.numel() != b.numel() or a.numel() < 2:
+        fail("b", f"{a.numel()} values like a (at least 2)", b)
+
+    def ranks(t):
+        t = t.detach().reshape(-1).to(F64)
+        r = torch.empty_like(t)
+        r[t.argsort()] = torch.arange(t.numel(), dtype=F64, device=t.device)
+        return r - r.mean()
+
+    ra, rb = ranks(a), ranks(b.to(a.device))
+    den = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / den if den > 0 else float("nan")
+
+
 def mode_weights(samples: torch.Tensor, means, *, sigma: float = 0.0) -> torch.Tensor:
     """(K,) fraction of samples assigned to each mixture component.
 
@@ -395,5 +483,6 @@ def mode_weights(samples: torch.Tensor, means, *, sigma: float = 0.0) -> torch.T
 
 __all__ = [
     "psnr", "ssim", "nmse", "center_crop", "fastmri_metrics", "fastmri_summary",
-    "sliced_wasserstein", "sw_monte_carlo_floor", "SWFloor", "coverage", "mode_weights",
+    "sliced_wasserstein", "sw_monte_carlo_floor", "SWFloor", "coverage", "interval_score", "crps", "spearman",
+    "mode_weights",
 ]

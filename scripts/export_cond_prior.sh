@@ -17,11 +17,13 @@ OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $PY - "$CKPT" "${WEIGHTS_DIR:-}" "${EVAL_IMA
 import json, sys
 from pathlib import Path
 from invdiff.training import export, read_train_checkpoint, regenerate_command
+from invdiff.priors.registry import WEIGHTS_DIR
 ckpt, wdir = sys.argv[1], sys.argv[2] or None
 meta, _ = read_train_checkpoint(ckpt)
 command = regenerate_command(dict(meta["config"], out="runs"), meta["step"])
-res = export(ckpt, weights_dir=wdir, eval_images=int(sys.argv[3]), command=command, threads=1,
-             loss_csv=Path(ckpt).resolve().parents[1] / "loss.csv")
+# default: the shipped prior in the package (replacing it is the point of this script)
+res = export(ckpt, weights_dir=wdir or WEIGHTS_DIR, eval_images=int(sys.argv[3]), command=command, threads=1,
+             loss_csv=Path(ckpt).resolve().parents[1] / "loss.csv", overwrite_shipped=wdir is None)
 # the run folder is a local choice: the shipped metadata says "runs", as the regenerate command does
 import torch
 from invdiff.priors.neural import NeuralPrior

@@ -221,6 +221,11 @@ def test_predictive_scores_and_schedule():
     (dict(budget=4, particles=1), "argument 'particles'", ValueError),
     (dict(budget=4, score="max"), "argument 'score'", ValueError),
     (dict(budget=4, window=(0.6, 0.2)), "argument 'window'", ValueError),
+    (dict(budget=4, window="early"), "argument 'window'", TypeError),
+    (dict(budget=4, acquire=3), "argument 'acquire'", TypeError),
+    (dict(budget=4, num_steps=0), "argument 'num_steps'", ValueError),
+    (dict(acceleration=float("inf")), "argument 'acceleration'", ValueError),
+    (dict(budget=4, center_fraction="centre"), "argument 'center_fraction'", ValueError),
 ])
 def test_ads_bad_options(kwargs, match, exc):
     op, prior, x, y = mri_problem()

@@ -99,8 +99,14 @@ def test_evaluate_refuses_empty_or_wrong_predictions_folder(tmp_path):
 
 # ---- item 7: peak memory measures what it claims ------------------------------------------------------------
 def _touch(mib):
-    t = torch.ones(mib * 2**20 // 4)     # written, so resident
-    return float(t[::4096].sum())
+    """Make ``mib`` MiB resident in fresh anonymous pages (an mmap of its own, unmapped on return): unlike a tensor,
+    it cannot reuse pages that an earlier test left in the allocator, so the growth it causes is always visible."""
+    import mmap
+
+    with mmap.mmap(-1, mib * 2**20) as m:
+        for off in range(0, len(m), 4096):   # write one byte per page: every page becomes resident
+            m[off] = 1
+        return float(m[0])
 
 
 def test_peak_mb_is_the_process_peak_not_the_growth():
@@ -108,7 +114,7 @@ def test_peak_mb_is_the_process_peak_not_the_growth():
 
     if _rss_bytes() is None:
         pytest.skip("no /proc: peak memory is reported as None")
-    _touch(96)                                   # the allocator may keep this for reuse: growth then reads ~0
+    _touch(96)
     rss0 = _rss_bytes() / 2**20
     m = measure(_touch, 96)
     assert m.peak_mb >= rss0 - 1                 # the whole process (the issue: 4 MiB for a ~1 GiB process)

@@ -68,12 +68,12 @@ def test_parser_sees_the_known_edges(graph):
 
 
 @pytest.mark.parametrize("area, forbidden", [
-    ("datasets", {"solvers", "priors", "training", "jobs", "bench", "reconstruct", "cli", "demo"}),
-    ("priors", {"datasets", "solvers", "training", "jobs", "bench", "reconstruct", "cli", "demo"}),
-    ("solvers", {"datasets", "training", "jobs", "bench", "reconstruct", "cli", "demo"}),
-    ("training", {"solvers", "bench", "reconstruct", "cli", "demo"}),
-    ("jobs", {"datasets", "training", "bench", "reconstruct", "cli", "demo"}),
-    ("bench", {"reconstruct", "cli", "demo", "training"}),
+    ("datasets", {"solvers", "priors", "training", "jobs", "bench", "reconstruct", "acquire", "cli", "demo"}),
+    ("priors", {"datasets", "solvers", "training", "jobs", "bench", "reconstruct", "acquire", "cli", "demo"}),
+    ("solvers", {"datasets", "training", "jobs", "bench", "reconstruct", "acquire", "cli", "demo"}),
+    ("training", {"solvers", "bench", "reconstruct", "acquire", "cli", "demo"}),
+    ("jobs", {"datasets", "training", "bench", "reconstruct", "acquire", "cli", "demo"}),
+    ("bench", {"reconstruct", "acquire", "cli", "demo", "training"}),
 ])
 def test_dependency_direction(graph, area, forbidden):
     assert not graph.get(area, set()) & forbidden, f"{area} imports {sorted(graph[area] & forbidden)}"

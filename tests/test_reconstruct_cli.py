@@ -61,7 +61,7 @@ def one_image(tmp_path):
     (["--solver", "tv", "--set", "bogus=1"], "argument '--set'"),
     (["--solver", "tv", "--set", "solver.bogus=1"], "argument 'tv.<option>'"),
     (["--solver", "dds", "--prior", "ct-phantom-64", "--set", "dds.n_samples=2"], "argument 'dds.<option>'"),  # use n_samples
-    ([], "argument '--solver'"),
+    (["--solver", "tv", "--set", "seed=abc"], "argument '--seed'"),
 ])
 def test_bad_arguments_one_clear_message(tmp_path, one_image, capsys, args, words):
     rc, out, err = run_cli([one_image, "--out", tmp_path / "out", *args], capsys)

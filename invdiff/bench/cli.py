@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from .._validate import fail
+from .._validate import check_choice, fail
 from .runner import DEFAULTS
 
 
@@ -38,10 +38,14 @@ def _parser():
     p.add_argument("--n-images", type=int, help=f"held-out images per task (default {DEFAULTS['n_images']})")
     p.add_argument("--size", type=int, help=f"image size (default {DEFAULTS['size']})")
     p.add_argument("--prior", help="prior for every task (default: each task's own)")
+    p.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--precision", help="prior network precision: fp32 (default), bf16 or fp16")
     p.add_argument("--sweep", action="append", default=[], metavar="SOLVER.OPTION=V1,V2,...",
                    help="one configuration per value")
     p.add_argument("--overwrite", action="store_true", default=None, help="recompute finished rows")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    p.add_argument("--strict", action="store_true", default=None, help="a prior applied to images of a size or "
+                   "scale it was not trained for is an error (checked before any row runs), not a warning")
     p.add_argument("--list", action="store_true", help="list the tasks and exit")
     p.add_argument("--config", help="config file (JSON or key = value lines); keys: " + ", ".join(DEFAULTS)
                                     + ", and SOLVER.OPTION")
@@ -82,7 +86,7 @@ def list_tasks() -> str:
 def main(argv=None) -> int:
     from ..io_utils import atomic_write_json, check_writable_dir
     from ..priors import available as priors_available
-    from ..jobs import barrier, check_solver_options, resolve_config
+    from ..jobs import barrier, check_device, check_solver_options, resolve_config
     from ..jobs import join as dist_context
     from ..solvers import available as solvers_available
     from .runner import run, write_outputs
@@ -93,9 +97,12 @@ def main(argv=None) -> int:
         print(list_tasks())
         return 0
     flags = {k: v for k, v in {"tasks": a.tasks, "solvers": a.solvers, "n_images": a.n_images, "size": a.size,
-                               "prior": a.prior, "overwrite": a.overwrite, "progress": a.progress}.items()
+                               "prior": a.prior, "overwrite": a.overwrite, "progress": a.progress,
+                               "strict": a.strict, "device": a.device, "precision": a.precision}.items()
              if v is not None}
     cfg, options = resolve_config(DEFAULTS, a.config, a.set, extra=flags)
+    check_device(cfg["device"])
+    check_choice("--precision", cfg["precision"], ("fp32", "bf16", "fp16"))
     if "solver" in options:
         fail("--set", "solver options as SOLVER.OPTION (the solver's name, e.g. dds.num_steps)",
              f"solver.{next(iter(options['solver']))}")
@@ -110,14 +117,23 @@ def main(argv=None) -> int:
     bad = [s for s in solvers if s not in known and s != "baseline"]
     if bad or not solvers:
         fail("--solvers", f"solver names among {known} or 'baseline'", f"unknown {bad}" if bad else "nothing")
+    raw_sweep = cfg["sweep"] or {}
+    if not isinstance(raw_sweep, dict) or not all(isinstance(v, list) for v in raw_sweep.values()):
+        fail("sweep", 'a mapping {"SOLVER.OPTION": [V1, V2, ...]}', cfg["sweep"], TypeError)
     sweep = dict(cfg["sweep"] or {})
     sweep.update(_parse_sweeps(a.sweep))
     for k in sweep:
         if k.split(".", 1)[0] not in known:
             fail("--sweep", f"SOLVER.OPTION with SOLVER among {known}", k)
+        if k.split(".", 1)[0] not in solvers and "baseline" not in solvers:
+            fail("--sweep", f"options of the benchmarked solvers {solvers}", f"{k} (solver not in --solvers)")
     for s in set(options) | {k.split(".", 1)[0] for k in sweep}:
         check_solver_options(s, dict(options.get(s, {}), **{k.split(".", 1)[1]: None for k in sweep
                                                              if k.split(".", 1)[0] == s}), chains=True)
+        for k, values in sweep.items():   # every swept value checked (typed option specs: type and range)
+            if k.split(".", 1)[0] == s:
+                for v in values:
+                    check_solver_options(s, dict(options.get(s, {}), **{k.split(".", 1)[1]: v}), chains=True)
     if not (isinstance(cfg["n_images"], int) and cfg["n_images"] >= 1):
         fail("--n-images", "an int >= 1", cfg["n_images"])
     if cfg["prior"] is not None:
@@ -125,7 +141,19 @@ def main(argv=None) -> int:
 
         if cfg["prior"] not in priors_available() and not Path(str(cfg["prior"])).exists():
             fail("--prior", f"one of the shipped priors {priors_available()} or a checkpoint path", repr(cfg["prior"]))
+    from .._validate import check_bool, check_int, check_number
+
+    check_int("--size", cfg["size"], lo=8)
+    check_int("depth", cfg["depth"], lo=1)
+    check_number("noise", cfg["noise"], lo=0)
+    check_int("first_image", cfg["first_image"], lo=0)
+    check_int("threads", cfg["threads"], lo=1)
+    for k in ("overwrite", "progress", "strict"):
+        check_bool(k, cfg[k])
     cfg = dict(cfg, tasks=tasks, solvers=solvers, sweep=sweep)
+    from .runner import plan
+
+    plan(cfg, options)  # priors load and the size guard (--strict) runs before anything is written
     torch.set_num_threads(int(cfg["threads"]))
     out = check_writable_dir("--out", a.out)
 

@@ -17,6 +17,7 @@ the configuration in the JSON), ``results_per_image.csv``, ``psnr_vs_nfe.png`` a
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .._validate import fail
 
 
 DEFAULTS = {
@@ -38,9 +41,12 @@ DEFAULTS = {
     "prior": None,            # None: each task's default prior
     "cond_prior": None,       # conditional prior of solver conditional-dc (None: "<task prior>-cond")
     "threads": 1,
+    "device": "cpu",          # cpu | cuda | cuda:N: where solvers run (images are simulated on the CPU)
+    "precision": "fp32",      # fp32 | bf16 | fp16: the prior network's autocast precision
     "sweep": {},              # {"dds.num_steps": [10, 20, 50]}: one configuration per value (product over keys)
     "overwrite": False,
     "progress": True,
+    "strict": False,          # a prior applied outside the sizes it fits: an error (checked when planning)
 }
 
 
@@ -99,6 +105,15 @@ def plan(cfg: dict, options: dict) -> tuple[list[RowSpec], list[str]]:
                 if prior_name not in priors:
                     priors[prior_name] = load(prior_name)
             why = applicable(task, solver, _for_task(task, priors.get(prior_name)))
+            if not why and prior_name is not None and cfg.get("strict"):
+                from ..priors import check_prior_fits
+
+                size, C = int(cfg["size"]), task.channels
+                shape = (C, int(cfg["depth"]), size, size) if task.dims == 3 else (C, size, size)
+                try:
+                    check_prior_fits(_for_task(task, priors[prior_name]), shape, strict=True)
+                except ValueError as e:
+                    fail("--strict", f"a prior that fits task {tname!r} at --size {size}", str(e))
             if why:
                 notes.append(f"{tname} / {solver}: skipped, {why}")
                 continue
@@ -157,6 +172,7 @@ def run_row(r: RowSpec, cfg: dict, prior_cache: dict) -> dict:
 
     from ..datasets import HELDOUT_SEED_START
     from ..metrics import fastmri_metrics
+    from ..jobs import to_device
     from ..priors import load
     from .measure import measure
     from .tasks import get_task
@@ -168,12 +184,15 @@ def run_row(r: RowSpec, cfg: dict, prior_cache: dict) -> dict:
     op = task.physics(int(cfg["size"]), int(cfg["depth"]), float(cfg["noise"]), torch.Generator().manual_seed(seed))
     with torch.no_grad():
         y = op(x)
+    y, op = to_device(y, op, cfg.get("device", "cpu"))
     prior = None
     if r.prior is not None:
         if r.prior not in prior_cache:
-            prior_cache[r.prior] = load(r.prior)
+            prior_cache[r.prior] = load(r.prior, device=cfg.get("device", "cpu"),
+                                        precision=str(cfg.get("precision", "fp32")))
         prior = _for_task(task, prior_cache[r.prior])
-    m = measure(invdiff.solve, y, op, prior, solver=r.solver, seed=seed, progress=False, **r.options)
+    m = measure(invdiff.solve, y, op, prior, solver=r.solver, seed=seed, progress=False,
+                strict=bool(cfg.get("strict", False)), **r.options)
     rec = m.value
     c = task.channels == 2
     met = fastmri_metrics(_magnitude(rec.mean, c), _magnitude(x, c), crop=False)
@@ -229,7 +248,7 @@ def plot_psnr_vs_nfe(summary: list[dict], path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io_utils import atomic_path
+    from ..io_utils import atomic_write_bytes
 
     tasks = sorted({s["task"] for s in summary if s["PSNR"] is not None})
     if not tasks:
@@ -259,9 +278,12 @@ def plot_psnr_vs_nfe(summary: list[dict], path: Path):
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, dpi=110, format="png")    # to memory: a full disk fails in one plain write
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -382,6 +382,79 @@ def zero_filled(kspace: np.ndarray) -> np.ndarray:
     return np.abs(img).astype(np.float32)
 
 
+def kspace_scale(kspace: np.ndarray) -> float:
+    """invdiff's fastMRI intensity normalisation: the maximum of the zero-filled magnitude (:func:`zero_filled`,
+    root-sum-of-squares over coils) over all the slices given. ``invdiff reconstruct`` divides a volume's measured
+    k-space by it (so the prior sees images of maximum about 1), and ``train-prior --data fastmri:`` divides every
+    training slice by the value of its fully sampled volume (:func:`volume_scale`): one definition for both."""
+    return float(zero_filled(kspace).max())
+
+
+def volume_scale(path) -> float:
+    """:func:`kspace_scale` of a whole fastMRI volume, read one slice at a time (memory: one slice)."""
+    info = inspect_fastmri(path)
+    with _open_h5(info.path) as f:
+        ks = f["kspace"]
+        return max(kspace_scale(np.asarray(ks[s])[None]) for s in range(info.num_slices))
+
+
+#: coil combinations for training images (:func:`coil_combine`)
+COMBINE_CHOICES = ("rss-phase", "espirit")
+
+
+def coil_combine(kspace: np.ndarray, method: str = "rss-phase", calib: int = 24) -> np.ndarray:
+    r"""Complex image (H, W) of one slice's fully sampled k-space: single-coil ``(H, W)`` -> ``ifft2c``;
+    multi-coil ``(N, H, W)``:
+
+    - ``"rss-phase"``: magnitude :math:`\sqrt{\sum_n |x_n|^2}` (root-sum-of-squares, fastMRI's target) with the
+      phase of the coil combination :math:`\sum_n \bar s_n x_n` whose sensitivities :math:`s_n` are the
+      low-resolution coil images (the central ``calib`` x ``calib`` k-space) divided by their RSS and by the phase of
+      coil 0's low-resolution image (so the object's own phase is kept, relative to coil 0's: without that
+      reference the low-resolution phase of the object would cancel);
+    - ``"espirit"``: :math:`\sum_n \bar s_n x_n` with ESPIRiT maps (sigpy, :func:`invdiff.operators.espirit_maps`).
+    """
+    check_choice("method", method, COMBINE_CHOICES)
+    imgs = ifft2c(kspace)
+    if kspace.ndim == 2:
+        return imgs.astype(np.complex64)
+    if method == "espirit":
+        from ..operators import espirit_maps
+
+        maps = espirit_maps(kspace_to_tensor(kspace), calib_width=calib).numpy()
+        return (np.conj(maps) * imgs).sum(0).astype(np.complex64)
+    H, W = kspace.shape[-2:]
+    lowk = np.zeros_like(kspace)
+    ch, cw = min(calib, H) // 2, min(calib, W) // 2
+    lowk[:, H // 2 - ch:H // 2 + ch, W // 2 - cw:W // 2 + cw] = kspace[:, H // 2 - ch:H // 2 + ch, W // 2 - cw:W // 2 + cw]
+    low = ifft2c(lowk)
+    ref = np.exp(-1j * np.angle(low[0]))                      # coil 0 is the phase reference (keeps the object phase)
+    sens = low * ref / (np.sqrt((np.abs(low) ** 2).sum(0)) + 1e-12)
+    phase = np.angle((np.conj(sens) * imgs).sum(0))
+    rss = np.sqrt((np.abs(imgs) ** 2).sum(0))
+    return (rss * np.exp(1j * phase)).astype(np.complex64)
+
+
+def training_image(path, slice_index: int, *, size: int | None = None, method: str = "rss-phase",
+                   scale: float | None = None) -> np.ndarray:
+    """One training image of a fastMRI file: :func:`coil_combine` of the slice's k-space, centre-cropped (or
+    zero-padded) to ``size`` x ``size`` (default: the file's reconstruction size), divided by ``scale`` (default:
+    :func:`volume_scale` of the file). Reads one slice; complex64 (size, size)."""
+    info = inspect_fastmri(path)
+    with _open_h5(info.path) as f:
+        k = np.asarray(f["kspace"][int(slice_index)]).astype(np.complex64, copy=False)
+    z = coil_combine(k, method)
+    h, w = (size, size) if size else info.recon_size
+    H, W = z.shape
+    if H < h or W < w:                                        # zero-pad to at least the crop
+        ph, pw = max(h - H, 0), max(w - W, 0)
+        z = np.pad(z, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)))
+    from ..metrics import center_crop
+
+    z = center_crop(z, (h, w))
+    s = volume_scale(path) if scale is None else scale
+    return (z / max(s, 1e-20)).astype(np.complex64)
+
+
 # ------------------------------------------------------------------------------------------------
 # slice dataset
 # ------------------------------------------------------------------------------------------------
@@ -472,25 +545,23 @@ def write_reconstruction(path, reconstruction, attrs: dict | None = None, *, ext
     (e.g. ``reconstruction_std``; ``evaluate.py`` reads only ``reconstruction``). The file appears only once
     complete (temporary file + ``os.replace``).
     """
-    import h5py
-
-    from ..io_utils import atomic_path
+    from ..io_utils import atomic_write_h5
 
     r = reconstruction.detach().cpu().numpy() if isinstance(reconstruction, torch.Tensor) else np.asarray(reconstruction)
     if r.ndim != 3 or np.iscomplexobj(r):
         fail("reconstruction", "a real magnitude volume (slices, h, w)", f"array of shape {r.shape}, dtype {r.dtype}")
     if not np.isfinite(r).all():
         fail("reconstruction", "finite values", f"array of shape {r.shape} with NaN/Inf")
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("reconstruction", data=r.astype(np.float32))
-            for k, v in (extra or {}).items():
-                f.create_dataset(k, data=np.asarray(v, dtype=np.float32))
-            for k, v in (attrs or {}).items():
-                if v is None:
-                    continue
-                f.attrs[k] = v if isinstance(v, (int, float, str, np.number)) else str(v)
-    return Path(path)
+    def fill(f):
+        f.create_dataset("reconstruction", data=r.astype(np.float32))
+        for k, v in (extra or {}).items():
+            f.create_dataset(k, data=np.asarray(v, dtype=np.float32))
+        for k, v in (attrs or {}).items():
+            if v is None:
+                continue
+            f.attrs[k] = v if isinstance(v, (int, float, str, np.number)) else str(v)
+
+    return atomic_write_h5(path, fill)
 
 
 def save_reconstructions(reconstructions: dict, out_dir) -> list[Path]:

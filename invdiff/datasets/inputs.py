@@ -55,6 +55,58 @@ def probe_h5(path) -> str:
     raise DataFileError(path, f"neither fastMRI 'kspace' nor a 'sinogram' dataset (found keys {sorted(keys)})")
 
 
+def input_shape(kind: str, path) -> dict:
+    """Sizes of an input read from its header only (no pixel data): ``{"slices": D, "shape": (H, W)}`` for
+    images and volumes, plus ``{"coils": N}`` for fastMRI k-space and ``{"n_views": V, "n_det": n,
+    "image_size": N | None}`` for sinograms. Raises :class:`DataFileError` for an unreadable file."""
+    p = Path(path)
+    try:
+        if kind == "image" and p.suffix.lower() == ".npy":
+            a = np.load(p, mmap_mode="r", allow_pickle=False)
+            shp = tuple(int(s) for s in a.shape)
+            if len(shp) not in (2, 3) or np.iscomplexobj(a) or a.dtype.kind not in "fiub":
+                raise DataFileError(p, f"array has shape {shp} and dtype {a.dtype}; expected a real image (H, W) "
+                                       "or a stack of slices (D, H, W)")
+            return {"slices": 1 if len(shp) == 2 else shp[0], "shape": shp[-2:]}
+        if kind == "image":
+            from PIL import Image
+
+            with Image.open(p) as im:
+                w, h = im.size
+            return {"slices": 1, "shape": (int(h), int(w))}
+        if kind == "volume" and is_nifti(p):
+            import nibabel as nib
+
+            shp = tuple(int(s) for s in nib.load(str(p)).shape)
+            if len(shp) == 2:
+                shp = shp + (1,)
+            if len(shp) != 3:
+                raise DataFileError(p, f"NIfTI data of shape {shp}; expected a 3D volume")
+            return {"slices": shp[2], "shape": (shp[1], shp[0])}
+        if kind == "volume":
+            import pydicom
+
+            files = dicom_files(p) if p.is_dir() else [p]
+            ds = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+            return {"slices": len(files), "shape": (int(ds.Rows), int(ds.Columns))}
+        if kind == "sinogram" and p.suffix.lower() == ".npy":
+            a = np.load(p, mmap_mode="r", allow_pickle=False)
+            shp = tuple(int(s) for s in a.shape)
+            return {"slices": 1 if len(shp) == 2 else shp[0], "n_det": shp[-2], "n_views": shp[-1],
+                    "image_size": None}
+        if kind == "sinogram":
+            with _open_h5(p) as f:
+                shp = tuple(int(s) for s in f["sinogram"].shape)
+                n = f.attrs.get("image_size")
+            return {"slices": 1 if len(shp) == 2 else shp[0], "n_det": shp[-2], "n_views": shp[-1],
+                    "image_size": None if n is None else int(n)}
+    except DataFileError:
+        raise
+    except Exception as e:  # unreadable headers: one message naming the file
+        raise DataFileError(p, f"cannot read its header: {type(e).__name__}: {e}") from None
+    return {}
+
+
 def output_name(kind: str, path) -> str:
     """The output file name of an input: the same name for fastMRI (the submission format), NAME.npy for images,
     NAME.nii.gz for volumes and sinograms."""
@@ -73,6 +125,18 @@ def write_outputs(kind: str, src, primary, recon: np.ndarray, extra: dict, info:
     attributes (``attrs``) or the volume ``affine``."""
     primary = Path(primary)
     out = primary.parent
+    written = []
+    try:
+        _write(kind, src, primary, out, recon, extra, info, write_dicom, written)
+    except BaseException:  # (a full disk) the secondary files of an input that is not done go too
+        import shutil
+
+        for p in written:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        raise
+
+
+def _write(kind, src, primary, out, recon, extra, info, write_dicom, written):
     if kind == "fastmri":
         from .fastmri import write_reconstruction
 
@@ -80,17 +144,19 @@ def write_outputs(kind: str, src, primary, recon: np.ndarray, extra: dict, info:
         return
     name = stem(primary.name)
     if kind == "image":
-        if "std" in extra:
-            write_array(out / f"{name}_std.npy", extra["std"])
+        for key in ("std", "std_calibrated"):
+            if key in extra:
+                written.append(write_array(out / f"{name}_{key}.npy", extra[key]))
         if Path(src).suffix.lower() == ".png" and recon.ndim == 2:
-            write_png(out / f"{name}.png", recon, 0.0, 1.0)
+            written.append(write_png(out / f"{name}.png", recon, 0.0, 1.0))
         write_array(primary, recon)
         return
-    if "std" in extra:
-        write_nifti(out / f"{name}_std.nii.gz", extra["std"], info.get("affine"))
+    for key in ("std", "std_calibrated"):
+        if key in extra:
+            written.append(write_nifti(out / f"{name}_{key}.nii.gz", extra[key], info.get("affine")))
     if write_dicom:
-        write_dicom_series(out / f"{name}_dicom", recon, info.get("affine"))
+        written.append(write_dicom_series(out / f"{name}_dicom", recon, info.get("affine")))
     write_nifti(primary, recon, info.get("affine"))
 
-
-__all__ = ["KINDS", "DESCRIPTION", "classify_file", "is_series_folder", "probe_h5", "output_name", "write_outputs"]
+__all__ = ["KINDS", "DESCRIPTION", "classify_file", "is_series_folder", "probe_h5", "input_shape", "output_name",
+           "write_outputs"]

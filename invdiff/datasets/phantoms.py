@@ -224,7 +224,21 @@ def split_seeds(split: str, n: int, start: int = 0) -> list[int]:
     return list(range(base + start, base + start + n))
 
 
-GENERATORS = {"ct": ct_phantoms, "mri": mri_phantoms}
+def _ct_anatomy(seeds, size: int = 256) -> torch.Tensor:
+    from .anatomy import ct_anatomy
+
+    return ct_anatomy(seeds, size)
+
+
+def _mri_anatomy(seeds, size: int = 256) -> torch.Tensor:
+    from .anatomy import mri_anatomy
+
+    return mri_anatomy(seeds, size)
+
+
+#: phantom kinds: the 64x64-era ellipse phantoms ("ct", "mri") and the anatomy-like real-size families
+#: (:mod:`invdiff.datasets.anatomy`: "ct-anatomy", "mri-anatomy")
+GENERATORS = {"ct": ct_phantoms, "mri": mri_phantoms, "ct-anatomy": _ct_anatomy, "mri-anatomy": _mri_anatomy}
 
 
 class PhantomStream:
@@ -238,7 +252,7 @@ class PhantomStream:
         check_choice("kind", kind, tuple(GENERATORS))
         check_positive("size", size, integer=True)
         self.kind, self.size, self.seed_offset = kind, size, seed_offset
-        self.channels = 1 if kind == "ct" else 2
+        self.channels = 1 if kind.startswith("ct") else 2
 
     def batch(self, step: int, batch_size: int) -> torch.Tensor:
         start = self.seed_offset + step * batch_size

@@ -92,12 +92,12 @@ def write_synthetic_fastmri(path, n_slices: int = 4, coils: int = 8, shape=(64, 
         phantom: ``"brain"`` (invdiff MRI phantoms) or ``"shepp-logan"`` (per-slice size and phase).
         scale: k-space scale factor.
         noise: complex Gaussian k-space noise std, relative to ``scale``.
-        mask_kind, acceleration, center_fraction: the test-file mask (seeded by the file name).
+        mask_kind, acceleration, center_fraction: the test-file mask, seeded by the file name: a fastMRI family
+            (``fastmri-random``, ``fastmri-equispaced-fraction``, ...) gives fastMRI's own columns for that name
+            (``tuple(map(ord, name))`` seeding, ``round(cf * W)`` centre lines); invdiff's families their own.
         acquisition: the ``acquisition`` attribute.
     """
-    import h5py
-
-    from ..io_utils import atomic_path
+    from ..io_utils import atomic_write_h5
     from ..operators import birdcage_maps, make_mask, seed_for_file
     from .fastmri import fft2c, ifft2c
 
@@ -138,26 +138,35 @@ def write_synthetic_fastmri(path, n_slices: int = 4, coils: int = 8, shape=(64, 
                                     ecenter=W // 2, smax=n_slices - 1)
     attrs = {"acquisition": acquisition, "patient_id": f"synthetic-{seed}", "max": float(rss.max()),
              "norm": float(np.linalg.norm(rss))}
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("ismrmrd_header", data=header)
-            if kind == "test":
-                cf = center_fraction
-                cols = make_mask(mask_kind, (1, W), acceleration, cf, seed=seed_for_file(path.name))[0].numpy()
-                kspace = (kspace * cols + 0.0).astype(np.complex64)
-                f.create_dataset("mask", data=cols.astype(bool))
-                from ..operators import default_center_fraction
+    if kind == "test":
+        from ..operators import default_center_fraction
+        from ..operators.fastmri_masks import FASTMRI_MASK_KINDS, center_lines, fastmri_seed
 
-                f.attrs["acceleration"] = int(acceleration) if float(acceleration).is_integer() else float(acceleration)
-                f.attrs["num_low_frequency"] = int((cf if cf is not None else default_center_fraction(acceleration)) * W)
-                del attrs["max"], attrs["norm"]
-            else:
-                f.create_dataset("reconstruction_rss", data=rss)
-                if kind == "singlecoil":
-                    f.create_dataset("reconstruction_esc", data=rss)   # |F^-1 k| cropped (emulated single coil)
-            f.create_dataset("kspace", data=kspace)
-            for k, v in attrs.items():
-                f.attrs[k] = v
+        cf = center_fraction if center_fraction is not None else default_center_fraction(acceleration)
+        if mask_kind in FASTMRI_MASK_KINDS:   # fastMRI's own family: its per-file seeding and centre rule
+            cols = make_mask(mask_kind, (1, W), acceleration, cf, seed=fastmri_seed(path.name))[0].numpy()
+            n_low = center_lines(W, cf)
+        else:
+            cols = make_mask(mask_kind, (1, W), acceleration, cf, seed=seed_for_file(path.name))[0].numpy()
+            n_low = int(cf * W)
+        kspace = (kspace * cols + 0.0).astype(np.complex64)
+        del attrs["max"], attrs["norm"]
+        attrs["acceleration"] = int(acceleration) if float(acceleration).is_integer() else float(acceleration)
+        attrs["num_low_frequency"] = int(n_low)
+
+    def fill(f):
+        f.create_dataset("ismrmrd_header", data=header)
+        if kind == "test":
+            f.create_dataset("mask", data=cols.astype(bool))
+        else:
+            f.create_dataset("reconstruction_rss", data=rss)
+            if kind == "singlecoil":
+                f.create_dataset("reconstruction_esc", data=rss)   # |F^-1 k| cropped (emulated single coil)
+        f.create_dataset("kspace", data=kspace)
+        for k, v in attrs.items():
+            f.attrs[k] = v
+
+    atomic_write_h5(path, fill)
     return path
 
 

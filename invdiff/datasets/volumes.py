@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from .._validate import check_positive, fail
-from ..io_utils import atomic_path
+from ..io_utils import atomic_path, atomic_write_h5, atomic_write_npy, disk_full_error, is_disk_full
 from .fastmri import DataFileError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -125,6 +125,28 @@ def write_nifti(path, data, affine=None) -> Path:
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(blob)
     return path
+
+
+def nifti_slice_count(path, axis: int = 0) -> int:
+    """Number of slices of a NIfTI volume along ``axis`` of its (D, H, W) data (reads the header only)."""
+    import nibabel as nib
+
+    shape = tuple(nib.load(str(path)).shape[:3]) + (1,) * max(0, 3 - len(nib.load(str(path)).shape))
+    return int(shape[2 - axis])                    # (D, H, W) = array (i, j, k) transposed
+
+
+def read_nifti_slice(path, index: int, axis: int = 0) -> np.ndarray:
+    """Slice ``index`` along ``axis`` of the (D, H, W) data of :func:`read_nifti`, float32 2D, reading only that
+    slice through nibabel's array proxy (gzip streams are decompressed up to it, never held whole)."""
+    import nibabel as nib
+
+    proxy = nib.load(str(path)).dataobj
+    sel = [slice(None)] * 3
+    sel[2 - axis] = int(index)
+    if len(proxy.shape) == 4:
+        sel.append(0)
+    arr = np.asarray(proxy[tuple(sel)], dtype=np.float32)
+    return np.ascontiguousarray(arr.T)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -293,8 +315,10 @@ def write_dicom_series(folder, data, affine=None, *, series_description: str = "
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise disk_full_error(folder, e) from None
         raise
     return folder
 
@@ -397,17 +421,15 @@ def image_size_for_detectors(n_detectors: int) -> int:
 
 def write_sinogram(path, sino: Sinogram) -> Path:
     """Write a :class:`Sinogram` as h5 (``sinogram`` + attributes ``angles``, ``image_size``, ``affine``), atomically."""
-    import h5py
+    def fill(f):
+        f.create_dataset("sinogram", data=np.asarray(sino.data, dtype=np.float32))
+        f.attrs["angles"] = np.asarray(sino.angles, dtype=np.float64)
+        f.attrs["image_size"] = int(sino.image_size)
+        f.attrs["geometry"] = "parallel"
+        if sino.affine is not None:
+            f.attrs["affine"] = np.asarray(sino.affine, dtype=np.float64)
 
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("sinogram", data=np.asarray(sino.data, dtype=np.float32))
-            f.attrs["angles"] = np.asarray(sino.angles, dtype=np.float64)
-            f.attrs["image_size"] = int(sino.image_size)
-            f.attrs["geometry"] = "parallel"
-            if sino.affine is not None:
-                f.attrs["affine"] = np.asarray(sino.affine, dtype=np.float64)
-    return Path(path)
+    return atomic_write_h5(path, fill)
 
 
 def read_sinogram(path, *, angles=None, image_size: int | None = None, n_views: int | None = None,
@@ -495,9 +517,7 @@ def read_image(path) -> np.ndarray:
 
 def write_array(path, data) -> Path:
     """Write a float32 ``.npy`` array atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(data, dtype=np.float32), allow_pickle=False)
+    atomic_write_npy(path, np.asarray(data, dtype=np.float32))
     return Path(path)
 
 

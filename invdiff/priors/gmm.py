@@ -683,6 +683,29 @@ class GaussianMixture(Prior):
         return out.reshape(n, *self.event_shape).to(self.dtype)
 
     # -- exact posterior ---------------------------------------------------------------------------------
+    def log_evidence(self, y: torch.Tensor, physics, *, sigma_y: float | None = None) -> torch.Tensor:
+        r"""Exact log marginal likelihood :math:`\log p(y) = \log\sum_k w_k\,\mathcal N(y; A\mu_k, AC_kA^\top + \sigma_y^2 I_m)`
+        of each measurement under the mixture prior and the linear-Gaussian model :math:`y = Ax + \sigma_y\epsilon`.
+
+        :param y: measurements (B, *y_shape) (or (m,) for one); m = the operator's output size (complex values
+            count as two reals), so for masked operators the unmeasured zeros count as observed at noise sigma_y.
+        :param physics, sigma_y: as in :meth:`posterior` (``sigma_y > 0`` required: without noise p(y) is a density
+            on a subspace).
+        :returns: (B,) float64.
+
+        Example:
+            >>> import torch
+            >>> from invdiff.operators import MatrixOperator
+            >>> gm = GaussianMixture(torch.ones(1), torch.zeros(1, 1), torch.eye(1)[None])
+            >>> float(gm.log_evidence(torch.tensor([[0.0]]), MatrixOperator(torch.eye(1), sigma=1.0)))  # N(0; 0, 2)
+            -1.2655...
+        """
+        if not _noise_std(physics, sigma_y) > 0:
+            fail("sigma_y", "a noise level > 0 (p(y) is a density on a subspace without noise)", 0.0)
+        if isinstance(y, torch.Tensor) and y.dim() >= 2 and y.shape[0] > 1:
+            return torch.stack([self._condition(y[i:i + 1], physics, sigma_y, True) for i in range(y.shape[0])])
+        return self._condition(y, physics, sigma_y, True).reshape(1)
+
     def posterior(self, y: torch.Tensor, physics, *, sigma_y: float | None = None) -> "GaussianMixture":
         r"""Exact posterior mixture of x given one measurement :math:`y = A x + \sigma_y \epsilon`.
 
@@ -695,6 +718,10 @@ class GaussianMixture(Prior):
             whose predicted measurements span different subspaces) or y is impossible.
         :returns: a :class:`GaussianMixture` with the same event shape (low rank when the prior is).
         """
+        return self._condition(y, physics, sigma_y, False)
+
+    def _condition(self, y, physics, sigma_y, evidence_only: bool):
+        """Body of :meth:`posterior`; with ``evidence_only`` it returns log p(y) (0-d float64) instead."""
         sig = _noise_std(physics, sigma_y)
         op = _LinearOp(physics, self.event_shape, self.dim, self._mu.device)
         yv = _flat_measurement(y, op.m)
@@ -756,6 +783,8 @@ class GaussianMixture(Prior):
             lams.append(mu_z.clamp_min(0.0))
 
         log_lik = torch.stack(log_lik)
+        if evidence_only:
+            return torch.logsumexp(self._log_w + log_lik, dim=0)
         if sig == 0:
             _check_common_range(ranges, log_lik)
         if not torch.isfinite(log_lik).any():

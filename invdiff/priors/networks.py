@@ -15,6 +15,11 @@ Conditional variant: ``cond_channels > 0`` adds input channels for a measurement
 (e.g. the zero-filled / back-projected reconstruction), concatenated to the noisy input; the output
 still has ``out_channels`` channels.
 
+Positional (patch) variant: ``pos_channels = dims`` adds one input channel per spatial axis holding the normalised
+coordinate of each pixel within the *whole* image (:func:`coordinate_channels`), as in patch-based diffusion priors
+(PaDIS, Hu et al. 2024, Sec. 3.2 "positional encoding"): a network trained on random crops then knows where in the
+image each crop lies. Without ``pos`` the network computes the coordinates of the input itself (the whole image).
+
 Native volumes: ``dims=3`` builds the same network from ``Conv3d`` (3x3x3 kernels, stride-2 3x3x3
 down-sampling, nearest up-sampling), GroupNorm and the same noise embedding; it takes (B, C, D, H, W).
 ``dims`` is stored in :attr:`CompactUNet.config` only when it is 3, so 2D configs (and the files of
@@ -43,6 +48,33 @@ from .._validate import check_positive, fail
 def _conv(dims: int):
     """``nn.Conv2d`` or ``nn.Conv3d``."""
     return nn.Conv3d if dims == 3 else nn.Conv2d
+
+
+def coordinate_channels(full, offsets=None, patch=None, *, batch: int = 1, dtype=torch.float32,
+                        device=None) -> torch.Tensor:
+    r"""Normalised pixel-centre coordinates of crops within a whole image (PaDIS positional channels).
+
+    For a whole image of spatial size ``full`` = (N_1, ..., N_d), pixel index :math:`i_a` on axis :math:`a` has the
+    coordinate :math:`u_a = 2 (i_a + 1/2) / N_a - 1 \in (-1, 1)`. A crop of size ``patch`` at ``offsets`` (one
+    row of d start indices per batch element, (B, d)) gets the coordinates of the pixels it covers. Without
+    ``offsets`` / ``patch``: the whole image, repeated ``batch`` times. Returns (B, d, *patch).
+
+    >>> coordinate_channels((4, 4))[0, 0, :, 0].tolist()     # axis 0 (rows) varies down the image
+    [-0.75, -0.25, 0.25, 0.75]
+    >>> coordinate_channels((4, 4), torch.tensor([[2, 0]]), (2, 2))[0, 0, :, 0].tolist()
+    [0.25, 0.75]
+    """
+    full = tuple(int(n) for n in full)
+    d = len(full)
+    patch = full if patch is None else tuple(int(n) for n in patch)
+    offs = torch.zeros(batch, d, dtype=torch.long) if offsets is None else torch.as_tensor(offsets).long().reshape(-1, d)
+    axes = []
+    for a in range(d):
+        i = offs[:, a:a + 1].to(torch.float64) + torch.arange(patch[a], dtype=torch.float64)[None]   # (B, P_a)
+        u = (2 * (i + 0.5) / full[a] - 1).to(dtype)
+        shape = [u.shape[0]] + [patch[b] if b == a else 1 for b in range(d)]
+        axes.append(u.reshape(shape).expand(u.shape[0], *patch))
+    return torch.stack(axes, 1).to(device) if device is not None else torch.stack(axes, 1)
 
 
 def _groups(channels: int, max_groups: int = 8) -> int:
@@ -123,11 +155,14 @@ class CompactUNet(nn.Module):
     emb_dim : width of the noise embedding.
     dropout : dropout inside residual blocks.
     dims : 2 for images (B, C, H, W), 3 for volumes (B, C, D, H, W) (``Conv3d`` throughout).
+    pos_channels : 0, or ``dims`` coordinate channels (:func:`coordinate_channels`) of the input's position within
+        the whole image (patch-trained priors, PaDIS).
     """
 
     def __init__(self, in_channels: int = 1, cond_channels: int = 0, base_channels: int = 32,
                  channel_mult: Sequence[int] = (1, 2, 4), num_blocks: int = 1,
-                 attn_levels: Sequence[int] = (), emb_dim: int = 128, dropout: float = 0.0, dims: int = 2):
+                 attn_levels: Sequence[int] = (), emb_dim: int = 128, dropout: float = 0.0, dims: int = 2,
+                 pos_channels: int = 0):
         super().__init__()
         if dims not in (2, 3) or isinstance(dims, bool):
             fail("dims", "2 (images) or 3 (volumes)", dims)
@@ -142,16 +177,21 @@ class CompactUNet(nn.Module):
         self.config = dict(in_channels=in_channels, cond_channels=cond_channels, base_channels=base_channels,
                            channel_mult=list(channel_mult), num_blocks=num_blocks,
                            attn_levels=list(attn_levels), emb_dim=emb_dim, dropout=dropout)
+        if pos_channels not in (0, dims) or isinstance(pos_channels, bool):
+            fail("pos_channels", f"0 or {dims} (one coordinate channel per spatial axis)", pos_channels)
         if dims != 2:  # 2D configs stay exactly as before ``dims`` existed (old files, old readers)
             self.config["dims"] = dims
+        if pos_channels:  # likewise configs without positional channels
+            self.config["pos_channels"] = pos_channels
         self.in_channels, self.cond_channels, self.dims = in_channels, cond_channels, dims
+        self.pos_channels = pos_channels
         self.levels = len(channel_mult)
         conv = _conv(dims)
         widths = [base_channels * m for m in channel_mult]
 
         self.embed = nn.Sequential(SinusoidalEmbedding(emb_dim), nn.Linear(emb_dim, emb_dim), nn.SiLU(),
                                    nn.Linear(emb_dim, emb_dim), nn.SiLU())
-        self.conv_in = conv(in_channels + cond_channels, widths[0], 3, padding=1)
+        self.conv_in = conv(in_channels + cond_channels + pos_channels, widths[0], 3, padding=1)
 
         self.enc = nn.ModuleList()
         self.down = nn.ModuleList()
@@ -193,9 +233,11 @@ class CompactUNet(nn.Module):
         """Spatial sizes that are multiples of this run without padding (``2 ** (levels - 1)``)."""
         return 2 ** (self.levels - 1)
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None,
+                pos: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` (B, in_channels, *spatial) already scaled by c_in, spatial = (H, W) or (D, H, W) for ``dims=3``;
-        ``c_noise`` (B,); ``cond`` (B, cond_channels, *spatial)."""
+        ``c_noise`` (B,); ``cond`` (B, cond_channels, *spatial); ``pos`` (B, pos_channels, *spatial) coordinates
+        of a crop within its whole image (default: ``x`` is the whole image)."""
         if x.dim() != 2 + self.dims:
             fail("x", f"a {2 + self.dims}-D tensor (B, C, {'D, ' if self.dims == 3 else ''}H, W) for this "
                       f"{self.dims}D network", x)
@@ -207,6 +249,14 @@ class CompactUNet(nn.Module):
             x = torch.cat([x, cond.to(x.dtype)], dim=1)
         elif cond is not None:
             fail("cond", "None (this network was built with cond_channels=0)", cond)
+        if self.pos_channels:
+            if pos is None:
+                pos = coordinate_channels(spatial, batch=x.shape[0], dtype=x.dtype, device=x.device)
+            elif pos.dim() != x.dim() or pos.shape[1] != self.pos_channels or tuple(pos.shape[2:]) != spatial:
+                fail("pos", f"(B, {self.pos_channels}, {', '.join(map(str, spatial))}) coordinate channels", pos)
+            x = torch.cat([x, pos.to(x.dtype).expand(x.shape[0], *pos.shape[1:])], dim=1)
+        elif pos is not None:
+            fail("pos", "None (this network was built with pos_channels=0)", pos)
         m = self.downsampling_factor
         pads = [(-n) % m for n in spatial]
         if any(pads):
@@ -249,4 +299,4 @@ def build_network(arch: str, config: dict) -> nn.Module:
         fail("config", f"constructor arguments of {arch}", f"{config!r} ({e})")
 
 
-__all__ = ["CompactUNet", "SinusoidalEmbedding", "ResBlock", "build_network", "ARCHITECTURES"]
+__all__ = ["CompactUNet", "coordinate_channels", "SinusoidalEmbedding", "ResBlock", "build_network", "ARCHITECTURES"]

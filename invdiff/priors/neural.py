@@ -20,6 +20,18 @@ metadata key ``"invdiff"`` holds JSON: ``format``, ``arch`` + ``net_config`` (co
 them were trained on whole ``trained_resolution`` images), ``value_range``, ``name`` and free-form ``info``
 (training provenance). :meth:`NeuralPrior.load` rebuilds the prior from that header alone; no pickle is involved.
 
+Patch-trained priors (``patch_size`` set; PaDIS, Hu et al. 2024) denoise a whole image in one of two ways,
+chosen by :attr:`NeuralPrior.inference` (stored as ``inference`` in the header, the training default "conv"):
+
+- ``"conv"``: the network runs fully convolutionally on the whole image; positional networks get the
+  coordinate channels of the whole image (:func:`~invdiff.priors.networks.coordinate_channels`).
+- ``"tiled"``: the image is cut into cells of a ``tile`` grid (default ``patch_size``) whose origin is shifted by
+  a random offset in ``[0, tile)`` per axis at every call (PaDIS Sec. 3.3: no seam stays fixed); each cell is
+  denoised by the tile-sized window that contains it (windows at the border slide inwards, so no padding is
+  needed), with that window's coordinate channels, and only the cell is kept. The offsets come from
+  :attr:`NeuralPrior.tile_generator` (seeded by :meth:`NeuralPrior.set_inference`), so a run is deterministic
+  given its seed. Images smaller than one tile are denoised whole.
+
 Volumes: a prior whose network was built with ``dims=3`` (``net_config["dims"] == 3``) is a native 3D
 prior: ``spatial_dims == 3``, it denoises (B, C, D, H, W) volumes, and ``resolution`` (when not None) is a
 (D, H, W) triple. Files written before ``spatial_dims`` existed have no such key and are 2D.
@@ -39,11 +51,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._validate import check_positive, fail
+from .._validate import check_choice, check_positive, fail
 from .base import Prior, as_sigma_tensor, check_sigma
 from .networks import build_network
 
 FORMAT = "invdiff-neural-prior/1"
+#: network precisions of :meth:`NeuralPrior.set_precision` (autocast dtypes)
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: whole-image inference of patch priors (:meth:`NeuralPrior.set_inference`)
+INFERENCE_MODES = ("conv", "tiled")
 META_KEY = "invdiff"
 
 
@@ -77,13 +93,15 @@ class NeuralPrior(Prior):
         (:func:`~invdiff.priors.base.check_prior_fits`): None patch size = trained on whole
         ``trained_resolution`` images (the shipped 64x64 phantom priors); sizes it was validated at (default:
         the trained resolution for whole-image priors); mm per pixel, None for synthetic data.
+    inference, tile, tile_seed : whole-image inference of a patch prior (module docstring): ``"conv"`` or
+        ``"tiled"``, the tile size (default ``patch_size``) and the seed of the tile offsets.
     """
 
     def __init__(self, net: nn.Module, *, sigma_data: float, data_shift: float = 0.0, channels: int,
                  resolution: tuple[int, int] | None = None, value_range=(0.0, 1.0), name: str | None = None,
                  arch: str | None = None, net_config: dict | None = None, trained_resolution=None,
                  info: dict | None = None, spatial_dims: int | None = None, patch_size=None,
-                 validated_sizes=None, pixel_spacing=None):
+                 validated_sizes=None, pixel_spacing=None, inference: str = "conv", tile=None, tile_seed: int = 0):
         super().__init__()
         check_positive("sigma_data", float(sigma_data))
         check_positive("channels", channels, integer=True)
@@ -113,23 +131,106 @@ class NeuralPrior(Prior):
         self.arch = arch or type(net).__name__
         self.net_config = dict(net_config if net_config is not None else getattr(net, "config", {}))
         self.cond_channels = int(self.net_config.get("cond_channels", 0))
+        self.pos_channels = int(self.net_config.get("pos_channels", 0))
         self.info = dict(info or {})
         if name:
             self._name = name
+        self.set_inference(inference, tile=tile, seed=tile_seed)
+
+    # -- whole-image inference of patch priors --------------------------------------------------------
+    def set_inference(self, mode: str = "conv", *, tile=None, seed: int = 0) -> "NeuralPrior":
+        """Choose how a whole image is denoised (module docstring): ``"conv"`` or ``"tiled"`` with ``tile``-sized
+        windows (default ``patch_size``, else ``trained_resolution``) and tile offsets drawn from a generator seeded
+        with ``seed``. Returns the prior."""
+        check_choice("inference", mode, INFERENCE_MODES)
+        if tile is None:
+            tile = self.patch_size or self.trained_resolution
+        if mode == "tiled":
+            if tile is None:
+                fail("tile", "a tile size (the prior has no patch_size or trained_resolution)", tile)
+            tile = (int(tile),) * self.spatial_dims if isinstance(tile, int) else tuple(int(t) for t in tile)
+            if len(tile) != self.spatial_dims or min(tile) < 1:
+                fail("tile", f"{self.spatial_dims} positive sizes", tile)
+        self.inference = mode
+        self.tile = tuple(tile) if tile is not None else None
+        self.tile_seed = int(seed)
+        self.tile_generator = torch.Generator().manual_seed(self.tile_seed)
+        return self
+
+    def _tiled(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """PaDIS-style tiled denoising with a random grid offset per call (module docstring)."""
+        from .networks import coordinate_channels
+
+        spatial = tuple(x.shape[2:])
+        tile = self.tile
+        # per axis: (cell start, cell stop, window start) of the shifted grid; window = the tile that holds the cell
+        plans = []
+        for n, t in zip(spatial, tile):
+            shift = int(torch.randint(0, t, (1,), generator=self.tile_generator))
+            edges = sorted({0, n, *range(shift, n, t)})
+            plans.append([(lo, hi, min(lo, n - t)) for lo, hi in zip(edges[:-1], edges[1:])])
+        windows = [()]
+        for plan in plans:
+            windows = [w + (c,) for w in windows for c in plan]
+        B = x.shape[0]
+        out = torch.empty_like(x)
+        chunk = max(1, 64 // B)
+        for k in range(0, len(windows), chunk):
+            group = windows[k:k + chunk]
+            sl = [tuple(slice(c[2], c[2] + t) for c, t in zip(w, tile)) for w in group]
+            xs = torch.cat([x[(slice(None), slice(None), *s)] for s in sl])
+            cs = None if cond is None else torch.cat([cond[(slice(None), slice(None), *s)] for s in sl])
+            pos = None
+            if self.pos_channels:
+                offs = torch.tensor([[c[2] for c in w] for w in group]).repeat_interleave(B, 0)
+                pos = coordinate_channels(spatial, offs, tile, dtype=x.dtype, device=x.device)
+            d = self.precond(xs, sigma.repeat(len(group)), cs, pos)
+            for j, w in enumerate(group):
+                keep = tuple(slice(c[0] - c[2], c[1] - c[2]) for c in w)
+                dst = tuple(slice(c[0], c[1]) for c in w)
+                out[(slice(None), slice(None), *dst)] = d[j * B:(j + 1) * B][(slice(None), slice(None), *keep)]
+        return out
 
     # -- the denoiser ------------------------------------------------------------------------------
     def denoise(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(x)
         check_sigma(sigma, x)   # negative / NaN sigma, NaN input: one clear error (no GPU sync)
-        return self.precond(x, as_sigma_tensor(sigma, x), cond)
+        sig = as_sigma_tensor(sigma, x)
+        if self.inference == "tiled" and all(n >= t for n, t in zip(x.shape[2:], self.tile)):
+            return self._tiled(x, sig, cond)
+        return self.precond(x, sig, cond)
 
-    def precond(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """EDM Eq. 7 without input checks (used by training); ``sigma`` is a (B,) tensor."""
+    #: network precision: "fp32" (default), or autocast to "bf16" / "fp16" for the network only (the EDM
+    #: preconditioning, skip connection and everything outside the prior stay in the input's dtype); set with
+    #: :meth:`set_precision` or ``invdiff.priors.load(name, precision=...)``. Quality: benchmarks/results/precision.md
+    precision: str = "fp32"
+
+    def set_precision(self, precision: str) -> "NeuralPrior":
+        """Run the network in ``precision`` ("fp32" | "bf16" | "fp16") from now on; returns self.
+
+        >>> import invdiff
+        >>> invdiff.priors.load("ct-phantom-64").set_precision("bf16").precision
+        'bf16'
+        """
+        check_choice("precision", precision, tuple(PRECISIONS))
+        self.precision = precision
+        return self
+
+    def precond(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None,
+                pos: torch.Tensor | None = None) -> torch.Tensor:
+        """EDM Eq. 7 without input checks (used by training); ``sigma`` is a (B,) tensor; ``pos`` the coordinate
+        channels of ``x`` within its whole image (positional networks; default: ``x`` is the whole image)."""
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma.to(x.dtype), self.sigma_data)
         bc = lambda c: c.reshape(-1, *([1] * (x.dim() - 1)))  # noqa: E731
         xc = x - self.data_shift
         args = (bc(c_in) * xc, c_noise) if cond is None else (bc(c_in) * xc, c_noise, cond)
-        f = self.net(*args)
+        if pos is not None:
+            args = (bc(c_in) * xc, c_noise, cond, pos)
+        if self.precision == "fp32":
+            f = self.net(*args)
+        else:
+            with torch.autocast(device_type=x.device.type, dtype=PRECISIONS[self.precision]):
+                f = self.net(*args)
         return self.data_shift + bc(c_skip) * xc + bc(c_out) * f.to(x.dtype)
 
     # -- metadata and files ------------------------------------------------------------------------
@@ -143,6 +244,7 @@ class NeuralPrior(Prior):
             "patch_size": list(self.patch_size) if self.patch_size else None,
             "validated_sizes": [list(v) for v in self.validated_sizes] if self.validated_sizes else None,
             "pixel_spacing": list(self.pixel_spacing) if self.pixel_spacing else None,
+            "inference": self.inference, "tile": list(self.tile) if self.tile else None, "tile_seed": self.tile_seed,
             "value_range": list(self.value_range) if self.value_range else None,
             "info": self.info,
         }
@@ -199,7 +301,9 @@ class NeuralPrior(Prior):
                         net_config=meta["net_config"], trained_resolution=meta.get("trained_resolution"),
                         info=meta.get("info"), spatial_dims=meta.get("spatial_dims"),
                         patch_size=meta.get("patch_size"), validated_sizes=meta.get("validated_sizes"),
-                        pixel_spacing=meta.get("pixel_spacing"))
+                        pixel_spacing=meta.get("pixel_spacing"), inference=meta.get("inference", "conv"),
+                        tile=meta.get("tile") if meta.get("inference") == "tiled" else None,
+                        tile_seed=int(meta.get("tile_seed", 0)))
         except (ValueError, TypeError) as e:
             bad(f"inconsistent header ({e})")
         return prior.to(device).eval()

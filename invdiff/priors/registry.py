@@ -27,8 +27,21 @@ def available() -> list[str]:
     return [n for n in SHIPPED if (WEIGHTS_DIR / f"{n}.safetensors").is_file()]
 
 
-def load(name_or_path, *, device="cpu", **kwargs):
-    """A prior by shipped name (see :func:`available`) or from a local checkpoint path."""
+def load(name_or_path, *, device="cpu", precision: str = "fp32", **kwargs):
+    """A prior by shipped name (see :func:`available`) or from a local checkpoint path, on ``device``.
+
+    ``precision`` ("fp32" | "bf16" | "fp16"): the network's autocast precision (neural priors,
+    :meth:`~invdiff.priors.neural.NeuralPrior.set_precision`).
+    """
+    prior = _load(name_or_path, device=device, **kwargs)
+    if precision != "fp32" or hasattr(prior, "set_precision"):
+        if not hasattr(prior, "set_precision"):
+            fail("precision", "'fp32' for a prior without a network precision setting", precision)
+        prior.set_precision(precision)
+    return prior
+
+
+def _load(name_or_path, *, device="cpu", **kwargs):
     from .neural import NeuralPrior, is_invdiff_checkpoint
 
     if not isinstance(name_or_path, (str, Path)):

@@ -110,7 +110,7 @@ import math
 
 import torch
 
-from .._validate import check_choice, check_positive, fail
+from .._validate import check_choice, fail
 from ..operators.candidates import CandidateSet, candidates as make_candidates
 from ..schedules import VPSchedule
 from .base import Option, SolverOutput, progress_bar, register
@@ -252,34 +252,19 @@ def ads(y, physics, prior, *, generator, n_samples, progress, acceleration, budg
     ``gamma``, ``dc`` as :func:`~invdiff.solvers.dds.dds`; ``guidance`` "dds" (CG data consistency) or "dps"
     (official gradient step, ``dps_weight``); ``chunk`` = max particles per network call.
     """
-    # ---- cross-option checks (the registry checked each option against OPTIONS) ----------------------------
+    # ---- what the spec cannot say: options that depend on each other, y (each option was checked by OPTIONS) ----
     p_particles, p_steps, p_window = PRESETS[preset]
     if particles is not None and n_samples > 1 and particles != n_samples:
         fail("particles", f"the same value as n_samples = {n_samples} (both give the particle count)", particles)
     particles = particles if particles is not None else (n_samples if n_samples > 1 else p_particles)
-    check_positive("particles", particles, integer=True)
-    if particles < 2:
-        fail("particles", "at least 2 particles (the predictive spread needs several)", particles)
     num_steps = p_steps if num_steps is None else num_steps
-    check_positive("num_steps", num_steps, integer=True)
     window = p_window if window is None else window
-    if not (isinstance(window, (tuple, list)) and len(window) == 2
-            and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in window)
+    if not (len(window) == 2 and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in window)
             and 0 <= window[0] < window[1] <= 1):
         fail("window", "(start, stop) fractions of the reverse steps with 0 <= start < stop <= 1", window)
     if (acceleration is None) == (budget is None):
         fail("acceleration", "exactly one of acceleration= and budget=",
              f"acceleration={acceleration!r}, budget={budget!r}")
-    if acceleration is not None:
-        if isinstance(acceleration, bool) or not isinstance(acceleration, (int, float)):
-            fail("acceleration", "a number >= 1", acceleration, TypeError)
-        if not 1 <= acceleration < float("inf"):
-            fail("acceleration", "a finite number >= 1 (candidates / acquired candidates)", acceleration)
-    else:
-        check_positive("budget", budget, integer=True)
-    check_choice("score", score, SCORES)
-    if acquire is not None and not callable(acquire):
-        fail("acquire", "a callable(candidates) -> measurements, or None", acquire, TypeError)
     if acquire is None:
         if not isinstance(y, torch.Tensor):
             fail("y", "the fully sampled measurement tensor, or None together with acquire=", y, TypeError)
@@ -292,8 +277,6 @@ def ads(y, physics, prior, *, generator, n_samples, progress, acceleration, budg
     eta = _eta(eta, num_steps)
     # ---- candidate set, budget, fixed block ------------------------------------------------------------------
     is_mri = _is_cartesian_mri(physics)
-    if isinstance(center_fraction, str):
-        check_choice("center_fraction", center_fraction, ["auto"])
     cs0 = make_candidates(physics, unit=unit, patch=patch, groups=groups)
     n = cs0.n
     budget = int(n // acceleration) if acceleration is not None else budget
@@ -311,7 +294,6 @@ def ads(y, physics, prior, *, generator, n_samples, progress, acceleration, budg
         fail("center_fraction", f"a centre block of at most budget = {budget} {cs.unit}s", 
              f"{center_fraction} ({cs.fixed.numel()} {cs.unit}s)")
     gamma = default_gamma(physics, prior) if gamma is None else gamma
-    check_positive("gamma", gamma)
     dc = default_dc(physics) if dc == "auto" else dc
     sigma_y = noise_sigma(physics)
     if entropy_sigma is None:
@@ -355,6 +337,7 @@ def ads(y, physics, prior, *, generator, n_samples, progress, acceleration, budg
     scores, event_steps = [], []
     sub = cs.restrict(torch.nonzero(acquired).reshape(-1)) if acquired.any() else None
     ts, prev = dds_timesteps(num_steps, sched)
+    aty = None
     with torch.no_grad():
         for k, (t, t_prev) in enumerate(progress_bar(list(zip(ts, prev)), progress, "ads")):
             a, a_prev = ab(t), ab(t_prev)
@@ -370,8 +353,10 @@ def ads(y, physics, prior, *, generator, n_samples, progress, acceleration, budg
                 grad = None
             eps_hat = (x - a ** 0.5 * x0_hat) / (1 - a) ** 0.5
             if sub is not None and guidance == "dds":                              # DDS data consistency
-                x0 = dds_data_consistency(x0_hat, y_acq.expand(particles, *cs.y_shape), sub, dc=dc, gamma=gamma,
-                                          cg_iters=cg_iters)
+                y_sub = y_acq.expand(particles, *cs.y_shape)
+                if aty is None or aty[0] is not sub:                               # A_S^T y_S: once per acquisition
+                    aty = (sub, sub.A_adjoint(y_sub))
+                x0 = dds_data_consistency(x0_hat, y_sub, sub, dc=dc, gamma=gamma, cg_iters=cg_iters, ATy=aty[1])
             else:
                 x0 = x0_hat
             if k in event_at:                                                      # acquisition

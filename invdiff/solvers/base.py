@@ -333,6 +333,8 @@ def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "d
         if hasattr(physics, "check_y"):
             physics.check_y(y)  # invdiff operators: shape / channel / dtype checks with one clear message
     check_positive("n_samples", n_samples, integer=True)
+    if not isinstance(strict, bool):
+        fail("strict", "True or False", strict, TypeError)
     if spec.needs_prior and prior is None:
         fail("prior", f"a prior for solver {solver!r} (see invdiff.priors.available())", "None")
     if prior is not None and not isinstance(prior, Prior):

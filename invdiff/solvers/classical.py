@@ -16,7 +16,7 @@ import torch
 
 from .._validate import fail
 from .base import Option, SolverOutput, progress_bar, register
-from .primitives import conjugate_gradient, grad_adjoint, grad_op, op_norm_sq
+from .primitives import conjugate_gradient, grad_adjoint, grad_op, normal_op, op_norm_sq
 
 
 @register("adjoint", needs_prior=False, sampler=False, options=())
@@ -52,7 +52,7 @@ def cg(y, physics, prior, *, generator, n_samples, progress, lam, max_iter, tol)
     """Tikhonov-regularised least squares by conjugate gradients (lam >= 0, max_iter CG steps)."""
     with torch.no_grad():
         b = physics.A_adjoint(y)
-        x = conjugate_gradient(lambda v: physics.A_adjoint(physics.A(v)) + lam * v, b, max_iter=max_iter, tol=tol)
+        x = conjugate_gradient(lambda v: normal_op(physics, v) + lam * v, b, max_iter=max_iter, tol=tol)
     return SolverOutput(mean=x, info={"lam": lam, "cg_iters": max_iter})
 
 

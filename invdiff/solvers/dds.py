@@ -68,7 +68,7 @@ import torch
 
 from ..schedules import VPSchedule
 from .base import Option, SolverOutput, chains_batch, chains_unbatch, progress_bar, register
-from .primitives import conjugate_gradient, noise_sigma
+from .primitives import conjugate_gradient, noise_sigma, normal_op
 from .ztv import PRESETS as ZTV_PRESETS, ZTVADMM, check_volume_problem, default_preset
 
 #: paper's eta per step budget (Sec. 5, "eta = 0.15 / 0.5 / 0.8 for 19 / 49 / 99 NFE")
@@ -91,13 +91,17 @@ def dds_timesteps(num_steps: int, schedule: VPSchedule) -> tuple[list[int], list
     return ts[::-1], prev[::-1]
 
 
-def dds_data_consistency(x0: torch.Tensor, y: torch.Tensor, physics, *, dc: str, gamma: float, cg_iters: int):
-    """Step 3: M CG steps initialised at x0 (prox: (I + g A^T A) x = x0 + g A^T y; ls: A^T A x = A^T y)."""
-    ATy = physics.A_adjoint(y)
+def dds_data_consistency(x0: torch.Tensor, y: torch.Tensor, physics, *, dc: str, gamma: float, cg_iters: int,
+                         ATy: torch.Tensor | None = None):
+    """Step 3: M CG steps initialised at x0 (prox: (I + g A^T A) x = x0 + g A^T y; ls: A^T A x = A^T y).
+
+    ``ATy``: :math:`A^\top y` when the caller holds it (it does not change along the chain); computed otherwise.
+    """
+    ATy = physics.A_adjoint(y) if ATy is None else ATy
     if dc == "prox":
-        return conjugate_gradient(lambda v: v + gamma * physics.A_adjoint(physics.A(v)), x0 + gamma * ATy, x0=x0,
+        return conjugate_gradient(lambda v: v + gamma * normal_op(physics, v), x0 + gamma * ATy, x0=x0,
                                   max_iter=cg_iters)
-    return conjugate_gradient(lambda v: physics.A_adjoint(physics.A(v)), ATy, x0=x0, max_iter=cg_iters)
+    return conjugate_gradient(lambda v: normal_op(physics, v), ATy, x0=x0, max_iter=cg_iters)
 
 
 def default_dc(physics) -> str:
@@ -193,8 +197,12 @@ def dds(y, physics, prior, *, generator, n_samples, progress, num_steps, eta, cg
     if dc == "auto":
         dc = default_dc(physics)
     if data_consistency is None:
+        cache = {}
+
         def data_consistency(x0, yy, ph):
-            return dds_data_consistency(x0, yy, ph, dc=dc, gamma=gamma, cg_iters=cg_iters)
+            if cache.get("y") is not yy:                                 # A^T y is loop-invariant: once per solve
+                cache.update(y=yy, ATy=ph.A_adjoint(yy))
+            return dds_data_consistency(x0, yy, ph, dc=dc, gamma=gamma, cg_iters=cg_iters, ATy=cache["ATy"])
         info_dc = dc
     else:
         if hasattr(data_consistency, "reset"):

@@ -132,7 +132,9 @@ def mcgdiff(y, physics, prior, *, generator, n_samples, progress, num_steps, sig
         levels = observation_levels(sig_obs[:1], edm_sigmas(num_steps, s_min, s_max, rho), max_obs_levels)
         lv = torch.tensor(levels, dtype=F64, device=c_like.device)
         # pin level g_i: the largest level <= sigma_obs_i (index into levels; the final level 0 always qualifies)
-        g = torch.searchsorted(-lv, -sig_obs.clamp_max(float(lv[0])), right=False)
+        # (with the relative tolerance 1e-9 of observation_levels' merging: a coordinate whose sigma_obs sits a rounding
+        # error below a merged level is pinned there, not twisted by a potential of variance ~1e-17 one level above)
+        g = torch.searchsorted(-lv, -(sig_obs * (1 + 1e-9)).clamp_max(float(lv[0])), right=False)
         pin_var = torch.where(obs, sig_obs.clamp_max(1e300) ** 2 - lv[g.clamp_max(len(levels) - 1)] ** 2,
                               torch.zeros_like(c_like)).clamp_min(0.0)
 
@@ -144,9 +146,10 @@ def mcgdiff(y, physics, prior, *, generator, n_samples, progress, num_steps, sig
             return twist | pin, var, twist
 
         def log_gauss(val, mean, var):
-            """Sum over active coordinates of log N(val; mean, var) without the per-coordinate constants that are
-            equal for all particles (var is shared)."""
-            return (-(val - mean) ** 2 / (2 * var.clamp_min(1e-300)))
+            """log N(val; mean, var) per coordinate, with its normalising constant (shared by the particles: it
+            cancels in the normalised weights but not in the evidence)."""
+            v = var.clamp_min(1e-300)
+            return -(val - mean) ** 2 / (2 * v) - 0.5 * torch.log(2 * math.pi * v)
 
         # ---- initial level: N(m0, tau^2 + sigma_0^2) x potentials at level 0, sampled exactly ----
         act, w, _ = potential(0)
@@ -156,6 +159,9 @@ def mcgdiff(y, physics, prior, *, generator, n_samples, progress, num_steps, sig
         post_mean = torch.where(act, post_var * (c0 / v0 + yt / w.clamp_min(1e-300)), c0)
         xb = post_mean + post_var.sqrt() * randn(c0)
         state = ParticleState(xb, n_groups=y.shape[0])
+        # evidence of the initial level: prod_i N(y~_i; m0_i, v0 + w_i) over its potentials (one row per measurement)
+        log_z_init = torch.where(act, log_gauss(yt, c0, v0 + w), torch.zeros_like(c0)).reshape(xb.shape[0], -1).sum(1)
+        log_z_init = log_z_init[::n_samples]
         B = xb.shape[0]
         L = len(levels) - 1
         for j in progress_bar(range(L), progress, "mcgdiff"):
@@ -182,13 +188,24 @@ def mcgdiff(y, physics, prior, *, generator, n_samples, progress, num_steps, sig
             state.x = mean_p + var_p.sqrt() * randn(m)
             state.quarantine()
 
+    # ---- log p(y): p(y~) from the particle filter, times the Jacobian 1/s_i of y~_i = ybar_i / s_i, times the
+    # ---- density N(0, sigma_y^2) of the measurement components outside the range of A
+    y_rows = yy[::n_samples]
+    yf = (torch.view_as_real(y_rows) if y_rows.is_complex() else y_rows).reshape(y_rows.shape[0], -1).to(F64)
+    yb = torch.where(obs, basis.ybar(yy).to(F64), torch.zeros_like(c_like))[::n_samples].reshape(y_rows.shape[0], -1)
+    n_obs = int(obs[:1].sum())
+    m_y = yf.shape[1]
+    e_out = ((yf ** 2).sum(1) - (yb ** 2).sum(1)).clamp_min(0.0)
+    log_ev = (log_z_init.to(state.log_evidence.device) + state.log_evidence
+              - torch.log(s[:1][obs[:1]]).sum() - 0.5 * (m_y - n_obs) * math.log(2 * math.pi * sig_y ** 2)
+              - e_out.to(state.log_evidence.device) / (2 * sig_y ** 2))
     x_img = basis.image(state.x.to(x_like.dtype))
     mean = state.weighted_mean(x_img)
     final = ParticleState(x_img, n_groups=y.shape[0], log_w=state.log_w)
     samples = final.draws(n_samples, generator=generator, method="systematic")
     hist = state.history()
     info = {
-        "num_steps": num_steps, "num_levels": L, "levels": levels, "sigma_max": s_max, "sigma_min": s_min,
+        "log_evidence": log_ev.cpu(), "num_steps": num_steps, "num_levels": L, "levels": levels, "sigma_max": s_max, "sigma_min": s_min,
         "sigma_y": sig_y, "ess_threshold": ess_threshold, "resample": resample, "basis": basis.kind,
         "particles": chains_unbatch(x_img, n_samples), "weights": state.weights().T.contiguous(),
         "std": final.weighted_var().sqrt(), "ess": hist["ess"], "resampled": hist["resampled"],

@@ -171,6 +171,10 @@ class ParticleState:
         resampled_at: list of (G,) bool, whether each group resampled at that step.
         n_resample: (G,) int64 number of resampling events per group.
         n_quarantined: number of particles discarded because they became non-finite.
+        log_evidence: (G,) float64 running SMC estimate of :math:`\log(Z_t/Z_0)`, the log normalising-constant
+            ratio between the current and the initial unnormalised targets: every :meth:`reweight` adds
+            :math:`\log\sum_i W_i e^{\delta_i}` (W the normalised weights before the increment), which after a
+            resampling step (W = 1/N) is the log of the mean incremental weight (Del Moral, Doucet & Jasra 2006).
 
     Invariants: ``x.shape[0] == G * N``; a row of ``log_w`` always has a finite entry (else a RuntimeError
     names the group and the fix).
@@ -197,6 +201,7 @@ class ParticleState:
         self.resampled_at: list[torch.Tensor] = []
         self.n_resample = torch.zeros(n_groups, dtype=torch.long, device=x.device)
         self.n_quarantined = 0
+        self.log_evidence = torch.zeros(n_groups, dtype=F64, device=x.device)
         self.quarantine()
 
     # -- views --------------------------------------------------------------------------------------
@@ -246,9 +251,12 @@ class ParticleState:
         r"""Add log-weight increments ``delta`` ((G * N,) or (G, N)), in float64. NaN / +inf increments
         (overflowed likelihoods) quarantine the particle."""
         d = delta.to(device=self.log_w.device, dtype=F64).reshape(self.G, self.N)
+        lw_old = self.log_w
         bad = torch.isnan(d) | (d == float("inf"))
         lw = self.log_w + torch.where(bad, torch.zeros_like(d), d)
         self.log_w = lw.masked_fill(bad, float("-inf"))
+        # evidence increment log sum_i W_i e^{d_i}, W the normalised weights before this increment (log-sum-exp)
+        self.log_evidence = self.log_evidence + torch.logsumexp(self.log_w, dim=1) - torch.logsumexp(lw_old, dim=1)
         if bad.any():
             self.n_quarantined += int(bad.sum())
             self.x = torch.where(bad.reshape(-1, *([1] * (self.x.dim() - 1))), torch.zeros_like(self.x), self.x)
@@ -259,7 +267,7 @@ class ParticleState:
     def record(self) -> torch.Tensor:
         """Append the current ESS / N to ``ess_trace`` and return it."""
         e = self.ess()
-        self.ess_trace.append(e.detach().cpu())
+        self.ess_trace.append(e.detach())          # kept on the device: copied to the host once, in history()
         return e
 
     def resample(self, *, generator: torch.Generator | None, threshold: float = 1.0,
@@ -273,7 +281,8 @@ class ParticleState:
         check_in_range("threshold", threshold, 0.0, 1.0, lo_open=True)
         check_choice("method", method, list(RESAMPLERS))
         sel = torch.ones(self.G, dtype=torch.bool, device=self.log_w.device) if force else self.ess() < threshold
-        self.resampled_at.append(sel.detach().cpu())
+        self.resampled_at.append(sel.detach())
+        # adaptive resampling decides on the host: the one intended device->host read per step of the SMC loop
         if not bool(sel.any()):
             return None
         anc = torch.arange(self.N, device=self.log_w.device).repeat(self.G, 1)
@@ -321,8 +330,8 @@ class ParticleState:
 
     def history(self) -> dict:
         """ESS trace (steps, G), resampling flags (steps, G), counts: for ``info`` dictionaries."""
-        ess_t = torch.stack(self.ess_trace) if self.ess_trace else torch.zeros(0, self.G, dtype=F64)
-        res_t = torch.stack(self.resampled_at) if self.resampled_at else torch.zeros(0, self.G, dtype=torch.bool)
+        ess_t = torch.stack(self.ess_trace).cpu() if self.ess_trace else torch.zeros(0, self.G, dtype=F64)
+        res_t = torch.stack(self.resampled_at).cpu() if self.resampled_at else torch.zeros(0, self.G, dtype=torch.bool)
         return {"ess": ess_t, "resampled": res_t, "n_resample": self.n_resample.detach().cpu(),
                 "unique_ancestors": self.unique_ancestors(), "n_quarantined": self.n_quarantined}
 
@@ -413,7 +422,7 @@ def sample_linear_gaussian(physics, y: torch.Tensor, *, sigma_y: float, alpha: f
     :returns: (x, info) with ``info = {"method": "spectral"|"cg"|"prior", "cg_residual": float | None}``, and
         ``info["mean"]`` = :math:`\bar m` when ``return_mean`` (for CG, one extra right-hand side in the same solve).
     """
-    from .primitives import conjugate_gradient, inner
+    from .primitives import conjugate_gradient, inner, normal_op
 
     gdev = generator.device if generator is not None else torch.device("cpu")
 
@@ -451,7 +460,7 @@ def sample_linear_gaussian(physics, y: torch.Tensor, *, sigma_y: float, alpha: f
         start = torch.cat([m0, m0]) if return_mean else m0.clone()
 
         def H(v):
-            return v + k * physics.A_adjoint(physics.A(v))
+            return v + k * normal_op(physics, v)
 
         x = conjugate_gradient(H, b, x0=start, max_iter=cg_iters, tol=cg_tol)
         res = b - H(x)

@@ -60,8 +60,11 @@ def conjugate_gradient(H: Callable[[torch.Tensor], torch.Tensor], b: torch.Tenso
     # round-off (pHp ~ 0) and blow up (seen on single-coil MRI, where CG converges in 1-2 steps)
     floor = torch.finfo(b.real.dtype if b.is_complex() else b.dtype).eps * 10
     active = rs.sqrt() > floor * b_norm
+    # early exit when every sample is frozen: reading the flag back stalls an accelerator once per iteration, so
+    # it is checked on the CPU only (elsewhere frozen samples take zero steps, with the same result)
+    early_exit = b.device.type == "cpu"
     for k in range(max_iter):
-        if not bool(active.any()):
+        if early_exit and not bool(active.any()):
             break
         Hp = H(p)
         pHp = inner(p, Hp)
@@ -76,6 +79,13 @@ def conjugate_gradient(H: Callable[[torch.Tensor], torch.Tensor], b: torch.Tenso
         p = r + _bc(beta, p) * p
         rs = rs_new
     return x
+
+
+def normal_op(physics, v: torch.Tensor) -> torch.Tensor:
+    r""":math:`A^\top A v`: the operator's fused ``A_adjoint_A`` when it has one (deepinv ``LinearPhysics``;
+    invdiff's multi-coil MRI fuses the FFTs), else ``A_adjoint(A(v))`` (any object with ``A`` / ``A_adjoint``)."""
+    f = getattr(physics, "A_adjoint_A", None)
+    return f(v) if f is not None else physics.A_adjoint(physics.A(v))
 
 
 def grad_op(x: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
@@ -107,7 +117,7 @@ def op_norm_sq(physics, x_like: torch.Tensor, n_iter: int = 30, generator: torch
     lam = 0.0
     with torch.no_grad():
         for _ in range(n_iter):
-            w = physics.A_adjoint(physics.A(v))
+            w = normal_op(physics, v)
             lam = float(inner(v, w).sum())
             v = w / w.norm().clamp_min(1e-30)
     return lam

@@ -93,7 +93,7 @@ from .._validate import check_choice, check_tensor, describe, fail
 from ..schedules import VPSchedule
 from .base import Option, SolverOutput, chains_batch, chains_unbatch, progress_bar, register
 from .dds import dds_timesteps
-from .primitives import conjugate_gradient, preserve_solver_settings
+from .primitives import conjugate_gradient, normal_op, preserve_solver_settings
 
 #: Denoiser weightings w_t = g(w0), w0 = sqrt((1 - alpha_bar) / alpha_bar): the released ``denoise_term_weight``.
 WEIGHTINGS: dict[str, Callable[[float], float]] = {
@@ -208,7 +208,7 @@ def initial_estimate(y: torch.Tensor, physics, init="pinv", init_iters: int = 30
         if isinstance(physics, MatrixOperator) or _binary_singular_values(physics):
             with preserve_solver_settings(physics):
                 return physics.A_dagger(y)
-        return conjugate_gradient(lambda v: physics.A_adjoint(physics.A(v)), physics.A_adjoint(y),
+        return conjugate_gradient(lambda v: normal_op(physics, v), physics.A_adjoint(y),
                                   max_iter=init_iters)
 
 

@@ -63,6 +63,16 @@ posterior mean). ``info``: the weighted ensemble (``particles`` (N, B, ...), ``w
 per-pixel ``std``, the ESS/N trace ``ess`` (steps, B), ``n_resample``, ``unique_ancestors``, ``nfe_per_particle``,
 ``lambda_max``.
 
+**Evidence** ``info["log_evidence"]`` ((B,) float64): the SMC estimate of :math:`\log p(y)` (Del Moral, Doucet & Jasra
+2006): :math:`\log Z_I + \sum_k \log\sum_i W_i^{(k)} w_i^{(k)} - \tfrac m2\log 2\pi\sigma_y^2`, with :math:`W^{(k)}` the normalised
+weights before level k's increment (1/N after a resampling) and
+:math:`Z_I = \int\mathcal N(x; m_0, \rho^2 I)e^{-\alpha_0\mu}dx = (2\pi\sigma_y^2/\alpha_0)^{m/2}\,\mathcal N(y; Am_0, \rho^2AA^\top + \sigma_y^2/\alpha_0 I)`
+(from the SVD basis, or the dense A when n m <= ``EVIDENCE_DENSE_MAX``; None otherwise, e.g. 64x64 multi-coil MRI).
+The "sde" kernels keep their Gaussian determinants and Laplacian constants for it. It is consistent only as far as
+every move leaves its tempered target invariant: measured (``benchmarks/results/smc_evidence.md``) it is within
+0.1 nats or its own standard error on 2-D, but the ULA corrector's O(step) bias shows on 16-D (-0.8 to -0.95 nats
+at ``corrector_step=0.5``, -0.17 to -0.28 at 0.1 x 4 steps) and the 256-D low-rank inpainting problem (+22 nats).
+
 Known limits (reference §1.8-1.9, and our benchmarks): the weights are exact only as the step size -> 0; the
 weight variance grows with the number of measurements, so at image sizes a few lineages carry the ensemble
 (see the ESS trace); multimodal posteriors need many particles; ULA correctors carry an O(step) bias.
@@ -114,12 +124,13 @@ def prior_moments(prior, x_like: torch.Tensor) -> tuple[torch.Tensor, float]:
         m = mean.to(device=x_like.device, dtype=x_like.dtype).reshape(1, *x_like.shape[1:])
         return m, float(var.double().mean())
     if hasattr(inner_prior, "sigma_data"):
-        return torch.tensor(float(getattr(inner_prior, "data_shift", 0.0))), float(inner_prior.sigma_data) ** 2
+        return (torch.tensor(float(getattr(inner_prior, "data_shift", 0.0)), device=x_like.device),
+                float(inner_prior.sigma_data) ** 2)
     vr = getattr(inner_prior, "value_range", None)
     if vr is not None:
         lo, hi = float(vr[0]), float(vr[1])
-        return torch.tensor(0.5 * (lo + hi)), ((hi - lo) / 4) ** 2
-    return torch.tensor(0.0), 1.0
+        return torch.tensor(0.5 * (lo + hi), device=x_like.device), ((hi - lo) / 4) ** 2
+    return torch.tensor(0.0, device=x_like.device), 1.0
 
 
 def noise_range(prior, x_like: torch.Tensor, sigma_max: float | None, sigma_min: float | None):
@@ -190,6 +201,65 @@ class GaussianLikelihood:
         if self.linear:
             return None
         return hutchinson_laplacian(self.grad, x, generator=generator, probes=probes, eps=eps)
+
+
+EVIDENCE_DENSE_MAX = 1 << 23   # n * m above which an operator without a cheap SVD is not materialised for the evidence
+
+
+class GramSpectrum:
+    r"""The nonzero eigenvalues :math:`\lambda_k` of :math:`AA^\top` and the projections :math:`u_k^\top e` of
+    measurement-space vectors on their eigenvectors: what the Gaussian normalising constants of the evidence need.
+
+    From a :class:`~invdiff.solvers.particles.SpectralBasis` (exact, free), else from the dense matrix of A when
+    :math:`n m \le` ``EVIDENCE_DENSE_MAX`` (n applications of A, one m x m eigendecomposition), else unavailable
+    (:func:`gram_spectrum` returns None).
+    """
+
+    def __init__(self, lam: torch.Tensor, proj, m: int):
+        self.lam, self.proj, self.m = lam, proj, m
+
+
+def _flat_y(e: torch.Tensor) -> torch.Tensor:
+    if e.is_complex():
+        e = torch.view_as_real(e)
+    return e.reshape(e.shape[0], -1).to(F64)
+
+
+def gram_spectrum(physics, basis, x_like: torch.Tensor, y: torch.Tensor) -> GramSpectrum | None:
+    """See :class:`GramSpectrum`; ``y`` fixes the measurement layout (m = values per measurement)."""
+    m = _flat_y(y[:1]).shape[1]
+    if basis is not None:
+        s = basis.s.to(device=x_like.device, dtype=F64).expand(x_like[:1].shape).reshape(-1)
+        keep = s > 0
+
+        def proj(e):
+            return basis.ybar(e).to(F64).reshape(e.shape[0], -1)[:, keep]
+
+        return GramSpectrum(s[keep] ** 2, proj, m)
+    n = x_like[0].numel()
+    if n * m > EVIDENCE_DENSE_MAX:
+        return None
+    with torch.no_grad():
+        cols = []
+        for i in range(0, n, 256):
+            E = torch.eye(n, dtype=x_like.dtype, device=x_like.device)[i:i + 256]
+            cols.append(_flat_y(physics.A(E.reshape(E.shape[0], *x_like.shape[1:]))))
+        M = torch.cat(cols, 0).T                                                      # (m, n)
+        lam, U = torch.linalg.eigh(M @ M.T)
+        keep = lam > lam.max().clamp_min(1e-300) * max(M.shape) * 1e-12
+    Uk = U[:, keep]
+    return GramSpectrum(lam[keep], lambda e: _flat_y(e) @ Uk, m)
+
+
+def log_gaussian_evidence(spec: GramSpectrum, e: torch.Tensor, rho2: float, v: float) -> torch.Tensor:
+    r"""(B,) :math:`\log\mathcal N(e; 0, \rho^2 AA^\top + vI_m)` for residuals :math:`e = y - Am_0` ((B, *y_shape)):
+    :math:`-\tfrac12[m\log 2\pi + \sum_k\log(\rho^2\lambda_k + v) + (m - r)\log v + \sum_k \hat e_k^2/(\rho^2\lambda_k + v)
+    + (\|e\|^2 - \sum_k\hat e_k^2)/v]`, :math:`\hat e_k = u_k^\top e`, r the rank."""
+    ef, eh = _flat_y(e), spec.proj(e)
+    d = rho2 * spec.lam + v
+    r = spec.lam.numel()
+    quad = (eh ** 2 / d).sum(1) + ((ef ** 2).sum(1) - (eh ** 2).sum(1)).clamp_min(0) / v
+    return -0.5 * (spec.m * math.log(2 * math.pi) + torch.log(d).sum() + (spec.m - r) * math.log(v) + quad)
 
 
 def hutchinson_laplacian(grad_fn, x: torch.Tensor, *, generator, probes: int = 1, eps: float = 1e-3) -> torch.Tensor:
@@ -336,6 +406,10 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
         basis = spectral_basis(physics, x_like, generator) if linear else None
         cg_res = []
         alphas = tempering_schedule(tempering, sigmas, s_max=s_max, sigma_y=sig_y, lam=lam)
+        # evidence: the Gaussian normalising constants need the spectrum of A A^T (linear A; None if too costly)
+        spec = gram_spectrum(physics, basis, x_like, yy) if linear else None
+        m_y = _flat_y(yy[:1]).shape[1]
+        evidence_ok = spec is not None or not linear
 
         def tilted(mean, var, alpha, return_mean=False):
             """Draws from N(mean, var I) exp(-alpha mu): exact Gaussian product (SVD or CG)."""
@@ -355,10 +429,19 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
                               RuntimeWarning, stacklevel=3)
             state = ParticleState(x, n_groups=y.shape[0])
             r = lik.residual(state.x)
+            # log Z_I = log int N(x; m0, rho^2 I) e^{-alpha_0 mu(x)} dx
+            #         = (m/2) log(2 pi sigma_y^2 / alpha_0) + log N(y; A m0, rho^2 A A^T + sigma_y^2/alpha_0 I)
+            log_z_init = torch.zeros(y.shape[0], dtype=F64, device=yy.device)
+            if spec is not None and alphas[0] > 0:
+                e0 = (yy - physics.A(m0 + torch.zeros_like(x_like)))[::n_samples]
+                v0 = sig_y ** 2 / alphas[0]
+                log_z_init = 0.5 * m_y * math.log(2 * math.pi * v0) + log_gaussian_evidence(spec, e0, tau2 + s_max ** 2,
+                                                                                           v0).to(log_z_init.device)
         else:        # nonlinear A: Gaussian draws importance-weighted by e^{-alpha mu} (exact as a weighted ensemble)
             state = ParticleState(m0 + math.sqrt(tau2 + s_max ** 2) * randn(x_like), n_groups=y.shape[0])
             r = lik.residual(state.x)
-            state.reweight(-alphas[0] * lik.value(r))
+            state.reweight(-alphas[0] * lik.value(r))   # its evidence increment estimates log Z_I
+            log_z_init = torch.zeros(y.shape[0], dtype=F64, device=yy.device)
         substeps, warned = [], False
         K = num_steps
         for k in progress_bar(range(K), progress, f"smc-{variant}"):
@@ -391,6 +474,8 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
                 var = sig_n ** 2 * (sig ** 2 - sig_n ** 2) / sig ** 2
                 x, m_post = tilted(mk, var, a_n, return_mean=True)
                 log_z = -inner(m_post - mk, m_post - mk).to(F64) / (2 * var) - a_n * lik.value(lik.residual(m_post))
+                if spec is not None:    # the Gaussian determinant det(I + var a' A^T A / sigma_y^2)^{-1/2}
+                    log_z = log_z - 0.5 * torch.log1p(var * a_n * spec.lam / sig_y ** 2).sum()
                 state.reweight(a * lik.value(r) + log_z)
                 r = lik.residual(x)
             else:
@@ -418,6 +503,8 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
                     rate_w = s_j * a_j ** 2 * inner(G, G).to(F64) - 2 * s_j * a_j * inner(score, G).to(F64)
                     if lap is not None:
                         rate_w = rate_w - s_j * a_j * lap
+                    elif spec is not None:      # constant for linear A: cancels in W, not in the evidence
+                        rate_w = rate_w - s_j * a_j * float(spec.lam.sum()) / sig_y ** 2
                     state.reweight(dt * rate_w - (a_next - a_j) * lik.value(r))          # R dtau (value term)
                     x = x + dt * 2 * s_j * (score - a_j * G) + math.sqrt(2 * s_j * dt) * randn(x)  # H - V^2 a grad mu
                     r = lik.residual(x)
@@ -434,9 +521,12 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
     mean = state.weighted_mean()
     if reduce == "best":
         best = state.weights().argmax(dim=1)
-        mean = state.grouped()[torch.arange(state.G), best]
+        mean = state.grouped()[torch.arange(state.G, device=best.device), best]
     samples = state.draws(n_samples, generator=generator, method="systematic")
     hist = state.history()
+    # log p(y) = log Z_I + sum of log mean incremental weights - (m/2) log(2 pi sigma_y^2)
+    log_ev = (log_z_init.to(state.log_evidence.device) + state.log_evidence
+              - 0.5 * m_y * math.log(2 * math.pi * sig_y ** 2)) if evidence_ok else None
     info = {
         "variant": variant, "num_steps": num_steps, "sigma_max": s_max, "sigma_min": s_min, "rho": rho,
         "sigma_y": sig_y, "tempering": tempering, "ess_threshold": ess_threshold, "resample": resample,
@@ -449,5 +539,6 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
         "gaussian_steps": basis.kind if basis is not None else ("cg" if linear else None),
         "cg_residual_max": max(cg_res) if cg_res else None, "substeps": substeps,
         "prior_mean_var": (float(torch.as_tensor(m0).double().mean()), tau2),
+        "log_evidence": log_ev.cpu() if log_ev is not None else None,
     }
     return SolverOutput(mean=mean, samples=samples, info=info, std=info["std"].to(mean.dtype))

@@ -72,7 +72,8 @@ import math
 import torch
 
 from .._validate import check_choice, check_positive, fail
-from .primitives import BOUNDARIES, conjugate_gradient, finite_diff, finite_diff_adjoint, inner, soft_threshold
+from .primitives import (BOUNDARIES, conjugate_gradient, finite_diff, finite_diff_adjoint, inner, normal_op,
+                         soft_threshold)
 
 #: z-TV presets: (rho, lam) in the units of the released code and where they come from; ``units`` says how they
 #: convert (``"ct"``: divide by :func:`ct_adjoint_scale`; ``"unit"``: no conversion). ``dds_lam_scale`` is the
@@ -208,6 +209,7 @@ class ZTVADMM:
     def reset(self) -> None:
         """Forget z and u (start of a new solve)."""
         self.z = self.u = None
+        self._y = self._physics = self._ATy = None
         self.iterations = 0
 
     def objective(self, x: torch.Tensor, y: torch.Tensor, physics) -> torch.Tensor:
@@ -232,8 +234,10 @@ class ZTVADMM:
         if self.z is None:
             self.z, self.u = torch.zeros_like(x0), torch.zeros_like(x0)
         rho, z, u = self.rho, self.z, self.u
-        b = physics.A_adjoint(y) + rho * self.DzT(z - u)
-        x = conjugate_gradient(lambda v: physics.A_adjoint(physics.A(v)) + rho * self.DzT(self.Dz(v)), b, x0=x0,
+        if getattr(self, "_y", None) is not y or getattr(self, "_physics", None) is not physics:
+            self._y, self._physics, self._ATy = y, physics, physics.A_adjoint(y)   # loop-invariant: once per solve
+        b = self._ATy + rho * self.DzT(z - u)
+        x = conjugate_gradient(lambda v: normal_op(physics, v) + rho * self.DzT(self.Dz(v)), b, x0=x0,
                                max_iter=self.cg_iters)
         dx = self.Dz(x)
         self.z = soft_threshold(dx + u, self.lam / rho)

@@ -4,7 +4,9 @@ The flow is data -> training -> priors: this package reads :mod:`invdiff.dataset
 :mod:`invdiff.priors` loads; ``priors`` never imports it. Modules:
 
 - :mod:`.config` -- :class:`TrainConfig`, parsing, validation, :func:`regenerate_command`;
-- :mod:`.data` -- data sources (phantom streams, tensor files, image folders), data statistics;
+- :mod:`.data` -- data sources (phantom streams, tensor files, image folders), patches (PaDIS), the batch stream
+  (DataLoader workers), data statistics;
+- :mod:`.files` -- fastMRI / NIfTI / DICOM slices streamed from disk (a lazy (file, slice) index, no caching);
 - :mod:`.loop` -- train state, EDM loss, :func:`train_step`, the resumable data-parallel :func:`train`;
 - :mod:`.checkpoint` -- training checkpoints (safetensors + JSON header), warm-start weights;
 - :mod:`.export` -- EDM Heun sampler, denoising evaluation, sample grids, model card, :func:`export`;
@@ -60,6 +62,19 @@ saturated 2-core machine), so about 5 h for 20k steps on 1 core (run it when the
         --channel-mult 1,2,4 --batch-size 4 --steps 20000 --lr 3e-4 --ckpt-every 250 --keep-every 2000 \
         --nproc 2 --threads 1 --eval-images 16 --n-samples 8
 
+Real-size priors (issue 11): ``--patch-size P`` trains on random P x P crops of ``--size`` images (PaDIS, Hu et al.
+2024; :class:`~.data.PatchSource`), ``--positional`` adds the crop's coordinate channels, and the exported prior
+denoises whole images fully convolutionally or by randomly shifted tiles (``--inference``,
+:meth:`~invdiff.priors.neural.NeuralPrior.set_inference`); the cost of a step depends on P only. Data can be the
+anatomy-like generators (``--data ct-anatomy`` / ``mri-anatomy``) or files streamed from disk (``--data
+fastmri:DIR`` / ``nifti:DIR`` / ``dicom:DIR``, :mod:`.files`), prepared by ``--workers`` DataLoader processes.
+Artefacts go to the run folder ``<out>/<name>``; the installed package is written only when ``--weights-dir``
+names it, and a shipped prior is replaced only with ``--overwrite-shipped``. ``scripts/train_realsize.sh`` holds
+the full real-size runs::
+
+    invdiff train-prior --name ct-anatomy-patch64 --data ct-anatomy --size 256 --patch-size 64 --positional \
+        --init-from ct-phantom-64 --steps 55500 --batch-size 32 --nproc 8 --threads 2 --workers 4
+
 CLI: :func:`train_prior_main` (``invdiff train-prior``; ``python -m invdiff.training``). ``--nproc N``
 re-launches the command under ``python -m torch.distributed.run --standalone --nproc_per_node N -m
 invdiff.training``; launching that way (or with ``torchrun``) directly works the same: the world size
@@ -72,13 +87,15 @@ from ..jobs import DistContext, current as dist_context
 from .checkpoint import CKPT_FORMAT, load_checkpoint_into, read_init_weights, read_train_checkpoint, save_checkpoint
 from .cli import build_parser, launch_command, parse_config, train_prior_main
 from .config import TrainConfig, config_to_json, load_config_file, make_config, regenerate_command, validate_config
-from .data import TensorSource, batch_part, estimate_data_stats, make_source, resolve_config
-from .export import (central_slices, edm_heun_sampler, evaluate_denoising, export, model_card, psnr,
-                     save_sample_grid, tv_baseline)
-from .loop import EDMLoss, TrainState, build_prior, edm_loss, init_state, lr_at, net_config_of, train, train_step
+from .data import PatchSource, TensorSource, batch_part, estimate_data_stats, make_source, resolve_config, stream_batches
+from .export import (central_slices, check_not_shipped, edm_heun_sampler, evaluate_denoising, export, export_dir,
+                     model_card, psnr, save_sample_grid, tv_baseline)
+from .loop import (EDMLoss, TrainState, add_positional_inputs, build_prior, edm_loss, init_state, lr_at, net_config_of,
+                   train, train_step)
 
 __all__ = ["TrainConfig", "make_config", "load_config_file", "validate_config", "config_to_json", "regenerate_command",
-           "TensorSource", "batch_part", "make_source", "estimate_data_stats", "resolve_config",
+           "TensorSource", "PatchSource", "stream_batches", "add_positional_inputs", "export_dir", "check_not_shipped",
+           "batch_part", "make_source", "estimate_data_stats", "resolve_config",
            "TrainState", "EDMLoss", "edm_loss", "build_prior", "init_state", "net_config_of", "lr_at", "train_step",
            "train", "CKPT_FORMAT", "save_checkpoint", "read_train_checkpoint", "load_checkpoint_into",
            "read_init_weights", "edm_heun_sampler", "psnr", "tv_baseline", "evaluate_denoising", "central_slices",

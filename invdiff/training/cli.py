@@ -13,7 +13,7 @@ from .. import jobs
 from .._validate import fail
 from ..jobs import launched_rank  # noqa: F401  (part of this module's face)
 from .config import TrainConfig, load_config_file, make_config, validate_config
-from .export import export
+from .export import check_not_shipped, export, export_dir
 from .loop import train
 
 
@@ -21,12 +21,26 @@ from .loop import train
 # CLI
 # ================================================================================================
 _HELP = {
-    "name": "run / prior name; artefacts are written as <weights_dir>/<name>.*",
+    "name": "run / prior name; artefacts are written as <weights_dir>/<name>.* (default: the run folder <out>/<name>)",
     "data": "training data: 'ct' or 'mri' (synthetic 2D phantoms generated on the fly), 'ct3d' (synthetic CT-like "
             "volumes, needs --dims 3), 'tensor:FILE' (.safetensors with one tensor, .npy, .pt; (N,C,H,W) or (N,H,W); "
-            "with --dims 3 (N,C,D,H,W) or (N,D,H,W)), 'folder:DIR' (grayscale images)",
+            "with --dims 3 (N,C,D,H,W) or (N,D,H,W)), 'folder:DIR' (grayscale images), 'fastmri:DIR' (fastMRI .h5 "
+            "k-space -> complex images), 'nifti:DIR' / 'dicom:DIR' (slices of CT / MRI volumes); files are streamed "
+            "slice by slice, never held in memory",
     "size": "image size, or volume edge length with --dims 3 (phantoms generated at this size; folder images "
             "resized); a multiple of the network's down-sampling factor 2^(len(channel_mult)-1)",
+    "patch_size": "train on random crops of this size from the --size images (PaDIS; 0 = whole images): the cost of "
+                  "a step depends on the patch size only, and the prior keeps the pixel scale of the images",
+    "positional": "give the network the crop's normalised coordinates within the whole image as extra input channels",
+    "inference": "how the exported patch prior denoises whole images: 'conv' (fully convolutional) or 'tiled' "
+                 "(patch tiles with a random grid offset per call); changeable later with prior.set_inference",
+    "workers": "DataLoader worker processes preparing the batches (0: in the training process); the batch of step k "
+               "depends only on (seed, k), so results and resume do not depend on the number of workers",
+    "fastmri_combine": "fastMRI multi-coil k-space -> complex image: 'rss-phase' (root-sum-of-squares magnitude, phase "
+                       "of the coil combination with low-resolution sensitivities) or 'espirit' (sigpy ESPIRiT maps)",
+    "slice_axis": "NIfTI / DICOM: take 2D slices along this axis of the (D, H, W) volume",
+    "modality": "NIfTI / DICOM: 'ct' (HU through --hu-window), 'mri' (magnitude / its 99.5th percentile), 'auto'",
+    "hu_window": "CT: the HU range mapped linearly onto [0, 1] (values outside clipped), e.g. -1000,3000",
     "dims": "spatial dimensions: 2 (images, Conv2d) or 3 (volumes (B,C,D,H,W), Conv3d; e.g. --data ct3d --size 32)",
     "nproc": "data-parallel processes (torch.distributed DDP, one CPU process each): the command re-launches itself "
              "under 'python -m torch.distributed.run --standalone --nproc_per_node N'; batch_size is the global "
@@ -54,7 +68,10 @@ _HELP = {
     "ckpt_every": "write ckpt/latest.safetensors every this many steps",
     "keep_every": "also keep ckpt/step_XXXXXXX.safetensors every this many steps (0: never)",
     "log_every": "steps per loss.csv row", "progress": "show a tqdm progress bar",
-    "weights_dir": "where export writes the shipped artefacts (default: invdiff/priors/weights)",
+    "weights_dir": "where export writes the artefacts (default: the run folder <out>/<name>; the installed package "
+                   "only when named here, and over a shipped prior only with --overwrite-shipped)",
+    "overwrite_shipped": "allow the export to replace a shipped prior inside the installed package (invdiff/priors/"
+                         "weights); without it such an export is refused",
     "export_dtype": "dtype of exported weights (float16 or float32)",
     "eval_images": "held-out images for the model-card PSNR table", "eval_sigmas": "noise levels of that table",
     "sample_steps": "EDM Heun steps for the sample grid", "n_samples": "number of samples in the grid",
@@ -75,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  invdiff train-prior --name ct-phantom-64 --data ct --steps 10000 --lr 3e-4\n"
                "  invdiff train-prior --config run.cfg --set steps=20000        # continue a run to more steps\n"
+               "  (artefacts go to the run folder runs/<name>/; replacing a shipped prior in the package needs\n"
+               "   --weights-dir <package>/priors/weights --overwrite-shipped)\n"
                "  invdiff train-prior --config runs/ct-phantom-64/config.json --export only "
                "--checkpoint runs/ct-phantom-64/ckpt/step_0004000.safetensors\n"
                "  invdiff train-prior --name ct-phantom-64 --data ct --steps 10000 --nproc 2   # 2 processes (DDP, gloo)\n"
@@ -91,11 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="FILE",
                    help="training checkpoint to export with --export only (default: <out>/<name>/ckpt/latest.safetensors)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start from step 0")
+    p.add_argument("--verbose", action="store_true", help="print the export's full evaluation JSON (always written "
+                   "to <run folder>/export.json)")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         d = getattr(defaults, f.name)
         show = ",".join(map(str, d)) if isinstance(d, tuple) else d
+        flag = isinstance(d, bool)  # on/off settings: "--positional" alone means true, "--positional false" off
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, metavar="V",
+                       nargs="?" if flag else None, const="true" if flag else None,
                        help=f"{_HELP.get(f.name, f.name)} (default: {show})")
     return p
 
@@ -143,6 +166,27 @@ def init_distributed(cfg: TrainConfig, world: int) -> None:
     jobs.init_process_group(cfg.dist_backend, timeout=datetime.timedelta(minutes=30))
 
 
+def export_summary(res: dict) -> str:
+    """Three lines about an export: where the weights went, the step, and the denoising PSNR table in short."""
+    lines = [f"[invdiff] exported {res['weights']} (step {res['step']}; exported-dtype deviation {res['fp_dev']:.2g})"]
+    rows = (res.get("eval") or {}).get("rows") or []
+    if rows:
+        lines.append("[invdiff] held-out denoising PSNR (noisy -> prior) at sigma " + ", ".join(
+            f"{r['sigma']:g}: {r['noisy_psnr']:.1f} -> {r['prior_psnr']:.1f} dB" for r in rows))
+    return "\n".join(lines)
+
+
+def report_export(res: dict, cfg: TrainConfig, verbose: bool = False) -> None:
+    """A short summary on stdout; the full evaluation JSON into the run folder (and on stdout with --verbose)."""
+    from ..io_utils import atomic_write_json
+
+    path = cfg.run_dir() / "export.json"
+    atomic_write_json(path, res)
+    print(export_summary(res) + f"\n[invdiff] full evaluation: {path}")
+    if verbose:
+        print(json.dumps(res, indent=1))
+
+
 def train_prior_main(argv=None) -> int:
     """``invdiff train-prior``: train (resumably) and/or export a prior. Returns the exit code.
 
@@ -154,13 +198,16 @@ def train_prior_main(argv=None) -> int:
     joined = False
     try:
         cfg, args = parse_config(argv)
+        ckpt = Path(args.checkpoint) if args.checkpoint and args.export == "only" else \
+            cfg.run_dir() / "ckpt" / "latest.safetensors"
+        if args.export != "never":  # refused before any training: never replace a shipped prior by default
+            check_not_shipped(export_dir(ckpt, cfg.weights_dir or None), cfg.name, cfg.overwrite_shipped)
         if args.export == "only":
             if rank == 0:
-                ckpt = Path(args.checkpoint) if args.checkpoint else cfg.run_dir() / "ckpt" / "latest.safetensors"
                 res = export(ckpt, weights_dir=cfg.weights_dir or None, dtype=cfg.export_dtype,
                              eval_images=cfg.eval_images, sigmas=cfg.eval_sigmas, sample_steps=cfg.sample_steps,
-                             n_samples=cfg.n_samples, threads=cfg.threads)
-                print(json.dumps(res, indent=1))
+                             n_samples=cfg.n_samples, threads=cfg.threads, overwrite_shipped=cfg.overwrite_shipped)
+                report_export(res, cfg, args.verbose)
             return 0
         if cfg.nproc > 1 and launched is None:
             import subprocess
@@ -182,14 +229,21 @@ def train_prior_main(argv=None) -> int:
         if args.export == "end":
             res = export(cfg.run_dir() / "ckpt" / "latest.safetensors", weights_dir=cfg.weights_dir or None,
                          dtype=cfg.export_dtype, eval_images=cfg.eval_images, sigmas=cfg.eval_sigmas,
-                         sample_steps=cfg.sample_steps, n_samples=cfg.n_samples)
-            print(json.dumps(res, indent=1))
+                         sample_steps=cfg.sample_steps, n_samples=cfg.n_samples,
+                         overwrite_shipped=cfg.overwrite_shipped)
+            report_export(res, cfg, args.verbose)
         return 0
     except (ValueError, TypeError, OSError) as e:
+        from ..io_utils import disk_full_error, is_disk_full
+
+        full = is_disk_full(e)
+        if full:   # checkpoints are atomic: the last complete one stays, and re-running resumes from it
+            e = e if e.__class__.__name__ == "DiskFullError" else disk_full_error(getattr(e, "filename", "") or "", e)
+            e = e.strerror
         # errors every rank meets alike (bad config, rank 0's checks) are printed once, by rank 0
         if rank == 0 or (joined and not getattr(e, "echo_of_rank0", False)):
             print(f"invdiff train-prior: error: {f'[rank {rank}] ' if rank else ''}{e}", file=sys.stderr)
-        return 2
+        return 3 if full else 2
     finally:
         if joined:
             jobs.DistContext(rank, world, True).close()

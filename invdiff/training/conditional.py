@@ -40,6 +40,9 @@ def check_config(cfg) -> None:
                               "(set automatically)", cfg.cond_channels)
     if cfg.dims != 2:
         fail("dims", "2 for a conditional prior (2D operators)", cfg.dims)
+    if getattr(cfg, "patch_size", 0):
+        fail("patch_size", "0 for a conditional prior (whole images: the conditioning is a whole-image measurement)",
+             cfg.patch_size)
 
 
 def make_source(cfg, base):

@@ -18,9 +18,19 @@ from .._validate import check_choice, check_positive, fail
 class TrainConfig:
     """Every setting of a training run (the resolved config is saved as ``config.json`` in the run dir)."""
 
-    name: str = "prior"                 # run / prior name (artefacts are weights_dir/<name>.*)
-    data: str = "ct"                    # "ct" | "mri" phantoms, "ct3d" volumes, "tensor:FILE.safetensors|.pt|.npy", "folder:DIR"
-    size: int = 64                      # image size (phantoms are generated at this size; files are resized)
+    name: str = "prior"                 # run / prior name (artefacts are <weights_dir or out/name>/<name>.*)
+    data: str = "ct"                    # "ct" | "mri" phantoms, "ct3d" volumes, "tensor:FILE.safetensors|.pt|.npy", "folder:DIR",
+                                        # "fastmri:DIR", "nifti:DIR", "dicom:DIR" (streamed from disk, invdiff.training.files)
+    size: int = 64                      # image size (phantoms generated at this size; folder images resized; fastMRI /
+                                        # NIfTI / DICOM slices centre-cropped or zero-padded to it, pixel scale kept)
+    patch_size: int = 0                 # > 0: train on random patch_size crops of the size-`size` images (PaDIS)
+    positional: bool = False            # give the network the crop's coordinates in the whole image (PaDIS)
+    inference: str = "conv"             # whole-image inference of the exported patch prior: "conv" | "tiled"
+    workers: int = 0                    # DataLoader worker processes preparing batches (0: in the training process)
+    fastmri_combine: str = "rss-phase"  # fastMRI multi-coil -> complex image: "rss-phase" | "espirit"
+    slice_axis: int = 0                 # NIfTI / DICOM: slices along this axis of the (D, H, W) volume
+    modality: str = "auto"              # NIfTI / DICOM: "ct" (HU window below) | "mri" (magnitude) | "auto" (DICOM tag, else HU range)
+    hu_window: tuple = (-1000.0, 3000.0)  # CT: HU mapped linearly to [0, 1] (then clipped): water 0 HU -> 0.25
     dims: int = 2                       # spatial dimensions: 2 images (B, C, H, W), 3 volumes (B, C, D, H, W)
     steps: int = 10000                  # total optimisation steps
     batch_size: int = 16
@@ -55,7 +65,8 @@ class TrainConfig:
     log_every: int = 50
     progress: bool = True
     # export
-    weights_dir: str = ""               # "" -> invdiff/priors/weights
+    weights_dir: str = ""               # "" -> the run folder <out>/<name> (never the installed package by default)
+    overwrite_shipped: bool = False     # allow exporting over a shipped prior inside the installed package
     export_dtype: str = "float16"
     eval_images: int = 64
     eval_sigmas: tuple = (0.05, 0.1, 0.2, 0.5)
@@ -87,7 +98,7 @@ def _parse_value(key: str, value):
         if key in _TUPLE_KEYS:
             v = v.strip("()[] ")
             items = [s for s in v.replace(",", " ").split() if s]
-            conv = float if key == "eval_sigmas" else int
+            conv = float if key in ("eval_sigmas", "hu_window") else int
             return tuple(conv(s) for s in items)
         if key in ("sigma_data", "data_shift", "p_mean"):
             return None if v.lower() in ("", "none", "auto") else float(v)
@@ -122,8 +133,10 @@ def make_config(overrides: dict | None = None) -> TrainConfig:
     return cfg
 
 
+#: data streamed from files on disk (invdiff.training.files)
+FILE_KINDS = ("fastmri:", "nifti:", "dicom:")
 #: data kinds generated on the fly, and their number of spatial dimensions
-PHANTOM_KINDS = {"ct": 2, "mri": 2, "ct3d": 3}
+PHANTOM_KINDS = {"ct": 2, "mri": 2, "ct-anatomy": 2, "mri-anatomy": 2, "ct3d": 3}
 #: torch.distributed backends that can train here (training runs on CPU tensors: nccl needs CUDA ones)
 CPU_BACKENDS = ("gloo", "mpi")
 
@@ -167,13 +180,27 @@ def validate_config(cfg: TrainConfig) -> None:
     if not cfg.name or any(c in cfg.name for c in "/\\ "):
         fail("name", "a non-empty name without slashes or spaces", cfg.name)
     check_choice("export_dtype", cfg.export_dtype, ("float16", "float32"))
-    if not (cfg.data in PHANTOM_KINDS or cfg.data.startswith(("tensor:", "folder:"))):
-        fail("data", "'ct', 'mri', 'ct3d', 'tensor:FILE' or 'folder:DIR'", cfg.data)
-    data_dims = PHANTOM_KINDS.get(cfg.data, 2 if cfg.data.startswith("folder:") else None)
+    if not (cfg.data in PHANTOM_KINDS or cfg.data.startswith(("tensor:", "folder:") + FILE_KINDS)):
+        fail("data", "'ct', 'mri', 'ct3d', 'tensor:FILE', 'folder:DIR', 'fastmri:DIR', 'nifti:DIR' or 'dicom:DIR'",
+             cfg.data)
+    data_dims = PHANTOM_KINDS.get(cfg.data, 2 if cfg.data.startswith(("folder:",) + FILE_KINDS) else None)
     if data_dims is not None and data_dims != cfg.dims:
         if cfg.dims == 3:
             fail("data", "volumes for dims=3: 'ct3d' or 'tensor:FILE' with an (N, C, D, H, W) tensor", repr(cfg.data))
         fail("dims", f"3 for the volume data {cfg.data!r} (add --dims 3)", cfg.dims)
+    check_positive("patch_size", cfg.patch_size, strict=False, integer=True)
+    check_positive("workers", cfg.workers, strict=False, integer=True)
+    check_choice("inference", cfg.inference, ("conv", "tiled"))
+    check_choice("fastmri_combine", cfg.fastmri_combine, ("rss-phase", "espirit"))
+    check_choice("modality", cfg.modality, ("auto", "ct", "mri"))
+    if cfg.slice_axis not in (0, 1, 2):
+        fail("slice_axis", "0, 1 or 2 (an axis of the (D, H, W) volume)", cfg.slice_axis)
+    if len(cfg.hu_window) != 2 or not cfg.hu_window[0] < cfg.hu_window[1]:
+        fail("hu_window", "two HU values lo < hi", cfg.hu_window)
+    factor = 2 ** (len(cfg.channel_mult) - 1)
+    if cfg.patch_size and (cfg.patch_size > cfg.size or cfg.patch_size % factor):
+        fail("patch_size", f"0 (whole images) or a multiple of {factor} (the network's down-sampling factor) no larger "
+                           f"than size={cfg.size}", cfg.patch_size)
     from . import conditional  # conditional hook: --conditional mri|ct
     conditional.check_config(cfg)
     if cfg.size % (2 ** (len(cfg.channel_mult) - 1)):
@@ -191,7 +218,7 @@ def regenerate_command(cfg: dict, step: int | None = None) -> str:
 
     ``step`` (when given) replaces the planned number of steps, so the command reproduces that checkpoint."""
     defaults = config_to_json(TrainConfig())
-    skip = {"progress", "weights_dir", "eval_images", "eval_sigmas", "sample_steps", "n_samples", "export_dtype",
+    skip = {"progress", "weights_dir", "overwrite_shipped", "eval_images", "eval_sigmas", "sample_steps", "n_samples", "export_dtype",
             "init_step", "init_regenerate"}
     parts = ["invdiff train-prior"]
     for k, v in cfg.items():

@@ -82,7 +82,7 @@ def evaluate_denoising(prior, kind: str, *, size: int = 64, n_images: int = 64, 
     gen = GENERATORS[kind] if kind in GENERATORS else GENERATORS3D[kind]
     x = gen(split_seeds("heldout", n_images), size)
     x_tune = gen(split_seeds("heldout", 8, start=500_000), size)
-    sl = shepp_logan_3d(size) if kind in GENERATORS3D else shepp_logan(size, complex=(kind == "mri"))
+    sl = shepp_logan_3d(size) if kind in GENERATORS3D else shepp_logan(size, complex=kind.startswith("mri"))
     g = torch.Generator().manual_seed(seed)
     rows = []
     for s in sigmas:
@@ -145,24 +145,40 @@ def save_sample_grid(samples: torch.Tensor, path, title: str = "", cols: int | N
     plt.close(fig)
 
 
-def _default_weights_dir() -> Path:
-    """The shipped priors' folder, ``invdiff/priors/weights`` (where :func:`invdiff.priors.load` finds a name)."""
-    from ..priors.registry import WEIGHTS_DIR
+def export_dir(checkpoint, weights_dir=None) -> Path:
+    """Where :func:`export` writes: ``weights_dir`` when given, else the run folder of ``checkpoint``
+    (``<out>/<name>`` for ``<out>/<name>/ckpt/*.safetensors``) -- never the installed package by default."""
+    return Path(weights_dir) if weights_dir else Path(checkpoint).resolve().parents[1]
 
-    return WEIGHTS_DIR
+
+def check_not_shipped(wdir, name: str, overwrite_shipped: bool = False) -> None:
+    """Refuse to replace a shipped prior (a name of :data:`invdiff.priors.registry.SHIPPED`, or any prior already
+    in the package's weights folder) unless ``overwrite_shipped`` says so explicitly (``--overwrite-shipped``)."""
+    from ..priors.registry import SHIPPED, WEIGHTS_DIR
+
+    if overwrite_shipped or Path(wdir).resolve() != WEIGHTS_DIR.resolve():
+        return
+    if name in SHIPPED or (WEIGHTS_DIR / f"{name}.safetensors").exists():
+        fail("weights_dir", f"a folder outside the installed package for the shipped prior name {name!r} (the "
+                            "default is the run folder), or --overwrite-shipped to replace the shipped weights",
+             str(wdir))
 
 
 def export(checkpoint, *, weights_dir=None, name: str | None = None, dtype: str = "float16", eval_images: int = 64,
            sigmas=(0.05, 0.1, 0.2, 0.5), sample_steps: int = 32, n_samples: int = 16, loss_csv=None,
-           command: str | None = None, threads: int | None = None) -> dict:
+           command: str | None = None, threads: int | None = None, overwrite_shipped: bool = False) -> dict:
     """Write ``<name>.safetensors`` (EMA weights), ``<name>.md`` (model card), ``<name>_samples.png`` and
-    ``<name>_loss.csv`` from a training checkpoint (final or intermediate). Returns the evaluation dict."""
+    ``<name>_loss.csv`` from a training checkpoint (final or intermediate). Returns the evaluation dict.
+
+    The artefacts go to ``weights_dir``, by default the run folder (:func:`export_dir`); replacing a shipped prior
+    in the installed package needs ``overwrite_shipped=True`` (:func:`check_not_shipped`)."""
     if threads:
         torch.set_num_threads(threads)
     meta, tensors = read_train_checkpoint(checkpoint)
     cfg = meta["config"]
     name = name or cfg["name"]
-    wdir = Path(weights_dir) if weights_dir else _default_weights_dir()
+    wdir = export_dir(checkpoint, weights_dir)
+    check_not_shipped(wdir, name, overwrite_shipped)
     wdir.mkdir(parents=True, exist_ok=True)
     pmeta = dict(meta["prior"])
     pmeta["name"] = name
@@ -249,7 +265,24 @@ def model_card(name, meta, prior, ev, loss_rows, *, dtype, fp_dev, sample_steps,
         "ct3d": "CT-like random-ellipsoid volumes (`invdiff.datasets.phantoms3d.ct_volumes`): body elongated along "
                 "the axial axis, outer fat layer, 8-25 overlapping randomly rotated ellipsoids of random additive "
                 "intensity, small bright inserts, smooth multiplicative 3D texture; 1 channel in [0, 1], (D, H, W).",
-    }.get(kind, f"`{kind}`")
+        "ct-anatomy": "Anatomy-like CT slices (`invdiff.datasets.anatomy.ct_anatomy`): abdomen (liver, spleen, kidneys, "
+                      "aorta/IVC, bowel loops with air/fluid/contrast, vertebra; liver lesions), chest (lungs with "
+                      "vessels and nodules, heart chambers, ribs, sternum, vertebra) and head (skull with diploe, "
+                      "grey/white matter, sulci, ventricles, falx; haemorrhage / infarct / calcification); tissues "
+                      "in HU mapped by the window -1000..3000 HU -> [0, 1] (water 0.25), contrast phase none / arterial "
+                      "/ venous, texture, partial-volume blur; 1 channel.",
+        "mri-anatomy": "Anatomy-like complex MRI slices (`invdiff.datasets.anatomy.mri_anatomy`): axial brain (folded "
+                       "cortex, sulci, ventricles, deep nuclei, white-matter lesions, tumour with oedema; T1 / T2 / PD / "
+                       "FLAIR) and knee (femur / tibia marrow and cortex, cartilage, menisci, ligament, joint fluid, "
+                       "striated muscle, fat, skin; marrow oedema, cartilage defect; PD / PD-FS / T1 / T2-FS), receive-"
+                       "coil bias field, smooth random phase, complex Gaussian noise; 2 channels, max magnitude 1.",
+    }.get(kind, None)
+    if data_desc is None:
+        from . import files as _files
+
+        data_desc = (f"`{kind}`" + (f": streamed from disk by `invdiff.training.files` ("
+                                    + _files.__doc__.split("Per format", 1)[1].split(":", 1)[1].strip()
+                                    .replace("\n", " ") + ")" if kind.startswith(("fastmri:", "nifti:", "dicom:")) else ""))
     lines = [
         f"# {name}", "",
         f"Unconditional diffusion prior (denoiser D(x, sigma) ~ E[x0 | x0 + sigma n = x], EDM preconditioning) "
@@ -260,6 +293,12 @@ def model_card(name, meta, prior, ev, loss_rows, *, dtype, fp_dev, sample_steps,
         f"{2 ** (len(cfg['channel_mult']) - 1)} natively, others are padded)",
         *(["- native 3D prior (`spatial_dims = 3`): denoises volumes (B, C, D, H, W) with 3x3x3 convolutions"]
           if dims == 3 else []),
+        *([f"- patch prior (PaDIS, Hu et al. 2024): trained on random {cfg['patch_size']}x{cfg['patch_size']} crops "
+           f"of {shape_str} images (training cost set by the patch size; the pixel scale is that of the {shape_str} "
+           f"images); coordinate channels of the crop in its image: {'yes' if cfg.get('positional') else 'no'}; "
+           f"whole-image inference: `{prior.inference}` (`prior.set_inference('conv' | 'tiled')`); patch_size "
+           f"{list(prior.patch_size)}, validated_sizes {prior.validated_sizes and [list(v) for v in prior.validated_sizes]}, "
+           f"pixel_spacing {prior.pixel_spacing} (None: synthetic data)"] if cfg.get("patch_size") else []),
         f"- channels: {prior.channels} ({'complex as real/imag' if prior.channels == 2 else 'real'}); value range "
         f"{list(prior.value_range) if prior.value_range else None}",
         f"- preconditioning: EDM (Karras et al. 2022, Table 1), sigma_data = {prior.sigma_data}, data_shift = {prior.data_shift}",
@@ -270,7 +309,11 @@ def model_card(name, meta, prior, ev, loss_rows, *, dtype, fp_dev, sample_steps,
         f"Generated on the fly: training step k uses the {items} with seeds {cfg['batch_size']}k .. {cfg['batch_size']}k+"
         f"{cfg['batch_size'] - 1} (`invdiff.datasets.{'phantoms3d.VolumeStream' if dims == 3 else 'PhantomStream'}`), "
         f"so {meta['step']} steps saw "
-        f"{meta['step'] * cfg['batch_size']} distinct {items}; every training seed is below 1e9 "
+        f"{meta['step'] * cfg['batch_size']} distinct {items}"
+        + (f" (this run: steps {cfg['init_step'] + 1}-{meta['step']}; the earlier steps are the warm start's own data)"
+           if cfg.get("init_from") else "")
+        + (f", one random {cfg['patch_size']}x{cfg['patch_size']} crop of each" if cfg.get("patch_size") else "")
+        + "; every training seed is below 1e9 "
         "(`invdiff.datasets.HELDOUT_SEED_START`) and evaluation uses seeds >= 1e9, never seen in training.", "",
         "## Training", "",
         f"- steps: {meta['step']} of {cfg['steps']} planned; batch {cfg['batch_size']}; Adam lr {cfg['lr']} "

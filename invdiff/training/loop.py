@@ -30,7 +30,7 @@ from ..priors.networks import build_network
 from ..priors.neural import NeuralPrior
 from .checkpoint import load_checkpoint_into, read_init_weights, read_train_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_json, memory_format
-from .data import _split, batch_part, make_source, resolve_config
+from .data import _pos, _split, make_source, resolve_config, stream_batches
 
 
 # ================================================================================================
@@ -55,6 +55,8 @@ def net_config_of(cfg: TrainConfig, channels: int) -> dict:
                       attn_levels=list(cfg.attn_levels), emb_dim=cfg.emb_dim, dropout=cfg.dropout)
     if cfg.dims != 2:  # 2D configs stay as before dims existed (see CompactUNet.config)
         net_config["dims"] = cfg.dims
+    if cfg.positional:  # likewise configs without positional channels
+        net_config["pos_channels"] = cfg.dims
     return net_config
 
 
@@ -63,10 +65,12 @@ def build_prior(cfg: TrainConfig, channels: int) -> NeuralPrior:
     net = build_network(cfg.arch, net_config)
     value_range = (0.0, 1.0) if channels == 1 else (-1.0, 1.0)
     size = (cfg.size,) * cfg.dims
+    patch = (cfg.patch_size,) * cfg.dims if cfg.patch_size else None
     return NeuralPrior(net, sigma_data=cfg.sigma_data, data_shift=cfg.data_shift, channels=channels,
                        resolution=None if cfg.fully_convolutional else size,
                        trained_resolution=size, value_range=value_range, name=cfg.name,
-                       arch=cfg.arch, net_config=net_config, spatial_dims=cfg.dims)
+                       arch=cfg.arch, net_config=net_config, spatial_dims=cfg.dims, patch_size=patch,
+                       inference=cfg.inference if patch else "conv")
 
 
 def init_state(cfg: TrainConfig, channels: int) -> TrainState:
@@ -83,10 +87,11 @@ def init_state(cfg: TrainConfig, channels: int) -> TrainState:
 
 
 def edm_loss(prior: NeuralPrior, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
-             cond: torch.Tensor | None = None) -> torch.Tensor:
-    """EDM loss (Karras et al. 2022, Eq. 2 with lambda of Table 1), mean over batch and pixels (or voxels)."""
+             cond: torch.Tensor | None = None, pos: torch.Tensor | None = None) -> torch.Tensor:
+    """EDM loss (Karras et al. 2022, Eq. 2 with lambda of Table 1), mean over batch and pixels (or voxels);
+    ``pos``: coordinate channels of patches within their whole images (positional patch priors)."""
     bc = (-1,) + (1,) * (x0.dim() - 1)
-    d = prior.precond(x0 + sigma.reshape(bc) * noise, sigma, cond)
+    d = prior.precond(x0 + sigma.reshape(bc) * noise, sigma, cond, pos)
     sd = prior.sigma_data
     weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
     return (weight.reshape(bc) * (d - x0) ** 2).mean()
@@ -100,8 +105,8 @@ class EDMLoss(nn.Module):
         super().__init__()
         self.prior = prior
 
-    def forward(self, x0, sigma, noise, cond=None):
-        return edm_loss(self.prior, x0, sigma, noise, cond)
+    def forward(self, x0, sigma, noise, cond=None, pos=None):
+        return edm_loss(self.prior, x0, sigma, noise, cond, pos)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -117,6 +122,7 @@ def train_step(state: TrainState, batch) -> float:
     same way, and ``state.ddp`` averages the gradients over ranks. Returns the loss of the global batch."""
     cfg, step, ctx = state.cfg, state.step, state.dist
     x0, cond = _split(batch)
+    pos = _pos(batch)
     fmt = memory_format(cfg)
     if cfg.channels_last:
         x0 = x0.contiguous(memory_format=fmt)
@@ -127,7 +133,7 @@ def train_step(state: TrainState, batch) -> float:
     sigma = (torch.randn(n_global, generator=g) * cfg.p_std + cfg.p_mean).exp()[start:stop]  # ln sigma ~ N(P_mean, P_std^2)
     noise = torch.randn((n_global, *x0.shape[1:]), generator=g)[start:stop].contiguous(memory_format=fmt)
     state.model.train()
-    loss = edm_loss(state.model, x0, sigma, noise, cond) if state.ddp is None else state.ddp(x0, sigma, noise, cond)
+    loss = edm_loss(state.model, x0, sigma, noise, cond, pos) if state.ddp is None else state.ddp(x0, sigma, noise, cond, pos)
     state.opt.zero_grad(set_to_none=True)
     loss.backward()  # with DDP: gradients all-reduced (averaged over ranks) during backward
     for group in state.opt.param_groups:
@@ -185,9 +191,11 @@ def _apply_init_config(cfg: TrainConfig, init: dict) -> int:
     if int(pm.get("spatial_dims", 2)) != cfg.dims:
         fail("init_from", f"a {cfg.dims}-D prior (dims={cfg.dims})", f"{init['path']}: spatial_dims={pm.get('spatial_dims')}")
     want = net_config_of(cfg, int(pm["channels"]))
+    have = dict(pm.get("net_config", {}))
+    if want.get("pos_channels") and not have.get("pos_channels"):  # positional channels are added (zero weights)
+        have["pos_channels"] = want["pos_channels"]
     from . import conditional  # conditional hook: an unconditional init_from is widened
-    if pm.get("arch") != cfg.arch or (dict(pm.get("net_config", {})) != want and not
-                                      conditional.init_config_matches(cfg, dict(pm.get("net_config", {})), want)):
+    if pm.get("arch") != cfg.arch or (have != want and not conditional.init_config_matches(cfg, have, want)):
         fail("init_from", f"weights of the configured network {cfg.arch} {want}",
              f"{init['path']}: {pm.get('arch')} {pm.get('net_config')}")
     # the preconditioning is part of the network's function: kept (a different value is refused); the training
@@ -204,6 +212,17 @@ def _apply_init_config(cfg: TrainConfig, init: dict) -> int:
     if cfg.steps <= cfg.init_step:
         fail("steps", f"more than the {cfg.init_step} steps init_from was trained for (steps count on from it)", cfg.steps)
     return int(pm["channels"])
+
+
+def add_positional_inputs(weights: dict, net: nn.Module) -> dict:
+    """Warm start of a positional network from one without coordinate channels: the first convolution gets zero
+    weights for the new input channels, so the network computes exactly the function it was trained as."""
+    w = weights.get("conv_in.weight")
+    want = net.state_dict()["conv_in.weight"]
+    if w is None or w.shape == want.shape or w.shape[1] + getattr(net, "pos_channels", 0) != want.shape[1]:
+        return weights
+    extra = torch.zeros((w.shape[0], want.shape[1] - w.shape[1], *w.shape[2:]), dtype=w.dtype)
+    return {**weights, "conv_in.weight": torch.cat([w, extra], 1)}
 
 
 def _prepare_run(cfg: TrainConfig, source: Callable, resume: bool) -> tuple[dict, int, bool]:
@@ -270,12 +289,13 @@ def train(cfg: TrainConfig, source: Callable | None = None, *, resume: bool = Tr
     state.dist = ctx
     if cfg.init_from and not resumed:  # warm start: model and EMA from the source's EMA weights, fresh Adam
         init = read_init_weights(cfg.init_from)
+        weights = add_positional_inputs(init["ema"], state.model.net)
         if cfg.conditional:  # conditional hook: zero weights for the conditioning input channels
             from . import conditional
-            init["ema"] = conditional.widen_init_weights(init["ema"], state.model.net)
+            weights = conditional.widen_init_weights(weights, state.model.net)
         try:
-            state.model.net.load_state_dict(init["ema"], strict=True)
-            state.ema.net.load_state_dict(init["ema"], strict=True)
+            state.model.net.load_state_dict(weights, strict=True)
+            state.ema.net.load_state_dict(weights, strict=True)
         except RuntimeError as e:
             fail("init_from", "weights matching the configured architecture", f"{init['path']}: {e}")
         state.step = cfg.init_step
@@ -299,8 +319,9 @@ def train(cfg: TrainConfig, source: Callable | None = None, *, resume: bool = Tr
         bar = None
     start, stop = ctx.rows(cfg.batch_size)
     t_last, t0, rows = time.time(), time.time(), []
+    batches = stream_batches(source, state.step, cfg.steps, cfg.batch_size, start, stop, cfg.workers)
     while state.step < cfg.steps:
-        batch = batch_part(source, state.step, cfg.batch_size, start, stop)
+        batch = next(batches)
         loss = train_step(state, batch)
         state.losses.append(loss)
         if bar is not None:
