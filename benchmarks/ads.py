@@ -22,51 +22,48 @@ network calls, NFE_images = images denoised, seconds; 0 for fixed masks) next to
 ``ads-own`` is the ADS particle mean itself (no second reconstruction). The official ADS fastMRI setting costs
 1.6e5 images denoised per slice (16 particles x 10 000 steps) plus as many VJPs.
 
-Usage: python benchmarks/ads.py [--images 2] [--chains 2] [--preset fast] [--tasks mri ct inpainting]
+Usage: python benchmarks/ads.py [--images 2] [--chains 2] [--preset fast] [--tasks mri ct inpainting] [--threads 1]
+       [--smoke]
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import torch
 
 import invdiff
-from invdiff.bench import measure, write_results
-from invdiff.datasets import ct_phantoms, mri_phantoms, split_seeds
-from invdiff.metrics import nmse, psnr, ssim
+from invdiff.bench.harness import experiment_args, heldout, measured, prior_versions, quality, start, write_experiment
+from invdiff.metrics import nmse
 from invdiff.operators import CT, MRI, Inpainting, default_center_fraction, make_mask
 from invdiff.priors import available, load
 
 SIGMA = 0.01
 
 
-def quality(est, x) -> dict:
-    c = x.shape[1] == 2
-    return {"PSNR": float(psnr(est, x, 1.0, complex=c).mean()), "SSIM": float(ssim(est, x, 1.0, complex=c).mean()),
-            "NMSE": float(nmse(est, x, complex=c).mean())}
+def scores(est, x) -> dict:
+    """PSNR / SSIM (peak 1) and NMSE, magnitude images for MRI."""
+    return {**quality(est, x), "NMSE": float(nmse(est, x, complex=x.shape[1] == 2).mean())}
 
 
 def reconstruct(op, x, prior, seed, args):
     y = op(x)
-    m = measure(invdiff.solve, y, op, prior, solver="dds", seed=seed, n_samples=args.chains, num_steps=50)
-    return {**quality(m.value.mean, x), "rec_nfe": m.value.nfe, "rec_nfe_images": m.value.info["nfe_images"],
-            "rec_seconds": m.seconds}
+    rec, cost = measured(invdiff.solve, y, op, prior, solver="dds", seed=seed, n_samples=args.chains, num_steps=50)
+    return {**scores(rec.mean, x), "rec_nfe": rec.nfe, "rec_nfe_images": rec.info["nfe_images"],
+            "rec_seconds": cost["seconds"]}
 
 
 def run_ads(full, x, prior, seed, args, **opts):
     g = torch.Generator().manual_seed(10_000 + seed)
     full.noise_model.rng = g
     y_full = full(x)
-    m = measure(invdiff.solve, y_full, full, prior, solver="ads", seed=seed, preset=args.preset, **opts)
-    rec = m.value
-    return rec, {"sel_nfe": rec.nfe, "sel_nfe_images": rec.info["nfe_images"], "sel_seconds": m.seconds,
-                 **{f"own_{k}": v for k, v in quality(rec.mean, x).items()}}
+    rec, cost = measured(invdiff.solve, y_full, full, prior, solver="ads", seed=seed, preset=args.preset, **opts)
+    return rec, {"sel_nfe": rec.nfe, "sel_nfe_images": rec.info["nfe_images"], "sel_seconds": cost["seconds"],
+                 **{f"own_{k}": v for k, v in scores(rec.mean, x).items()}}
 
 
 def task_mri(prior, args, rows):
-    x_all = mri_phantoms(split_seeds("heldout", args.images))
+    x_all = heldout("mri", args.images)
     full = MRI(None, (2, 64, 64), sigma=SIGMA)
     for R in (4, 8):
         cf = default_center_fraction(R)
@@ -97,7 +94,7 @@ def task_mri(prior, args, rows):
 
 
 def task_ct(prior, args, rows):
-    x_all = ct_phantoms(split_seeds("heldout", args.images))
+    x_all = heldout("ct", args.images)
     full = CT(64, n_views=64, sigma=SIGMA)
     for V in (8, 16):
         for i in range(x_all.shape[0]):
@@ -118,7 +115,7 @@ def task_ct(prior, args, rows):
 
 
 def task_inpainting(prior, args, rows):
-    x_all = ct_phantoms(split_seeds("heldout", args.images))
+    x_all = heldout("ct", args.images)
     full = Inpainting((1, 64, 64), torch.ones(1, 64, 64), sigma=SIGMA)
     R = 4
     for i in range(x_all.shape[0]):
@@ -146,17 +143,17 @@ TASKS = {"mri": ("mri-brainphantom-64", task_mri), "ct": ("ct-phantom-64", task_
 
 
 def run(args):
-    torch.set_num_threads(1)
     t_all = time.perf_counter()
-    rows, steps = [], {}
+    rows, priors = [], {}
     for t in args.tasks:
         pname, fn = TASKS[t]
         if pname not in available():
             rows.append({"task": t, "note": f"prior {pname} not installed"})
             continue
-        prior = load(pname)
-        steps[pname] = (getattr(prior, "info", None) or {}).get("step")
+        prior = priors[pname] = priors.get(pname) or load(pname)
         fn(prior, args, rows)
+    versions = prior_versions(priors)
+    steps = {k: v["step"] for k, v in versions.items()}
     summary = []
     keys = []
     for r in rows:
@@ -179,16 +176,17 @@ def run(args):
     notes = (__doc__.split("Usage:")[0] + f"\nSettings: ADS preset {args.preset!r}, {args.images} held-out images per "
              f"task, DDS mean of K = {args.chains} chains x 50 NFE. Priors (training step): {steps}. seconds: wall "
              f"time per image on a shared 2-core machine, 1 thread. Total {time.perf_counter() - t_all:.0f} s.")
-    path = write_results(args.out, "ads_images", summary + rows, cols, title="ADS masks vs fixed masks (phantoms)",
-                         notes=notes, meta={**vars(args), "prior_steps": steps})
+    path = write_experiment(args, "ads_images", summary + rows, cols, title="ADS masks vs fixed masks (phantoms)",
+                            notes=notes, priors=versions, meta={"prior_steps": steps})
     print(path)
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=2)
+    ap = experiment_args(__doc__, images=2)
     ap.add_argument("--chains", type=int, default=2)
     ap.add_argument("--preset", default="fast")
     ap.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
-    ap.add_argument("--out", default="benchmarks/results")
-    run(ap.parse_args())
+    a = start(ap.parse_args())
+    if a.smoke:
+        a.images, a.chains = 1, 1
+    run(a)

@@ -35,11 +35,10 @@ map instead and do not have this finite-K offset (beyond the noise of an 8-sampl
 operator and MCGdiff a cheap real SVD: neither runs on 8-view CT or multi-coil MRI (nor DDRM on dense matrices).
 
 Usage: python benchmarks/calibration.py [--samples 8] [--gmm-samples 64] [--images 4] [--out benchmarks/results]
-       [--parts gmm,images] [--write-table]
+       [--parts gmm,images] [--write-table] [--threads 1] [--smoke]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -48,7 +47,8 @@ from pathlib import Path
 import torch
 
 import invdiff
-from invdiff.bench import measure, write_results
+from invdiff.bench import write_results
+from invdiff.bench.harness import experiment_args, measured, start, write_experiment
 from invdiff.metrics import coverage, crps, interval_score, psnr, spearman
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,7 +62,6 @@ GMM_SOLVERS = [("smc", {"num_steps": 200}), ("mcgdiff", {"num_steps": 400}), ("d
 IMAGE_SOLVERS = [("smc", {"num_steps": 100}), ("mcgdiff", {"num_steps": 100}), ("dds", {"num_steps": 50}),
                  ("dps", {"num_steps": 100}), ("diffpir", {"num_steps": 50}), ("red-diff", {"num_steps": 100}),
                  ("ddrm", {"num_steps": 50})]
-TUNED = {"ct8": "ct-8view", "mri4x-mc8": "mri-4x-multicoil"}
 
 
 def sample_scores(samples, truth_draws) -> dict:
@@ -88,17 +87,16 @@ def run_gmm(K: int, rows: list):
                      "rho_std": spearman(ref.std(0), post_std)})
         for solver, opts in GMM_SOLVERS:
             try:
-                m = measure(invdiff.solve, y, op, prior, solver=solver, seed=1, n_samples=K, **opts)
+                rec, cost = measured(invdiff.solve, y, op, prior, solver=solver, seed=1, n_samples=K, **opts)
             except (TypeError, ValueError) as e:
                 rows.append({"part": "gmm", "task": pname, "solver": solver, "options": str(opts), "K": K,
                              "note": str(e)[:80]})
                 continue
-            rec = m.value
             s = rec.samples.reshape(K, -1).double()
             std = rec.std.reshape(-1).double() if rec.std is not None else s.std(0)
             rows.append({"part": "gmm", "task": pname, "solver": solver, "options": str(opts), "K": K,
                          **sample_scores(s, exact), "rho_std": spearman(std, post_std), "nfe": rec.nfe,
-                         "seconds": m.seconds, "peak_mb": m.peak_mb})
+                         "seconds": cost["seconds"], "peak_mb": cost["peak_mb"]})
             print({k: rows[-1].get(k) for k in ("task", "solver", "cov90", "CRPS")}, file=sys.stderr, flush=True)
 
 
@@ -108,7 +106,6 @@ def _mag(t):
 
 def run_images(K: int, n_images: int, rows: list, figs: dict, scales: dict):
     from smc_images import TASKS
-    from invdiff.bench.tasks import _TUNED
     from invdiff.priors import available, load
 
     for tname, make in TASKS.items():
@@ -121,17 +118,16 @@ def run_images(K: int, n_images: int, rows: list, figs: dict, scales: dict):
         y = op(x)
         C = x.shape[1]
         for solver, opts in IMAGE_SOLVERS:
-            opts = {**opts, **_TUNED[TUNED[tname]].get(solver, {})}
+            # per-task tuned values are the solvers' measured defaults now (invdiff.solvers.defaults)
             means, stds, samples, nfe, secs, peak = [], [], [], 0, 0.0, 0.0
             try:
                 for i in range(n_images):      # one image per call: per-image seconds, bounded memory
-                    m = measure(invdiff.solve, y[i:i + 1], op if i == 0 else op, prior, solver=solver, seed=i,
-                                n_samples=K, **opts)
-                    rec = m.value
+                    rec, cost = measured(invdiff.solve, y[i:i + 1], op, prior, solver=solver, seed=i,
+                                         n_samples=K, **opts)
                     means.append(rec.mean)
                     stds.append(rec.std if rec.std is not None else rec.samples.std(0))
                     samples.append(rec.samples[:, 0])
-                    nfe, secs, peak = nfe + rec.nfe, secs + m.seconds, max(peak, m.peak_mb)
+                    nfe, secs, peak = nfe + rec.nfe, secs + cost["seconds"], max(peak, cost["peak_mb"])
             except (TypeError, ValueError, RuntimeError) as e:
                 rows.append({"part": "images", "task": tname, "solver": solver, "options": str(opts), "K": K,
                              "note": str(e).splitlines()[0][:90]})
@@ -198,15 +194,14 @@ COLS = ["part", "task", "solver", "options", "K", "cov50", "cov90", "CRPS", "IS9
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = experiment_args(__doc__, images=4)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--gmm-samples", type=int, default=64)
-    ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--parts", default="gmm,images")
-    ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--write-table", action="store_true", help="write the fitted scales into the package table")
-    a = ap.parse_args()
-    torch.set_num_threads(1)
+    a = start(ap.parse_args())
+    if a.smoke:
+        a.samples, a.gmm_samples, a.images, a.write_table = 2, 16, 2, False
     rows, figs, scales = [], {}, {}
     parts = a.parts.split(",")
     if "gmm" in parts:
@@ -214,9 +209,9 @@ def main():
     if "images" in parts:
         run_images(a.samples, a.images, rows, figs, scales)
     out = Path(a.out)
-    write_results(out, "calibration", rows, COLS, title="Calibration of every sampler's uncertainty",
-                  notes=__doc__.split("Usage:")[0], meta={"samples": a.samples, "gmm_samples": a.gmm_samples,
-                                                          "images": a.images, "parts": parts})
+    write_experiment(a, "calibration", rows, COLS, title="Calibration of every sampler's uncertainty",
+                     notes=__doc__, meta={"samples": a.samples, "gmm_samples": a.gmm_samples, "images": a.images,
+                                          "parts": parts})
     if figs:
         figure(figs, out / "calibration.png")
     if a.write_table and scales:

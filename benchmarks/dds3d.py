@@ -26,7 +26,7 @@ steps, for D in {16, 32, 64} at chunk 8 and chunk in {4, 8, 16} at D = 32: ``pri
 lifted network prior on the whole volume (network working memory + the output volume), ``solve_mb`` = 3 DDS-3D
 steps, ``solve_no_network_mb`` = the same with a network-free stand-in prior (volume state + CT operator).
 
-Usage: python benchmarks/dds3d.py [--depth 32] [--out benchmarks/results] [--mbir] [--quick]
+Usage: python benchmarks/dds3d.py [--depth 32] [--out benchmarks/results] [--mbir] [--quick] [--threads 1] [--smoke]
 (the committed results were made with ``--mbir``; the default run leaves DiffusionMBIR out to stay under 15 min)
 """
 from __future__ import annotations
@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 import invdiff
-from invdiff.bench import measure, write_results
+from invdiff.bench import measure
+from invdiff.bench.harness import PinnedPriors, experiment_args, measured, start, write_experiment
 from invdiff.datasets import mri_phantoms, split_seeds
 from invdiff.metrics import psnr, ssim
 from invdiff.operators import CT3D, MultiCoilMRI, birdcage_maps, make_mask
@@ -55,12 +56,10 @@ from invdiff.priors.lift import lift
 from invdiff.solvers.primitives import finite_diff
 from invdiff.solvers.ztv import ZTVADMM, default_preset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dds import _PRIORS, get_prior  # noqa: E402  (one prior version per run, recorded)
-
 N = 64
 NOISE = 0.01
 STEPS = 50
+PRIORS = PinnedPriors()   # one version of each shipped prior per run, recorded in the tables' meta
 
 
 # ------------------------------------------------------------------------------------------------
@@ -156,19 +155,16 @@ def run_methods(task, depth, seed, quick: bool) -> tuple[list[dict], dict]:
     x, op, op2, fold, prior_name, cplx, tv_lam = make_task(task, depth, seed)
     y = op(x)
     rows, recon = [], {"truth": x}
-    prior2 = get_prior(prior_name) if prior_name in available() else None
+    prior2 = PRIORS(prior_name) if prior_name in available() else None
 
     def add(name, fn, *args, post=None, **kw):
-        c0 = time.process_time()
-        m = measure(fn, *args, **kw)
-        cpu = time.process_time() - c0
-        rec = m.value
+        rec, cost = measured(fn, *args, **kw)
         est = rec if isinstance(rec, torch.Tensor) else rec.mean
         est = post(est) if post is not None else est
         info = {} if isinstance(rec, torch.Tensor) else rec.info
         row = {"task": task, "method": name, **vol_metrics(est, x, cplx),
                "nfe": getattr(rec, "nfe", 0), "network_calls": info.get("network_calls", getattr(rec, "nfe", 0)),
-               "seconds": m.seconds, "cpu_s": cpu, "peak_mb": m.peak_mb}
+               "seconds": cost["seconds"], "cpu_s": cost["cpu_s"], "peak_mb": cost["peak_mb"]}
         for k in ("rho", "lam", "boundary"):
             if k in info:
                 row[k] = info[k]
@@ -203,7 +199,7 @@ def mbir_check(task, depth, seed, steps_list) -> list[dict]:
     if prior_name not in available():
         return []
     y = op(x)
-    prior = lift(get_prior(prior_name), 8)
+    prior = lift(PRIORS(prior_name), 8)
     rows = []
     for solver, opts in [("dds3d", {"num_steps": STEPS})] + [("diffusion-mbir", {"num_steps": n}) for n in steps_list]:
         c0 = time.process_time()
@@ -220,7 +216,7 @@ def preset_sweep(task, depth, seed, quick) -> list[dict]:
     if prior_name not in available():
         return []
     y = op(x)
-    prior = lift(get_prior(prior_name), 8)
+    prior = lift(PRIORS(prior_name), 8)
     name = default_preset(op)
     base = ZTVADMM.preset(name, op)
     grid = [(1, 1), (1, 0), (1, 0.25), (1, 4), (1, 16), (0.25, 1), (4, 1), (0.25, 0.25), (4, 4)]
@@ -331,7 +327,6 @@ def figure(recons: dict, out: Path):
 
 
 def run(a):
-    torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=UserWarning)
     out = Path(a.out)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -345,21 +340,21 @@ def run(a):
         if a.mbir:
             mbir_rows += mbir_check(task, 8, split_seeds("heldout", 1, start=200)[0], (20,) if a.quick else (150, 300))
     mem = memory_table(a.quick)
-    notes = __doc__.split("Usage:")[0]
+    notes = __doc__
     meta = {"depth": depth, "steps": STEPS, "noise": NOISE, "quick": a.quick, "seconds_total": time.perf_counter() - t0,
-            "cpu_s_total": time.process_time() - c0, "priors_used": {k: v[1] for k, v in _PRIORS.items()}}
-    write_results(out, "dds3d", rows, ["task", "method", "D", "PSNR", "SSIM", "zgrad_err", "nfe", "network_calls",
+            "cpu_s_total": time.process_time() - c0, "priors_used": PRIORS.versions()}
+    write_experiment(a, "dds3d", rows, ["task", "method", "D", "PSNR", "SSIM", "zgrad_err", "nfe", "network_calls",
                                        "rho", "lam", "boundary", "seconds", "cpu_s", "peak_mb"],
                   title="DDS 3D (z-TV ADMM) vs slice-independent DDS on volumes", notes=notes, meta=meta)
-    write_results(out, "dds3d_sweep", sweep_rows, ["task", "preset", "rho_x", "lam_x", "rho", "lam", "threshold", "D",
+    write_experiment(a, "dds3d_sweep", sweep_rows, ["task", "preset", "rho_x", "lam_x", "rho", "lam", "threshold", "D",
                                                    "PSNR", "SSIM", "zgrad_err"],
                   title="z-TV preset check (DDS 3D, 50 NFE, tuning volume; x = multiples of the converted original "
                         "preset)", notes=notes, meta=meta)
-    write_results(out, "dds3d_memory", mem, ["D", "chunk", "network_calls_per_step", "prior_call_mb", "solve_mb",
+    write_experiment(a, "dds3d_memory", mem, ["D", "chunk", "network_calls_per_step", "prior_call_mb", "solve_mb",
                                              "solve_no_network_mb", "volume_mb"],
                   title="DDS 3D peak memory vs depth and chunk (CT, 3 steps, fresh process)", notes=notes, meta=meta)
     if mbir_rows:
-        write_results(out, "dds3d_mbir", mbir_rows, ["task", "method", "steps", "nfe", "D", "PSNR", "SSIM", "zgrad_err",
+        write_experiment(a, "dds3d_mbir", mbir_rows, ["task", "method", "steps", "nfe", "D", "PSNR", "SSIM", "zgrad_err",
                                                       "cpu_s"],
                       title="DiffusionMBIR (VE PC + ADMM-TV) vs DDS 3D on an 8-slice volume", notes=notes, meta=meta)
     figure(recons, out)
@@ -367,15 +362,15 @@ def run(a):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = experiment_args(__doc__)
     ap.add_argument("--depth", type=int, default=32, help="slices of the evaluation volumes")
-    ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--mbir", action="store_true", help="also compare diffusion-mbir with DDS 3D on 8 slices")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 8 slices, 10 steps")
+    ap.add_argument("--quick", action="store_true", help="8 slices, 10 steps")
     ap.add_argument("--probe", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = start(ap.parse_args())
     if args.probe:
         d, c, kind = args.probe.split(",")
         print(json.dumps(probe(int(d), int(c), kind)))
     else:
+        args.quick = args.quick or args.smoke
         run(args)

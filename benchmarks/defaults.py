@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 import invdiff
+from invdiff.bench.harness import RowCache
 from invdiff.bench.runner import RowSpec, run_row
 from invdiff.bench.tables import environment, markdown_table
 from invdiff.bench.tasks import TASKS, applicable
@@ -86,24 +87,16 @@ def main(argv=None):
     def spent():
         return time.process_time() - t_cpu0
 
-    cache = Path(a.cache) if a.cache else None
-    if cache:
-        cache.mkdir(parents=True, exist_ok=True)
+    cache = RowCache(a.cache)
 
     def run(task, solver, label, options, prior_name, image, first=0):
         key = f"{task}__{solver}__{label}__{json.dumps(options, sort_keys=True)}__{image}__{first}"
         if table_for(solver):  # the solver's measured-defaults rows are part of what a row ran with
             rows_text = re.sub(r" at 0x[0-9a-f]+", "", repr(table_for(solver)))
             key += "__" + hashlib.sha1(rows_text.encode()).hexdigest()[:10]
-        f = cache / (re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + ".json") if cache else None
-        if f is not None and f.is_file():
-            return json.loads(f.read_text())
         r = RowSpec(task, solver, label, options, prior_name, image)
         r.key = key
-        row = run_row(r, dict(cfg, first_image=first), prior_cache)
-        if f is not None:
-            f.write_text(json.dumps(row))
-        return row
+        return cache.get(key, lambda: run_row(r, dict(cfg, first_image=first), prior_cache))
 
     def write():
         table = summarise(rows, tuning)

@@ -10,18 +10,17 @@ For each problem: draw x ~ prior, y = A x + n; the exact posterior is a Gaussian
   draws (0.9 for a calibrated sampler),
 - NFE, seconds, peak memory.
 
-Usage: python benchmarks/exactness.py [--samples 512] [--out benchmarks/results] [--quick]
+Usage: python benchmarks/exactness.py [--samples 512] [--out benchmarks/results] [--quick] [--threads 1] [--smoke]
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
 import torch
 
 import invdiff
-from invdiff.bench import measure, write_results
+from invdiff.bench.harness import experiment_args, measured, start, write_experiment
 from invdiff.metrics import sliced_wasserstein, sw_monte_carlo_floor
 from invdiff.operators import Inpainting, MatrixOperator, random_mask
 from invdiff.priors import GaussianMixture
@@ -87,8 +86,8 @@ SOLVERS = [
 ]
 
 
-def run(n_samples: int, out: str, quick: bool):
-    torch.set_num_threads(1)
+def run(args):
+    n_samples, quick = args.samples, args.quick
     rows = []
     for pname, make in PROBLEMS.items():
         gen = torch.Generator().manual_seed(0)
@@ -106,32 +105,30 @@ def run(n_samples: int, out: str, quick: bool):
             if quick:
                 opts = {**opts, "num_steps": min(opts["num_steps"], 50)}
             try:
-                m = measure(invdiff.solve, y, op, prior, solver=solver, seed=1, n_samples=n_samples, **opts)
+                rec, cost = measured(invdiff.solve, y, op, prior, solver=solver, seed=1, n_samples=n_samples, **opts)
             except (TypeError, ValueError) as e:
                 rows.append({"problem": pname, "solver": solver, "options": str(opts), "note": str(e)[:80]})
                 continue
-            rec = m.value
             s = rec.samples.reshape(n_samples, -1).double()
             rows.append({
                 "problem": pname, "solver": solver, "options": str(opts),
                 "SW": float(sliced_wasserstein(s, exact, generator=torch.Generator().manual_seed(5))),
                 "floor": floor.mean, "floor_std": floor.std,
                 "mean_err": float((s.mean(0) - post_mean).norm()) / post_scale,
-                "cov90": interval_coverage(s, exact, 0.9),
-                "nfe": rec.nfe, "seconds": m.seconds, "peak_mb": m.peak_mb,
+                "cov90": interval_coverage(s, exact, 0.9), **cost,
             })
             print(rows[-1], file=sys.stderr)
     cols = ["problem", "solver", "options", "SW", "floor", "floor_std", "mean_err", "cov90", "nfe", "seconds",
             "peak_mb", "note"]
-    notes = __doc__.split("Usage:")[0]
-    write_results(out, "exactness", rows, cols, title="Sampler exactness on closed-form posteriors", notes=notes,
-                  meta={"n_samples": n_samples, "quick": quick})
+    write_experiment(args, "exactness", rows, cols, title="Sampler exactness on closed-form posteriors",
+                     notes=__doc__, meta={"n_samples": n_samples, "quick": quick})
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = experiment_args(__doc__)
     ap.add_argument("--samples", type=int, default=512)
-    ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--quick", action="store_true")
-    a = ap.parse_args()
-    run(a.samples, a.out, a.quick)
+    ap.add_argument("--quick", action="store_true", help="at most 50 steps per sampler")
+    a = start(ap.parse_args())
+    if a.smoke:
+        a.samples, a.quick = 16, True
+    run(a)

@@ -35,11 +35,10 @@ to each posterior component, next to the posterior component weights. Reference 
 MAP, the posterior mean, and RED-Diff's starting point (the pseudo-inverse).
 
 Usage: python benchmarks/red_diff_images.py [--images 4] [--nfe1000-images 2] [--parts images,gmm]
-       [--tasks inpaint-box,...] [--out benchmarks/results] [--tune] [--quick]
+       [--tasks inpaint-box,...] [--out benchmarks/results] [--tune] [--quick] [--threads 1] [--smoke]
 """
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
@@ -49,9 +48,8 @@ from pathlib import Path
 import torch
 
 import invdiff
-from invdiff.bench import measure, write_results
+from invdiff.bench.harness import experiment_args, measured, prior_versions, quality, start, write_experiment
 from invdiff.datasets import ct_phantoms, mri_phantoms, split_seeds
-from invdiff.metrics import psnr, ssim
 from invdiff.priors import GaussianMixture
 from invdiff.operators import (CT, CircularBlur, Inpainting, MultiCoilMRI, birdcage_maps, box_mask, gaussian_kernel,
                                make_mask, random_mask)
@@ -116,8 +114,9 @@ def _tuned(task: str, nfe: int) -> dict:
 
 
 def _metrics(est: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
-    cplx = x.shape[1] == 2
-    return float(psnr(est, x, complex=cplx)), float(ssim(est, x, complex=cplx))
+    """PSNR, SSIM with peak = max of the reference (magnitude for MRI)."""
+    q = quality(est, x, data_range=None)
+    return q["PSNR"], q["SSIM"]
 
 
 def _methods(task: str, budgets, decomposable: bool):
@@ -142,7 +141,7 @@ def load_priors(tasks) -> dict:
 
 
 def prior_steps(priors: dict) -> dict:
-    return {name: p.metadata().get("info", {}).get("step") for name, p in priors.items()}
+    return {name: v["step"] for name, v in prior_versions(priors).items()}
 
 
 def run_images(n_images: int, n1000: int, tasks, budgets, priors: dict, log=print) -> list[dict]:
@@ -166,19 +165,20 @@ def run_images(n_images: int, n1000: int, tasks, budgets, priors: dict, log=prin
                           {"num_steps": 1000, "preset": preset, "n_samples": 4})]
             hole = (op.mask.expand_as(x) == 0) if task.startswith("inpaint") else None
             for label, solver, opts in runs:
-                m = measure(invdiff.solve, y, op, prior if solver not in ("tv", "fbp", "l1-wavelet") else None,
-                            solver=solver, seed=0, **opts)
-                p, s = _metrics(m.value.mean, x)
-                res = {"seed": seed, "PSNR": p, "SSIM": s, "seconds": m.seconds, "peak_mb": m.peak_mb}
+                rec, cost = measured(invdiff.solve, y, op,
+                                     prior if solver not in ("tv", "fbp", "l1-wavelet") else None,
+                                     solver=solver, seed=0, **opts)
+                p, s = _metrics(rec.mean, x)
+                res = {"seed": seed, "PSNR": p, "SSIM": s, "seconds": cost["seconds"], "peak_mb": cost["peak_mb"]}
                 if hole is not None:  # error where nothing is measured vs where the data constrain the pixel
-                    err = m.value.mean - x
+                    err = rec.mean - x
                     res["rmse_unmeasured"] = float(err[hole].pow(2).mean().sqrt())
                     res["rmse_measured"] = float(err[~hole].pow(2).mean().sqrt())
-                    if m.value.std is not None:
-                        res["run_std_unmeasured"] = float(m.value.std[hole].pow(2).mean().sqrt())
-                per.setdefault((label, m.value.nfe, str(opts)), []).append(res)
-                log(f"[{task} img {i}] {label:24s} NFE {m.value.nfe:4d}  PSNR {p:6.2f}  SSIM {s:.3f}  "
-                    f"{m.seconds:6.1f} s")
+                    if rec.std is not None:
+                        res["run_std_unmeasured"] = float(rec.std[hole].pow(2).mean().sqrt())
+                per.setdefault((label, rec.nfe, str(opts)), []).append(res)
+                log(f"[{task} img {i}] {label:24s} NFE {rec.nfe:4d}  PSNR {p:6.2f}  SSIM {s:.3f}  "
+                    f"{cost['seconds']:6.1f} s")
         for (label, nfe, opts), res in per.items():
             P, S = [r["PSNR"] for r in res], [r["SSIM"] for r in res]
             row = {"task": task, "method": label, "NFE": nfe, "options": opts, "images": len(res),
@@ -312,28 +312,26 @@ def run_gmm(n_runs: int, settings, log=print) -> list[dict]:
         with torch.no_grad():
             summary("pseudo-inverse start", op.A_dagger(y).reshape(1, -1).double())
         for nfe, opts in settings:
-            m = measure(invdiff.solve, y, op, prior, solver="red-diff", seed=1, n_samples=n_runs, num_steps=nfe,
-                        **opts)
+            rec, cost = measured(invdiff.solve, y, op, prior, solver="red-diff", seed=1, n_samples=n_runs,
+                                 num_steps=nfe, **opts)
             label = f"red-diff {nfe} steps" + (f" lr={opts['lr']}" if "lr" in opts else "")
-            summary(label, m.value.samples.reshape(n_runs, -1).double(), m.value.nfe, m.seconds,
-                    f"lr={m.value.info['lr']:g}, lam={m.value.info['lam']:g}")
+            summary(label, rec.samples.reshape(n_runs, -1).double(), rec.nfe, cost["seconds"],
+                    f"lr={rec.info['lr']:g}, lam={rec.info['lam']:g}")
     return rows
 
 
 # ------------------------------------------------------------------------------------------------
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=4, help="held-out images per task (default 4)")
+    ap = experiment_args(__doc__, images=4)
     ap.add_argument("--nfe1000-images", type=int, default=2,
                     help="images per inpainting task that also get DPS and RED-Diff at 1000 NFE (default 2)")
     ap.add_argument("--parts", default="images,gmm", help="comma list of: images, gmm ('' with --tune: tuning only)")
     ap.add_argument("--tasks", default=",".join(SETUP), help=f"comma list of: {', '.join(SETUP)}")
     ap.add_argument("--gmm-runs", type=int, default=64)
-    ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tune", action="store_true", help="rerun the hyper-parameter selection on tuning phantoms")
-    ap.add_argument("--quick", action="store_true", help="1 image, NFE 20, no 1000-NFE runs (smoke test)")
-    a = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    ap.add_argument("--quick", action="store_true", help="1 image, NFE 20, no 1000-NFE runs")
+    a = start(ap.parse_args(argv), argv=None if argv is None else ["benchmarks/red_diff_images.py", *argv])
+    a.quick = a.quick or a.smoke
     tasks = [t for t in a.tasks.split(",") if t]
     for t in tasks:
         if t not in SETUP:
@@ -348,7 +346,7 @@ def main(argv=None):
     priors = load_priors(tasks) if (a.tune or "images" in parts) else {}
     if a.tune:
         rows = run_tuning(tasks, priors)
-        write_results(a.out, "red_diff_tuning", rows, ["task", "solver", "options", "PSNR", "best"],
+        write_experiment(a, "red_diff_tuning", rows, ["task", "solver", "options", "PSNR", "best"],
                       title="RED-Diff benchmark: hyper-parameter selection on 2 tuning phantoms",
                       notes="Mean PSNR on held-out seeds HELDOUT_SEED_START + 1000, 1001 (not the evaluated ones); "
                             f"shipped priors at training steps {prior_steps(priors)}.",
@@ -357,7 +355,7 @@ def main(argv=None):
         rows = run_images(n_img, n1000, tasks, budgets, priors)
         cols = ["task", "method", "NFE", "PSNR", "PSNR_std", "SSIM", "SSIM_std", "rmse_unmeasured", "rmse_measured",
                 "run_std_unmeasured", "seconds", "peak_mb", "images", "options"]
-        write_results(a.out, "red_diff_images", rows, cols, title="RED-Diff vs diffusion and classical baselines",
+        write_experiment(a, "red_diff_images", rows, cols, title="RED-Diff vs diffusion and classical baselines",
                       notes=notes.split('Part "gmm":')[0].rstrip() + "\n\nShipped priors used: training steps "
                       f"{prior_steps(priors)}.\n\n" + RESULT_NOTES,
                       meta={"images": n_img, "nfe1000_images": n1000, "budgets": list(budgets), "noise": NOISE,
@@ -368,7 +366,7 @@ def main(argv=None):
         cols = ["problem", "method", "options", "runs", "d_post_mean", "d_nearest_comp_mean", "d_nearest_mode",
                 "d_map", "modes", "spread",
                 "d_avg_to_post_mean", "occupancy", "post_weights", "nfe", "seconds"]
-        write_results(a.out, "red_diff_gmm", rows, cols, title="RED-Diff on exact Gaussian-mixture posteriors: "
+        write_experiment(a, "red_diff_gmm", rows, cols, title="RED-Diff on exact Gaussian-mixture posteriors: "
                       "mode-seeking", notes="Problems: " + notes.split('Part "gmm":')[1].strip() + "\n\n" + GMM_NOTES)
     print(f"done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 

@@ -19,11 +19,10 @@ about run_sd^2 / 2, Jensen).
 MCGdiff: log p(y) = log p(y~) (its particle filter with normalised potentials) - sum_i log s_i - (out-of-range part).
 
 Usage: python benchmarks/smc_evidence.py [--particles 64] [--runs 4] [--out benchmarks/results] [--quick]
-       [--solvers smc,mcgdiff]
+       [--solvers smc,mcgdiff] [--threads 1] [--smoke]
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 
 import invdiff
-from invdiff.bench import measure, write_results
+from invdiff.bench.harness import experiment_args, measured, start, write_experiment
 from invdiff.operators import MatrixOperator
 from invdiff.priors import GaussianMixture
 
@@ -58,8 +57,8 @@ CONFIGS = [
 ]
 
 
-def run(particles: int, runs: int, out: str, quick: bool, solvers: list[str]):
-    torch.set_num_threads(1)
+def run(args):
+    particles, runs, quick, solvers = args.particles, args.runs, args.quick, args.solvers.split(",")
     rows = []
     configs = [c for c in (CONFIGS[:1] if quick else CONFIGS) if c[0] in solvers]
     for pname, make in ALL.items():
@@ -74,10 +73,11 @@ def run(particles: int, runs: int, out: str, quick: bool, solvers: list[str]):
                 continue
             est, secs, nfe, peak = [], [], 0, 0.0
             for seed in range(runs):
-                m = measure(invdiff.solve, y, op, prior, solver=solver, seed=seed, n_samples=particles, **opts)
-                est.append(float(m.value.info["log_evidence"][0]))
-                secs.append(m.seconds)
-                nfe, peak = m.value.info["nfe_per_particle"], max(peak, m.peak_mb)
+                rec, cost = measured(invdiff.solve, y, op, prior, solver=solver, seed=seed, n_samples=particles,
+                                     **opts)
+                est.append(float(rec.info["log_evidence"][0]))
+                secs.append(cost["seconds"])
+                nfe, peak = rec.info["nfe_per_particle"], max(peak, cost["peak_mb"])
             t = torch.tensor(est, dtype=torch.float64)
             sd = float(t.std()) if runs > 1 else float("nan")
             bias = float(t.mean()) - exact
@@ -88,22 +88,23 @@ def run(particles: int, runs: int, out: str, quick: bool, solvers: list[str]):
                          "nfe": nfe, "seconds": sum(secs) / runs, "peak_mb": peak})
             print({k: rows[-1][k] for k in ("problem", "options", "exact", "est_mean", "run_sd", "bias", "ok")},
                   file=sys.stderr, flush=True)
-    old = Path(out) / "smc_evidence.json"
+    old = Path(args.out) / "smc_evidence.json"
     if old.exists():     # keep the rows of the solvers not rerun
         import json
         rows = [r for r in json.loads(old.read_text())["rows"] if r["solver"] not in solvers] + rows
     cols = ["problem", "dim", "solver", "options", "particles", "runs", "exact", "est_mean", "run_sd", "bias",
             "bias_se", "ok", "nfe", "seconds", "peak_mb"]
-    write_results(out, "smc_evidence", rows, cols, title="SMC log-evidence vs closed form (GMM problems)",
-                  notes=__doc__.split("Usage:")[0], meta={"particles": particles, "runs": runs, "quick": quick})
+    write_experiment(args, "smc_evidence", rows, cols, title="SMC log-evidence vs closed form (GMM problems)",
+                     notes=__doc__, meta={"particles": particles, "runs": runs, "quick": quick})
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = experiment_args(__doc__)
     ap.add_argument("--particles", type=int, default=64)
     ap.add_argument("--runs", type=int, default=4)
-    ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="the default settings of smc only")
     ap.add_argument("--solvers", default="smc,mcgdiff", help="rerun these; the other solvers' rows are kept")
-    a = ap.parse_args()
-    run(a.particles, a.runs, a.out, a.quick, a.solvers.split(","))
+    a = start(ap.parse_args())
+    if a.smoke:
+        a.particles, a.runs, a.quick = 8, 2, True
+    run(a)

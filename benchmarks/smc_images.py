@@ -20,10 +20,10 @@ For each image the weighted ensemble of ``smc`` gives the posterior mean and the
 Context rows with the same data: ``cg`` (Tikhonov least squares) and ``fbp`` (CT) and ``dds`` (one sample).
 
 Usage: python benchmarks/smc_images.py [--images 3] [--particles 16] [--num-steps 200] [--out benchmarks/results]
+       [--threads 1] [--smoke]
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -31,9 +31,9 @@ import time
 import torch
 
 import invdiff
-from invdiff.bench import measure, write_results
-from invdiff.datasets import ct_phantoms, mri_phantoms, split_seeds
-from invdiff.metrics import psnr, ssim
+from invdiff.bench.harness import (experiment_args, heldout, mean_rows, measured, prior_versions, quality, start,
+                                   write_experiment)
+from invdiff.metrics import psnr
 from invdiff.operators import CT, MultiCoilMRI, random_mask_1d
 from invdiff.priors import available, load
 
@@ -41,14 +41,14 @@ Z90 = {1: 1.6448536269514722, 2: math.sqrt(math.log(10.0))}
 
 
 def task_mri(n):
-    x = mri_phantoms(split_seeds("heldout", n))
+    x = heldout("mri", n)
     op = MultiCoilMRI(random_mask_1d((64, 64), 4, seed=0), coil_maps=8, img_size=(2, 64, 64), sigma=0.01,
                       rng=torch.Generator().manual_seed(0))
     return x, op, "mri-brainphantom-64", ["cg", "dds"]
 
 
 def task_ct(n):
-    x = ct_phantoms(split_seeds("heldout", n))
+    x = heldout("ct", n)
     op = CT(64, n_views=8, sigma=0.01, rng=torch.Generator().manual_seed(0))
     return x, op, "ct-phantom-64", ["fbp", "cg", "dds"]
 
@@ -70,15 +70,8 @@ def calibration(mean, std, x) -> dict:
             "err/std": float(err.pow(2).mean().sqrt() / s.pow(2).mean().sqrt().clamp_min(1e-30))}
 
 
-def quality(est, x) -> dict:
-    cplx = x.shape[1] == 2
-    return {"PSNR": float(psnr(est, x, 1.0, complex=cplx).mean()),
-            "SSIM": float(ssim(est, x, 1.0, complex=cplx).mean())}
-
-
 def run(args):
-    torch.set_num_threads(1)
-    rows, t_all, steps_used = [], time.perf_counter(), {}
+    rows, t_all, priors = [], time.perf_counter(), {}
     installed = available()
     for tname, make in TASKS.items():
         if args.tasks and tname not in args.tasks:
@@ -87,56 +80,52 @@ def run(args):
         if prior_name not in installed:
             rows.append({"task": tname, "solver": "smc", "note": f"prior {prior_name} not installed"})
             continue
-        prior = load(prior_name)
-        step = (getattr(prior, "info", None) or {}).get("step")   # shipped priors are re-exported as they train
-        steps_used[prior_name] = step
+        prior = priors[prior_name] = load(prior_name)
         for i in range(x_all.shape[0]):
             x = x_all[i:i + 1]
             y = op(x)
             for name in baselines:
                 opts = {"num_steps": 50} if name == "dds" else {}
-                m = measure(invdiff.solve, y, op, prior if name == "dds" else None, solver=name, seed=i, **opts)
-                rows.append({"task": tname, "image": i, "solver": name, "N": 1, **quality(m.value.mean, x),
-                             "nfe_per_particle": m.value.nfe, "seconds": m.seconds, "peak_mb": m.peak_mb})
-            m = measure(invdiff.solve, y, op, prior, solver="smc", seed=i, n_samples=args.particles,
-                        num_steps=args.num_steps, chunk=args.chunk)
-            rec = m.value
+                rec, cost = measured(invdiff.solve, y, op, prior if name == "dds" else None, solver=name, seed=i,
+                                     **opts)
+                rows.append({"task": tname, "image": i, "solver": name, "N": 1, **quality(rec.mean, x),
+                             "nfe_per_particle": cost["nfe"], "seconds": cost["seconds"], "peak_mb": cost["peak_mb"]})
+            rec, cost = measured(invdiff.solve, y, op, prior, solver="smc", seed=i, n_samples=args.particles,
+                                 num_steps=args.num_steps, chunk=args.chunk)
             info = rec.info
             row = {"task": tname, "image": i, "solver": "smc", "N": args.particles, **quality(rec.mean, x),
                    "PSNR_one_draw": float(psnr(rec.samples[0], x, 1.0, complex=x.shape[1] == 2).mean()),
                    **calibration(rec.mean, info["std"], x),
                    "ess_end": float(info["ess"][-1].mean()), "ess_min": float(info["ess"].min()),
                    "n_resample": int(info["n_resample"].sum()), "unique_ancestors": int(info["unique_ancestors"][0]),
-                   "nfe_per_particle": info["nfe_per_particle"], "seconds": m.seconds, "peak_mb": m.peak_mb}
+                   "nfe_per_particle": info["nfe_per_particle"], "seconds": cost["seconds"],
+                   "peak_mb": cost["peak_mb"]}
             rows.append(row)
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, file=sys.stderr,
                   flush=True)
-    # per-task means
-    summary = []
-    for tname in TASKS:
-        for solver in ("smc", "dds", "cg", "fbp"):
-            rs = [r for r in rows if r.get("task") == tname and r.get("solver") == solver and "PSNR" in r]
-            if not rs:
-                continue
-            keys = [k for k in rs[0] if isinstance(rs[0][k], (int, float)) and k not in ("image", "N")]
-            summary.append({"task": tname, "image": "mean", "solver": solver, "N": rs[0]["N"],
-                            **{k: sum(r[k] for r in rs if r.get(k) is not None) / len(rs) for k in keys}})
+    order = {s: k for k, s in enumerate(("smc", "dds", "cg", "fbp"))}
+    measured_rows = sorted((r for r in rows if "PSNR" in r), key=lambda r: (list(TASKS).index(r["task"]),
+                                                                           order[r["solver"]]))
+    summary = mean_rows(measured_rows, ["task", "solver", "N"], label={"image": "mean"})
     cols = ["task", "image", "solver", "N", "PSNR", "SSIM", "PSNR_one_draw", "std_err_corr", "cov90", "err/std",
             "ess_end", "ess_min", "n_resample", "unique_ancestors", "nfe_per_particle", "seconds", "peak_mb", "note"]
+    versions = prior_versions(priors)
     notes = (__doc__.split("Usage:")[0] + f"\nSettings: {args.particles} particles, {args.num_steps} noise levels "
              f"(smc defaults otherwise: variant 'ode', tempering 'noise'), {args.images} held-out images per task, "
-             f"chunk={args.chunk}. Priors (training step): {steps_used}. Total {time.perf_counter() - t_all:.0f} s.")
-    path = write_results(args.out, "smc_images", summary + rows, cols, title="SMC (AFDPS) on phantom images",
-                         notes=notes, meta={**vars(args), "prior_steps": steps_used})
+             f"chunk={args.chunk}. Total {time.perf_counter() - t_all:.0f} s.")
+    path = write_experiment(args, "smc_images", summary + rows, cols, title="SMC (AFDPS) on phantom images",
+                            notes=notes, priors=versions,
+                            meta={"prior_steps": {k: v["step"] for k, v in versions.items()}})
     print(path)
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=3)
+    ap = experiment_args(__doc__, images=3)
     ap.add_argument("--particles", type=int, default=16)
     ap.add_argument("--num-steps", type=int, default=200)
     ap.add_argument("--chunk", type=int, default=None, help="max particles per network call")
     ap.add_argument("--tasks", nargs="*", default=None, choices=list(TASKS))
-    ap.add_argument("--out", default="benchmarks/results")
-    run(ap.parse_args())
+    a = start(ap.parse_args())
+    if a.smoke:
+        a.images, a.particles, a.num_steps = 1, 2, 5
+    run(a)
