@@ -39,6 +39,7 @@ DEFAULTS = {
     "noise": 0.01,
     "first_image": 0,         # image i uses held-out seed first_image + i
     "prior": None,            # None: each task's default prior
+    "cond_prior": None,       # conditional prior of solver conditional-dc (None: "<task prior>-cond")
     "threads": 1,
     "device": "cpu",          # cpu | cuda | cuda:N: where solvers run (images are simulated on the CPU)
     "precision": "fp32",      # fp32 | bf16 | fp16: the prior network's autocast precision
@@ -95,6 +96,8 @@ def plan(cfg: dict, options: dict) -> tuple[list[RowSpec], list[str]]:
             prior_name = None
             if spec.needs_prior:
                 prior_name = cfg["prior"] or task.prior
+                if solver == "conditional-dc":  # its own (conditional) prior: <task prior>-cond unless cond_prior is set
+                    prior_name = cfg.get("cond_prior") or (f"{task.prior}-cond" if task.prior else None)
                 if prior_name not in priors and not Path(str(prior_name)).exists() \
                         and prior_name not in priors_available():
                     notes.append(f"{tname} / {solver}: skipped, prior {prior_name!r} is not installed")

@@ -225,6 +225,11 @@ def applicable(task: BenchTask, solver: str, prior=None) -> str | None:
             return f"prior has {ch} channel(s), task images have {task.channels}"
         if task.dims == 3 and getattr(prior, "spatial_dims", 2) != 3:
             return "needs a prior that takes volumes (a 3D prior, or a 2D prior lifted slice by slice)"
+        cond = (getattr(prior, "info", None) or {}).get("conditional") if getattr(prior, "cond_channels", 0) else None
+        if (solver == "conditional-dc") != bool(cond):
+            return "conditional-dc needs a conditional prior" if cond is None else "the prior is conditional (conditional-dc only)"
+        if cond and (cond.get("kind") != task.kind or task.dims != 2):
+            return f"the conditional prior was trained for 2D {str(cond.get('kind')).upper()} operators"
     return None
 
 

@@ -161,7 +161,7 @@ def to_device(y: torch.Tensor, physics, device):
 
 def load_prior_checked(solver: str, prior_name, device="cpu", precision: str = "fp32"):
     """The prior (or None) on ``device`` with the network in ``precision``, with one clear message for a
-    missing / unknown prior."""
+    missing / unknown prior or a conditional prior paired with a solver other than ``conditional-dc`` (and back)."""
     from ..priors import available as priors_available
     from ..priors import load
     from ..solvers.base import get
@@ -178,6 +178,10 @@ def load_prior_checked(solver: str, prior_name, device="cpu", precision: str = "
     except (ValueError, TypeError, OSError) as e:
         fail("--prior", f"one of the shipped priors {priors_available()} or a loadable checkpoint path",
              f"{prior_name!r} ({e})")
+    conditional = int(getattr(prior, "cond_channels", 0) or 0) > 0
+    if conditional != bool(getattr(spec.fn, "accepts_conditional", False)):  # conditional priors: conditional-dc only
+        fail("--prior", f"{'a conditional' if not conditional else 'an unconditional'} prior for solver {solver!r}",
+             f"the {'conditional' if conditional else 'unconditional'} prior {prior_name!r}")
     return prior
 
 

@@ -17,6 +17,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED = {
     "ct-phantom-64": "1-channel CT-like ellipse phantoms in [0, 1], trained at 64x64 (fully convolutional)",
     "mri-brainphantom-64": "2-channel (complex) brain phantoms, max magnitude 1, trained at 64x64 (fully convolutional)",
+    "mri-brainphantom-64-cond": "conditional (solver 'conditional-dc'): brain phantoms given [zero-filled A^H y, mask] of "
+                                "single- / 8-coil Cartesian MRI at 2-10x, trained at 64x64",
 }
 
 

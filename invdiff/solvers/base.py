@@ -339,6 +339,9 @@ def solve(y: torch.Tensor, physics, prior: Prior | None = None, solver: str = "d
         fail("prior", f"a prior for solver {solver!r} (see invdiff.priors.available())", "None")
     if prior is not None and not isinstance(prior, Prior):
         fail("prior", "an invdiff Prior (invdiff.priors.load(...) or GaussianMixture)", prior, TypeError)
+    if prior is not None and int(getattr(prior, "cond_channels", 0) or 0) > 0 and not getattr(spec.fn, "accepts_conditional", False):
+        fail("prior", f"an unconditional prior for solver {solver!r} (a conditional prior needs solver='conditional-dc')",
+             f"the conditional prior {prior.name!r} ({prior.cond_channels} conditioning channels)")
     if n_samples > 1 and not spec.sampler:
         fail("n_samples", f"1 for the deterministic solver {solver!r}", n_samples)
     # size guard (issue 11 item 4): once, before the solver starts; per-slice H, W for lifted 2D priors

@@ -58,7 +58,9 @@ _HELP = {
     "base_channels": "width of the first U-Net level", "channel_mult": "per-level width multipliers, e.g. 1,2,4,8",
     "num_blocks": "residual blocks per level", "attn_levels": "levels with self-attention (empty: none)",
     "emb_dim": "noise-embedding width", "dropout": "dropout in residual blocks",
-    "cond_channels": "extra conditioning input channels (0 = unconditional prior)",
+    "cond_channels": "extra conditioning input channels (0 = unconditional prior; set by --conditional)",
+    "conditional": "'mri' or 'ct': conditional prior on paired data made on the fly (random operator per image, "
+                   "cond = [A^dagger y / s, sampling pattern]; invdiff.datasets.paired); '' = unconditional",
     "sigma_data": "data std for EDM preconditioning (auto: estimated from 256 training images)",
     "data_shift": "data mean subtracted before the network (auto: estimated)",
     "p_mean": "mean of ln(sigma) in training (auto: -1.2 + ln(sigma_data/0.5))", "p_std": "std of ln(sigma) in training (EDM: 1.2)",

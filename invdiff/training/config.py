@@ -52,6 +52,7 @@ class TrainConfig:
     emb_dim: int = 128
     dropout: float = 0.0
     cond_channels: int = 0              # > 0: conditional network (data source yields (x0, cond))
+    conditional: str = ""               # "mri" | "ct": paired data on the fly (invdiff.training.conditional)
     # preconditioning / loss (None = estimated from the data)
     sigma_data: float | None = None
     data_shift: float | None = None
@@ -200,6 +201,8 @@ def validate_config(cfg: TrainConfig) -> None:
     if cfg.patch_size and (cfg.patch_size > cfg.size or cfg.patch_size % factor):
         fail("patch_size", f"0 (whole images) or a multiple of {factor} (the network's down-sampling factor) no larger "
                            f"than size={cfg.size}", cfg.patch_size)
+    from . import conditional  # conditional hook: --conditional mri|ct
+    conditional.check_config(cfg)
     if cfg.size % (2 ** (len(cfg.channel_mult) - 1)):
         fail("size", f"a multiple of {2 ** (len(cfg.channel_mult) - 1)}, the network's down-sampling factor "
                      f"(2^(levels-1) for channel_mult={cfg.channel_mult})", cfg.size)

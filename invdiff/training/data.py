@@ -171,9 +171,13 @@ def _load_folder(path: str, size: int) -> torch.Tensor:
 
 def make_source(cfg: TrainConfig) -> Callable:
     """Data source of a config: a phantom / volume stream, slices streamed from files, or random minibatches of a
-    tensor / image folder; wrapped in a :class:`PatchSource` when ``cfg.patch_size`` is set."""
+    tensor / image folder; wrapped in a :class:`PatchSource` when ``cfg.patch_size`` is set (with
+    ``cfg.conditional``: paired (x0, cond) data on top of the images instead)."""
 
     base = _make_base_source(cfg)
+    if cfg.conditional:  # conditional hook
+        from . import conditional
+        return conditional.make_source(cfg, base)
     if cfg.patch_size:
         return PatchSource(base, cfg.patch_size, positional=cfg.positional, seed=cfg.seed)
     return base

@@ -188,6 +188,10 @@ def export(checkpoint, *, weights_dir=None, name: str | None = None, dtype: str 
     info = {"step": meta["step"], "data": cfg["data"], "training_config": cfg,
             "trained_with": "invdiff.training (EDM loss, Karras et al. 2022)",
             "regenerate": command or regenerate_command(cfg, meta["step"])}
+    conditional = bool(cfg.get("conditional"))
+    if conditional:  # conditional hook: what the prior was trained for, in its metadata
+        from . import conditional as cond_mod
+        info["conditional"] = cond_mod.info(cfg)
     prior.info = info
     torch_dtype = torch.float16 if dtype == "float16" else torch.float32
     out = wdir / f"{name}.safetensors"
@@ -197,16 +201,21 @@ def export(checkpoint, *, weights_dir=None, name: str | None = None, dtype: str 
     probe = (torch.Generator().manual_seed(0))
     spatial = (cfg["size"],) * prior.spatial_dims
     x = torch.randn(4, prior.channels, *spatial, generator=probe) * 0.2 + prior.data_shift
+    c = torch.randn(4, prior.cond_channels, *spatial, generator=probe) if conditional else None
     with torch.no_grad():
-        dev = float((shipped(x, 0.1) - prior(x, 0.1)).abs().max())
+        dev = float((shipped.denoise(x, 0.1, c) - prior.denoise(x, 0.1, c)).abs().max())
     ev = {}
-    if kind:
+    if kind and not conditional:
         ev = evaluate_denoising(shipped, kind, size=cfg["size"], n_images=eval_images, sigmas=sigmas)
     g = torch.Generator().manual_seed(0)
     t0 = time.time()
-    samples = edm_heun_sampler(shipped, (n_samples, prior.channels, *spatial), steps=sample_steps, generator=g)
+    if conditional:  # conditional hook: held-out reconstructions; grid rows = truth, A^dagger y, sample
+        cond_ev, samples = cond_mod.evaluate(shipped, cfg, n_images=eval_images, sample_steps=sample_steps,
+                                             n_show=n_samples)
+    else:
+        samples = edm_heun_sampler(shipped, (n_samples, prior.channels, *spatial), steps=sample_steps, generator=g)
     t_sample = time.time() - t0
-    save_sample_grid(samples, wdir / f"{name}_samples.png",
+    save_sample_grid(samples, wdir / f"{name}_samples.png", cols=samples.shape[0] // 3 if conditional else None,
                      title=f"{name}: EDM Heun, {sample_steps} steps, step {meta['step']}")
     loss_src = Path(loss_csv) if loss_csv else Path(checkpoint).parents[1] / "loss.csv"
     loss_rows = []
@@ -220,6 +229,10 @@ def export(checkpoint, *, weights_dir=None, name: str | None = None, dtype: str 
             w.writerows(loss_rows)
     card = model_card(name, meta, prior, ev, loss_rows, dtype=dtype, fp_dev=dev, sample_steps=sample_steps,
                       t_sample=t_sample, n_samples=n_samples, regenerate=info["regenerate"], file_size=out.stat().st_size)
+    if conditional:  # conditional hook: conditioning and held-out reconstruction sections
+        card = cond_mod.card(card, cfg, cond_ev, sample_steps=sample_steps, t_sample=t_sample,
+                             step=meta["step"])
+        ev = cond_ev
     (wdir / f"{name}.md").write_text(card)
     return {"weights": str(out), "eval": ev, "step": meta["step"], "fp_dev": dev}
 

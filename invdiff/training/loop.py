@@ -194,7 +194,8 @@ def _apply_init_config(cfg: TrainConfig, init: dict) -> int:
     have = dict(pm.get("net_config", {}))
     if want.get("pos_channels") and not have.get("pos_channels"):  # positional channels are added (zero weights)
         have["pos_channels"] = want["pos_channels"]
-    if pm.get("arch") != cfg.arch or have != want:
+    from . import conditional  # conditional hook: an unconditional init_from is widened
+    if pm.get("arch") != cfg.arch or (have != want and not conditional.init_config_matches(cfg, have, want)):
         fail("init_from", f"weights of the configured network {cfg.arch} {want}",
              f"{init['path']}: {pm.get('arch')} {pm.get('net_config')}")
     # the preconditioning is part of the network's function: kept (a different value is refused); the training
@@ -289,6 +290,9 @@ def train(cfg: TrainConfig, source: Callable | None = None, *, resume: bool = Tr
     if cfg.init_from and not resumed:  # warm start: model and EMA from the source's EMA weights, fresh Adam
         init = read_init_weights(cfg.init_from)
         weights = add_positional_inputs(init["ema"], state.model.net)
+        if cfg.conditional:  # conditional hook: zero weights for the conditioning input channels
+            from . import conditional
+            weights = conditional.widen_init_weights(weights, state.model.net)
         try:
             state.model.net.load_state_dict(weights, strict=True)
             state.ema.net.load_state_dict(weights, strict=True)
