@@ -9,7 +9,7 @@ measured by two autograd hooks around the network call), ``total_s`` the whole `
 ``invdiff`` package, e.g. ``git archive main invdiff | tar -x -C DIR``), each (sampler, task) right after the
 ``after`` measurement in the same process pair, so both see the same machine state. 1 torch thread everywhere.
 
-    python benchmarks/overhead.py --before /tmp/invdiff-main --out benchmarks/results/overhead
+    python benchmarks/overhead.py --before ../invdiff-main-checkout --out benchmarks/results/overhead
     python benchmarks/overhead.py --device cuda --size 64 --out benchmarks/results/overhead_gpu   # benchmarks/gpu.sh
 """
 from __future__ import annotations

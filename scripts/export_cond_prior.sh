@@ -3,7 +3,7 @@
 # (+ _samples.png, _loss.csv) from its training run; safe while training still runs (checkpoints are atomic).
 #
 #   OUT=/path/runs scripts/export_cond_prior.sh [CHECKPOINT]     # default: $OUT/mri-brainphantom-64-cond/ckpt/latest.safetensors
-#   WEIGHTS_DIR=/tmp/x scripts/export_cond_prior.sh             # an intermediate export outside the repository
+#   WEIGHTS_DIR=../cond-export scripts/export_cond_prior.sh             # an intermediate export outside the repository
 #   EVAL_IMAGES=16 scripts/export_cond_prior.sh                 # fewer held-out phantoms in the model card (default 64)
 #
 # The model card's regenerate command is rebuilt from the checkpoint's config with --out runs (the run folder is
