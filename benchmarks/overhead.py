@@ -79,11 +79,13 @@ sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lam
 state = {"net": 0.0, "t_bwd": None, "forward": 0, "backward": 0}
 
 
-class _BwdEnd(torch.autograd.Function):          # on the network input: its backward ends the network's backward
+class _Marker(torch.autograd.Function):         # identity whose backward marks a moment of the network's backward
     @staticmethod
     def forward(ctx, x):
         return x.view_as(x)
 
+
+class _BwdEnd(_Marker):                          # on the network input: its backward ends the network's backward
     @staticmethod
     def backward(ctx, g):
         sync()
@@ -94,11 +96,7 @@ class _BwdEnd(torch.autograd.Function):          # on the network input: its bac
         return g
 
 
-class _BwdStart(torch.autograd.Function):        # on the network output: its backward starts the network's backward
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
+class _BwdStart(_Marker):                        # on the network output: its backward starts the network's backward
     @staticmethod
     def backward(ctx, g):
         sync()

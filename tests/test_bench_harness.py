@@ -60,7 +60,7 @@ def test_measured_returns_value_and_cost():
     value, cost = measured(lambda n: SimpleNamespace(nfe=n, mean=torch.zeros(3)), 7)
     assert value.nfe == 7 and cost["nfe"] == 7
     assert set(cost) == {"nfe", "seconds", "cpu_s", "peak_mb"}
-    assert cost["seconds"] >= 0 and cost["cpu_s"] >= 0
+    assert isinstance(cost["seconds"], float) and isinstance(cost["cpu_s"], float)   # reported, not judged
     _, cost = measured(torch.ones, 4)
     assert cost["nfe"] is None
 
