@@ -24,6 +24,7 @@ over the two phase-encoding axes and readout); ``three_d=False`` with a 4-entry 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 from collections import OrderedDict
@@ -67,6 +68,21 @@ class _Cartesian:
         """Realised acceleration: number of k-space locations / number sampled (first mask in the batch)."""
         m = self.mask[0, 0]
         return float(m.numel() / m.sum().clamp_min(1))
+
+    def with_measurement_mask(self, meas_mask: torch.Tensor):
+        """A copy that measures only where ``meas_mask`` ``(1, *y_shape)`` is nonzero, when that is a k-space mask (the
+        same for both channels and all coils), else None. Used by
+        :class:`~invdiff.operators.candidates.MeasurementSubset` for a fused normal operator."""
+        kshape = tuple(self.mask.shape[2:])
+        mm = meas_mask.reshape(-1, *kshape)                            # channels (and coils) first
+        k = mm[:1]
+        if tuple(meas_mask.shape[1:]) != tuple(self.y_shape) or not bool((mm == k).all()):
+            return None
+        sub = copy.deepcopy(self)
+        sub.__dict__.pop("_normal_cache", None)
+        sub.__dict__.pop("_prox_y", None)
+        sub.update_parameters(mask=self.mask * (k != 0).to(self.mask.dtype))
+        return sub
 
 
 class MRI(_Cartesian, InvdiffPhysics, dinv.physics.MRI):
@@ -320,7 +336,7 @@ class LineBlocks:
         return torch.view_as_real(xc).moveaxis(-1, 1).to(dtype).contiguous()
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
-        return self._back(self.G @ self._to(x), x.dtype)
+        return self._back(_bmm(self.G, self._to(x)), x.dtype)
 
     def eig(self):
         """(lambda (lines, L, 1) >= 0, V (lines, L, L), V^H): complex64 eigenvectors, float32 eigenvalues."""
@@ -332,12 +348,20 @@ class LineBlocks:
 
     def coefficients(self, aty: torch.Tensor) -> torch.Tensor:
         """:math:`c = V^H A^H y` (lines, L, B) from :math:`A^H y` (B, 2, H, W)."""
-        return self.eig()[2] @ self._to(aty)
+        return _bmm(self.eig()[2], self._to(aty))
 
     def prox(self, x: torch.Tensor, c: torch.Tensor, g) -> torch.Tensor:
         lam, V, Vh = self.eig()
-        w = Vh @ self._to(x)
-        return self._back(V @ ((w + g * c) / (1 + g * lam)), x.dtype)
+        w = _bmm(Vh, self._to(x))
+        return self._back(_bmm(V, (w + g * c) / (1 + g * lam)), x.dtype)
+
+
+def _bmm(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Batched (lines, L, L) @ (lines, L, B); for B = 1 as a product and a sum (about 4x faster than torch's batched
+    complex matrix-vector product on one CPU thread, 64 x 64)."""
+    if v.shape[-1] == 1:
+        return (M * v.transpose(-1, -2)).sum(-1, keepdim=True)
+    return M @ v
 
 
 def _line_axis(mask: torch.Tensor) -> int | None:
