@@ -14,8 +14,8 @@ Conventions:
   system matrix, and :math:`A^\top` is that matrix's transpose: the exact adjoint, at the cost of one
   forward projection (:mod:`invdiff.operators.ct_matrix`; the matrix is built once per geometry and cached,
   also per device). Same :math:`A` as deepinv's ``Tomography`` up to float32 round-off;
-- ``normalize=True`` (default) scales :math:`A` so that :math:`\|A\|_2 = 1` (deepinv's power iteration at
-  construction, at most 100 iterations; cached with the matrix);
+- ``normalize=True`` (default) scales :math:`A` so that :math:`\|A\|_2 = 1` (power iteration from a fixed
+  seeded vector at construction, deterministic and leaving the global random stream alone; cached with the matrix);
 - :meth:`CT.fbp` is the ramp-filtered back-projection, an approximate inverse for full-view data.
 """
 from __future__ import annotations
@@ -120,6 +120,23 @@ def _n_detectors(N: int, circle: bool, fan_beam: bool, fp: dict | None) -> int:
     return int(((2 * torch.ones(1)).sqrt() * N).ceil())  # deepinv Radon: ceil(sqrt(2) N) in float32
 
 
+def _power_norm(sm, N: int, max_iter: int = 500, rtol: float = 1e-7) -> torch.Tensor:
+    r""":math:`\|R\|_2` of the system matrix ``sm`` (0-d float32 tensor): power iteration from a seeded vector."""
+    v = torch.randn(N * N, 1, generator=torch.Generator().manual_seed(0))
+    v = v / v.norm()
+    lam = 0.0
+    with torch.no_grad():
+        for _ in range(max_iter):
+            w = csr_matmul(sm.transpose, sm.forward, csr_matmul(sm.forward, sm.transpose, v))
+            new = float((v * w).sum())                               # Rayleigh quotient, ||v|| = 1
+            v = w / w.norm().clamp_min(1e-30)
+            if abs(new - lam) <= rtol * abs(new):
+                lam = new
+                break
+            lam = new
+    return torch.tensor(lam, dtype=torch.float32).sqrt()
+
+
 class CT(InvdiffPhysics, dinv.physics.Tomography):
     r"""2D X-ray CT: the (normalised) Radon transform plus Gaussian noise.
 
@@ -210,17 +227,14 @@ class CT(InvdiffPhysics, dinv.physics.Tomography):
                     mod.register_buffer(nm, torch.empty(0, dtype=getattr(mod, nm).dtype), persistent=False)
 
     def _normalise(self, N: int):
-        r""":math:`\|R\|_2` by deepinv's power iteration (as ``Tomography(normalize=True)``), cached with the matrix.
+        r""":math:`\|R\|_2` by power iteration on :math:`R^\top R` (cached with the matrix).
 
-        The power iteration starts from ``torch.randn`` on the global generator; when the norm comes from the
-        cache the same numbers are still drawn, so seeded code after ``CT(...)`` sees the random stream it saw
-        before the cache existed.
+        Starts from a fixed vector (a local generator seeded 0), so the norm is the same in every process and
+        constructing an operator leaves the global random stream alone; iterated until the Rayleigh quotient
+        changes by less than 1e-7 relative (at most 500 iterations): deepinv's ``compute_norm`` value to 1e-5.
         """
-        x0 = torch.zeros(1, 1, N, N)                                      # shape only: values are not used
         if self._system.norm is None:
-            self._system.norm = self.compute_norm(x0, squared=False, verbose=False).detach()
-        else:
-            torch.randn_like(x0)
+            self._system.norm = _power_norm(self._system, N)
         self.register_buffer("operator_norm", self._system.norm.clone())
         self.normalize = True
 
