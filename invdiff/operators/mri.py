@@ -13,9 +13,8 @@ Conventions (deepinv's, which are fastMRI's):
 
 Line masks (2D multi-coil, a mask constant along one image axis, e.g. every row of the sampled k-space columns):
 the centred FFT along that axis cancels in :math:`A^H A`, which is then block diagonal, one :math:`L \times L`
-block per image line (:class:`LineBlocks`). Small images (:data:`LINE_BLOCK_BYTES`) use it for ``A_adjoint_A``
-(one batched matrix product instead of a coil FFT pair) and for the exact data prox :meth:`MultiCoilMRI.prox_l2_exact`
-(an eigendecomposition per line, computed once per mask and coil maps).
+block per image line (:class:`LineBlocks`). Small images (:data:`LINE_BLOCK_BYTES`) use it for the exact data prox
+:meth:`MultiCoilMRI.prox_l2_exact` (an eigendecomposition per line, computed once per mask and coil maps).
 
 Volumes: ``three_d=True`` applies a 3D FFT over (D, H, W) (3D Cartesian acquisition, mask ``(D, H, W)``
 over the two phase-encoding axes and readout); ``three_d=False`` with a 4-entry ``img_size`` applies a
@@ -79,8 +78,8 @@ class _Cartesian:
         if tuple(meas_mask.shape[1:]) != tuple(self.y_shape) or not bool((mm == k).all()):
             return None
         sub = copy.deepcopy(self)
-        sub.__dict__.pop("_normal_cache", None)
-        sub.__dict__.pop("_prox_y", None)
+        for name in ("_normal_cache", "_blocks_cache", "_prox_y"):
+            sub.__dict__.pop(name, None)
         sub.update_parameters(mask=self.mask * (k != 0).to(self.mask.dtype))
         return sub
 
@@ -234,38 +233,37 @@ class MultiCoilMRI(_Cartesian, InvdiffPhysics, dinv.physics.MultiCoilMRI):
         are permutations that commute with pointwise products):
         :math:`A^H A x = P \sum_c \overline{Q(S_c)}\,\mathrm{ifft}(Q(M) \odot \mathrm{fft}(Q(S_c)\,Q(x)))`, with
         :math:`Q(S)`, :math:`\overline{Q(S)}`, :math:`Q(M)` computed once per mask / coil maps: two shifts of one image
-        instead of four of every coil image, no real/complex channel copies in between. 2D images with a line mask
-        (one mask and coil-map set for the batch, within :data:`LINE_BLOCK_BYTES`) use :class:`LineBlocks`
-        instead: one batched (L x L) product per line, no FFT. Either way equals ``A_adjoint(A(x))`` to float32
-        round-off.
+        instead of four of every coil image, no real/complex channel copies in between, products in place. Equals
+        ``A_adjoint(A(x))`` to float32 round-off, and is bit-identical to the unfused two-pass form of this
+        formula (the FFTs stay: :class:`LineBlocks` would be faster at 64 x 64 but changes round-off, which
+        ill-conditioned least-squares starts such as RED-Diff's amplify).
         """
         if kwargs:
             return super().A_adjoint_A(x, mask=mask, coil_maps=coil_maps, **kwargs)
-        self.update_parameters(mask=mask, coil_maps=coil_maps)
+        if mask is not None or coil_maps is not None:
+            self.update_parameters(mask=mask, coil_maps=coil_maps)
         self._check_x_shape(x)
-        _, qs, qs_conj, qm, blocks = self._normal_parts()
-        if blocks is not None:
-            return blocks.normal(x)
+        _, qs, qs_conj, qm = self._normal_parts()
         dims = (-3, -2, -1) if self.three_d else (-2, -1)
         xc = torch.fft.ifftshift(torch.view_as_complex(x.moveaxis(1, -1).contiguous()), dim=dims)[:, None]
         k = torch.fft.fftn(qs * xc, dim=dims, norm="ortho")
-        im = torch.fft.ifftn(k * qm, dim=dims, norm="ortho")
-        out = torch.fft.fftshift((qs_conj * im).sum(1), dim=dims)
+        im = torch.fft.ifftn(k.mul_(qm), dim=dims, norm="ortho")
+        out = torch.fft.fftshift(im.mul_(qs_conj).sum(1), dim=dims)
         return torch.view_as_real(out).moveaxis(-1, 1).to(x.dtype)
 
+    def _parameters_key(self) -> tuple:
+        return (self.coil_maps.data_ptr(), self.coil_maps._version, self.mask.data_ptr(), self.mask._version,
+                self.coil_maps.device, self.coil_maps.dtype, self.mask.dtype)
+
     def _normal_parts(self):
-        """(key, Q(S), conj Q(S), Q(M), LineBlocks or None), recomputed when the mask or coil maps change."""
-        key = (self.coil_maps.data_ptr(), self.coil_maps._version, self.mask.data_ptr(), self.mask._version,
-               self.coil_maps.device, self.coil_maps.dtype, self.mask.dtype)
+        """(key, Q(S), conj Q(S), Q(M)), recomputed when the mask or coil maps change."""
+        key = self._parameters_key()
         cache = getattr(self, "_normal_cache", None)
         if cache is None or cache[0] != key:
             dims = (-3, -2, -1) if self.three_d else (-2, -1)
             qs = torch.fft.ifftshift(self.coil_maps, dim=dims)                      # Q(S)    (B_s, N, ..., H, W)
             qm = torch.fft.ifftshift(self.mask[:, 0], dim=dims)[:, None]            # Q(M)    (B_m, 1, ..., H, W)
-            blocks = None
-            if len(self.x_shape) == 3 and self.coil_maps.shape[0] == 1 and self.mask.shape[0] == 1:
-                blocks = line_blocks(self.coil_maps[0], self.mask[0, 0])
-            cache = self._normal_cache = (key, qs, qs.conj(), qm, blocks)
+            cache = self._normal_cache = (key, qs, qs.conj(), qm)
         return cache
 
     def prox_l2_exact(self, x, y, gamma):
@@ -274,7 +272,14 @@ class MultiCoilMRI(_Cartesian, InvdiffPhysics, dinv.physics.MultiCoilMRI):
 
         ``gamma`` a number or a one-element tensor. :math:`V^H A^H y` is kept for the next call with the same ``y``.
         """
-        blocks = self._normal_parts()[4]
+        key = self._parameters_key()
+        cache = getattr(self, "_blocks_cache", None)
+        if cache is None or cache[0] != key:
+            blocks = None
+            if len(self.x_shape) == 3 and self.coil_maps.shape[0] == 1 and self.mask.shape[0] == 1:
+                blocks = line_blocks(self.coil_maps[0], self.mask[0, 0])
+            cache = self._blocks_cache = (key, blocks)
+        blocks = cache[1]
         if blocks is None:
             return None
         cached = getattr(self, "_prox_y", None)
@@ -284,9 +289,9 @@ class MultiCoilMRI(_Cartesian, InvdiffPhysics, dinv.physics.MultiCoilMRI):
         return blocks.prox(x, cached[2], g)
 
 
-#: line blocks (:class:`LineBlocks`) are used while one (lines, L, L) complex64 block matrix takes at most this many
-#: bytes: 64 x 64 images 2 MiB, 128 x 128 16 MiB; larger images keep the FFTs (a block product costs L / log L
-#: times an FFT per line, and the exact prox holds a second matrix of the same size, its eigenvectors)
+#: line blocks (:class:`LineBlocks`) are used while one (lines, L, L) complex64 matrix takes at most this many bytes
+#: (64 x 64 images: 2 MiB, 128 x 128: 16 MiB); they hold the float64 normal blocks, the float32 eigenvalues and
+#: two complex64 eigenvector matrices (about 4x this at the bound), and the eigendecomposition costs O(lines L^3)
 LINE_BLOCK_BYTES = 16 * 2 ** 20
 
 _BLOCKS: "OrderedDict[str, LineBlocks]" = OrderedDict()       # by content digest: operator copies share them
@@ -304,8 +309,7 @@ class LineBlocks:
 
     .. math::  (A^H A x)_h = G_h x_h, \qquad G_h = \sum_c \bar D_{c,h} P D_{c,h}, \quad D_{c,h} = \mathrm{diag}(s_{c,h})
 
-    :math:`G_h` is built in float64 and stored in complex64 (``normal``: float32 round-off of ``A_adjoint(A(x))``).
-    :meth:`prox` solves :math:`(I + g A^H A)u = x + g A^H y` exactly for any :math:`g \ge 0` from the
+    :math:`G_h` is built in float64 (``normal``: float32 round-off of ``A_adjoint(A(x))``). :meth:`prox` solves :math:`(I + g A^H A)u = x + g A^H y` exactly for any :math:`g \ge 0` from the
     eigendecomposition :math:`G_h = V_h \Lambda_h V_h^H` (computed on first use): in eigen coordinates every
     component is :math:`(w + g c) / (1 + g\lambda)`, :math:`w = V^H x`, :math:`c = V^H A^H y`, so no float32
     cancellation between :math:`x` and :math:`g A^H y` however large :math:`g` is.
@@ -320,9 +324,7 @@ class LineBlocks:
         eye = torch.eye(L, dtype=torch.complex128, device=S.device)
         fc = torch.fft.fftshift(torch.fft.fft(torch.fft.ifftshift(eye, dim=0), dim=0, norm="ortho"), dim=0)
         P = fc.conj().T @ (line.to(torch.complex128)[:, None] * fc)   # F^H diag(m) F, (L, L)
-        G = torch.einsum("chi,chj->hij", S.conj(), S) * P              # (lines, L, L)
-        self.G = G.to(torch.complex64)
-        self._G64 = G
+        self.G = torch.einsum("chi,chj->hij", S.conj(), S) * P         # (lines, L, L), complex128
         self._eig = None
 
     def _to(self, x: torch.Tensor) -> torch.Tensor:
@@ -336,12 +338,13 @@ class LineBlocks:
         return torch.view_as_real(xc).moveaxis(-1, 1).to(dtype).contiguous()
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
-        return self._back(_bmm(self.G, self._to(x)), x.dtype)
+        """:math:`A^H A x` from the blocks (float32 round-off of ``A_adjoint(A(x))``; a check of the blocks)."""
+        return self._back(_bmm(self.G.to(torch.complex64), self._to(x)), x.dtype)
 
     def eig(self):
         """(lambda (lines, L, 1) >= 0, V (lines, L, L), V^H): complex64 eigenvectors, float32 eigenvalues."""
         if self._eig is None:
-            lam, V = torch.linalg.eigh(self._G64)
+            lam, V = torch.linalg.eigh(self.G)
             V32 = V.to(torch.complex64)
             self._eig = (lam.clamp_min(0).to(torch.float32)[..., None], V32, V32.conj().transpose(-1, -2).contiguous())
         return self._eig
