@@ -65,19 +65,21 @@ def conjugate_gradient(H: Callable[[torch.Tensor], torch.Tensor], b: torch.Tenso
     # early exit when every sample is frozen: reading the flag back stalls an accelerator once per iteration, so
     # it is checked on the CPU only (elsewhere frozen samples take zero steps, with the same result)
     early_exit = b.device.type == "cpu"
+    zero = torch.zeros_like(rs)
+    stop = max(tol, floor) * b_norm
     for k in range(max_iter):
         if early_exit and not bool(active.any()):
             break
         Hp = H(p)
         pHp = inner(p, Hp)
-        alpha = torch.where(active & (pHp > eps), rs / pHp.clamp_min(eps), torch.zeros_like(rs))
-        x = x + _bc(alpha, x) * p
-        r = r - _bc(alpha, r) * Hp
+        alpha = _bc(torch.where(active & (pHp > eps), rs / pHp.clamp_min(eps), zero), x)
+        x = x + alpha * p
+        r = r - alpha * Hp
         rs_new = inner(r, r)
         if callback is not None:
             callback(k, x, r)
-        active = active & (rs_new.sqrt() > max(tol, floor) * b_norm)
-        beta = torch.where(active, rs_new / rs.clamp_min(eps), torch.zeros_like(rs))
+        active = active & (rs_new.sqrt() > stop)
+        beta = torch.where(active, rs_new / rs.clamp_min(eps), zero)
         p = r + _bc(beta, p) * p
         rs = rs_new
     return x
