@@ -233,45 +233,41 @@ class MultiCoilMRI(_Cartesian, InvdiffPhysics, dinv.physics.MultiCoilMRI):
         are permutations that commute with pointwise products):
         :math:`A^H A x = P \sum_c \overline{Q(S_c)}\,\mathrm{ifft}(Q(M) \odot \mathrm{fft}(Q(S_c)\,Q(x)))`, with
         :math:`Q(S)`, :math:`\overline{Q(S)}`, :math:`Q(M)` computed once per mask / coil maps: two shifts of one image
-        instead of four of every coil image, each folded into the one copy between the 2-channel and the complex
-        layout (a gather), products in place. Equals
-        ``A_adjoint(A(x))`` to float32 round-off, and is bit-identical to the unfused two-pass form of this
-        formula (the FFTs stay: :class:`LineBlocks` would be faster at 64 x 64 but changes round-off, which
-        ill-conditioned least-squares starts such as RED-Diff's amplify).
+        instead of four of every coil image, products in place. With a line mask (2D or slice-wise, every mask
+        constant along H, e.g. sampled k-space columns; or along W) the FFT along that axis cancels,
+        :math:`F_2^H M F_2 = I \otimes F^H \mathrm{diag}(m) F`, and only 1D FFTs along the other axis run (half the
+        FFT work; same formula with P, Q, F along that axis). Equals ``A_adjoint(A(x))`` to float32 round-off.
         """
         if kwargs:
             return super().A_adjoint_A(x, mask=mask, coil_maps=coil_maps, **kwargs)
         if mask is not None or coil_maps is not None:
             self.update_parameters(mask=mask, coil_maps=coil_maps)
         self._check_x_shape(x)
-        _, qs, qs_conj, qm, q_idx, p_idx = self._normal_parts()
-        spatial = tuple(x.shape[2:])
-        dims = (-3, -2, -1) if self.three_d else (-2, -1)
-        B = x.shape[0]
-        # Q(x) and the 2-channel -> complex layout in one gather (a permutation: bit-identical to ifftshift)
-        xc = torch.view_as_complex(x.moveaxis(1, -1).reshape(B, -1, 2).index_select(1, q_idx))
-        k = torch.fft.fftn(qs * xc.reshape(B, 1, *spatial), dim=dims, norm="ortho")
+        _, qs, qs_conj, qm, dims = self._normal_parts()
+        xc = torch.fft.ifftshift(torch.complex(x[:, 0], x[:, 1]), dim=dims)[:, None]
+        k = torch.fft.fftn(qs * xc, dim=dims, norm="ortho")
         im = torch.fft.ifftn(k.mul_(qm), dim=dims, norm="ortho")
-        out = torch.view_as_real(im.mul_(qs_conj).sum(1).reshape(B, -1)).index_select(1, p_idx)   # P(.)
-        return out.reshape(B, *spatial, 2).moveaxis(-1, 1).to(x.dtype)
+        out = torch.fft.fftshift(im.mul_(qs_conj).sum(1), dim=dims)
+        return torch.view_as_real(out).moveaxis(-1, 1).to(x.dtype)
 
     def _parameters_key(self) -> tuple:
         return (self.coil_maps.data_ptr(), self.coil_maps._version, self.mask.data_ptr(), self.mask._version,
                 self.coil_maps.device, self.coil_maps.dtype, self.mask.dtype)
 
     def _normal_parts(self):
-        """(key, Q(S), conj Q(S), Q(M), Q and P as gather indices), recomputed when the mask or coil maps change."""
+        """(key, Q(S), conj Q(S), Q(M), FFT axes), recomputed when the mask or coil maps change."""
         key = self._parameters_key()
         cache = getattr(self, "_normal_cache", None)
         if cache is None or cache[0] != key:
             dims = (-3, -2, -1) if self.three_d else (-2, -1)
+            m = self.mask[:, 0]
+            if not self.three_d and bool((m == m[..., :1, :]).all()):     # line mask: F along H cancels
+                dims = (-1,)
+            elif not self.three_d and bool((m == m[..., :1]).all()):      # ... or along W
+                dims = (-2,)
             qs = torch.fft.ifftshift(self.coil_maps, dim=dims)                      # Q(S)    (B_s, N, ..., H, W)
             qm = torch.fft.ifftshift(self.mask[:, 0], dim=dims)[:, None]            # Q(M)    (B_m, 1, ..., H, W)
-            spatial = tuple(self.mask.shape[2:])
-            flat = torch.arange(self.mask[0, 0].numel(), device=qs.device).reshape(spatial)
-            q_idx = torch.fft.ifftshift(flat, dim=dims).reshape(-1)                 # Q as a gather index
-            p_idx = torch.fft.fftshift(flat, dim=dims).reshape(-1)                  # P = Q^{-1}
-            cache = self._normal_cache = (key, qs, qs.conj(), qm, q_idx, p_idx)
+            cache = self._normal_cache = (key, qs, qs.conj(), qm, dims)
         return cache
 
     def prox_l2_exact(self, x, y, gamma):
