@@ -252,3 +252,26 @@ def test_commands_take_device_and_precision_flags(tmp_path):
     with pytest.raises(ValueError, match="--device"):
         reconstruct_main([str(tmp_path), "--out", str(tmp_path / "r"), "--solver", "dds", "--prior", "ct-phantom-64",
                           "--device", "tpu"])
+
+
+def test_diffpir_uses_the_exact_prox_where_offered():
+    """prox="auto" goes through the operator's exact solve (counted), prox="cg" never does; both run."""
+    from invdiff.operators import CT
+    from invdiff.priors import GaussianMixture
+
+    n = 8
+    op = CT(n, n_views=3, sigma=0.05)
+    prior = GaussianMixture(torch.ones(1), 0.5 * torch.ones(1, n * n), 0.02 * torch.eye(n * n)[None],
+                            img_shape=(1, n, n))
+    y = op(prior.sample(1, generator=torch.Generator().manual_seed(0)))
+    calls = []
+    exact = op.prox_l2_exact
+    op.prox_l2_exact = lambda *a: calls.append(1) or exact(*a)
+    try:
+        auto = invdiff.solve(y, op, prior, "diffpir", seed=0, num_steps=4)
+        n_auto = len(calls)
+        cg = invdiff.solve(y, op, prior, "diffpir", seed=0, num_steps=4, prox="cg")
+    finally:
+        del op.prox_l2_exact
+    assert n_auto == 3 and len(calls) == n_auto                 # 3 data steps (none after the last denoising)
+    assert torch.isfinite(auto.mean).all() and torch.isfinite(cg.mean).all()
