@@ -321,5 +321,5 @@ def csr_matmul(mat: torch.Tensor, mat_t: torch.Tensor, x: torch.Tensor) -> torch
     return _CSRMatmul.apply(x, mat, mat_t)
 
 
-__all__ = ["DISK_CACHE", "CACHE_BYTES", "SystemMatrix", "build_system_matrix", "system_matrix", "on_device", "gram_eigh",
-           "geometry_key", "cache_info", "clear_cache", "csr_matmul"]
+__all__ = ["DISK_CACHE", "CACHE_BYTES", "SystemMatrix", "build_system_matrix", "system_matrix", "on_device",
+           "gram_eigh", "geometry_key", "cache_info", "clear_cache", "csr_matmul"]

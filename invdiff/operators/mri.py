@@ -293,9 +293,9 @@ class MultiCoilMRI(_Cartesian, InvdiffPhysics, dinv.physics.MultiCoilMRI):
         return blocks.prox(x, cached[2], g)
 
 
-#: line blocks (:class:`LineBlocks`) are used while one (lines, L, L) complex64 matrix takes at most this many bytes
-#: (64 x 64 images: 2 MiB, 128 x 128: 16 MiB); they hold the float64 normal blocks, the float32 eigenvalues and
-#: two complex64 eigenvector matrices (about 4x this at the bound), and the eigendecomposition costs O(lines L^3)
+#: line blocks (:class:`LineBlocks`) are used while lines x L x L x 8 bytes (one complex64 block matrix) is at most
+#: this (64 x 64 images: 2 MiB, 128 x 128: 16 MiB); they hold the complex128 blocks and two complex64 eigenvector
+#: matrices, 4x this (64 MiB at the bound), and the eigendecomposition costs O(lines L^3) once per mask and maps
 LINE_BLOCK_BYTES = 16 * 2 ** 20
 
 _BLOCKS: "OrderedDict[str, LineBlocks]" = OrderedDict()       # by content digest: operator copies share them
@@ -313,9 +313,9 @@ class LineBlocks:
 
     .. math::  (A^H A x)_h = G_h x_h, \qquad G_h = \sum_c \bar D_{c,h} P D_{c,h}, \quad D_{c,h} = \mathrm{diag}(s_{c,h})
 
-    :math:`G_h` is built in float64 (``normal``: float32 round-off of ``A_adjoint(A(x))``). :meth:`prox` solves :math:`(I + g A^H A)u = x + g A^H y` exactly for any :math:`g \ge 0` from the
-    eigendecomposition :math:`G_h = V_h \Lambda_h V_h^H` (computed on first use): in eigen coordinates every
-    component is :math:`(w + g c) / (1 + g\lambda)`, :math:`w = V^H x`, :math:`c = V^H A^H y`, so no float32
+    :math:`G_h` is built in float64 (``normal``: float32 round-off of ``A_adjoint(A(x))``). :meth:`prox` solves
+    :math:`(I + g A^H A)u = x + g A^H y` exactly for any :math:`g \ge 0` from the eigendecomposition
+    :math:`G_h = V_h \Lambda_h V_h^H` (computed on first use): in eigen coordinates every component is :math:`(w + g c) / (1 + g\lambda)`, :math:`w = V^H x`, :math:`c = V^H A^H y`, so no float32
     cancellation between :math:`x` and :math:`g A^H y` however large :math:`g` is.
     """
 
