@@ -315,7 +315,8 @@ class LineBlocks:
 
     :math:`G_h` is built in float64 (``normal``: float32 round-off of ``A_adjoint(A(x))``). :meth:`prox` solves
     :math:`(I + g A^H A)u = x + g A^H y` exactly for any :math:`g \ge 0` from the eigendecomposition
-    :math:`G_h = V_h \Lambda_h V_h^H` (computed on first use): in eigen coordinates every component is :math:`(w + g c) / (1 + g\lambda)`, :math:`w = V^H x`, :math:`c = V^H A^H y`, so no float32
+    :math:`G_h = V_h \Lambda_h V_h^H` (computed on first use): in eigen coordinates every component is
+    :math:`(w + g c) / (1 + g\lambda)`, :math:`w = V^H x`, :math:`c = V^H A^H y`, so no float32
     cancellation between :math:`x` and :math:`g A^H y` however large :math:`g` is.
     """
 
