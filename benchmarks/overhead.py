@@ -260,7 +260,8 @@ products per step), instead of 10 warm-started CG steps (`diffpir_cg.md`: exact 
 50-step prox, 10 CG steps 28.69; MRI 28.45 vs 28.37). The multi-coil normal operator runs 1D FFTs only when the mask
 is a line mask (the FFT along the fully sampled axis cancels in A^H A: half the FFT work, float32 round-off of the
 2D form), and ADS's CG on the acquired columns now uses it through the masked operator (before: `A_adjoint(A(x))`
-of the full 8-coil operator times a measurement mask). The `prox="cg"` rows are DiffPIR's CG fallback (other
+of the full 8-coil operator times a measurement mask). The `prox="cg"` rows (a new option: "error" before) are
+DiffPIR's CG fallback (other
 operators), 10 steps.
 
 Where the rest goes: DDS and SMC on MRI in their CG steps (6 normal operators per step, each 8 coils of 1D FFT
