@@ -261,8 +261,7 @@ products per step), instead of 10 warm-started CG steps (`diffpir_cg.md`: exact 
 is a line mask (the FFT along the fully sampled axis cancels in A^H A: half the FFT work, float32 round-off of the
 2D form), and ADS's CG on the acquired columns now uses it through the masked operator (before: `A_adjoint(A(x))`
 of the full 8-coil operator times a measurement mask). The `prox="cg"` rows (a new option: "error" before) are
-DiffPIR's CG fallback (other
-operators), 10 steps.
+DiffPIR's CG fallback (other operators), 10 steps.
 
 Where the rest goes: DDS and SMC on MRI in their CG steps (6 normal operators per step, each 8 coils of 1D FFT
 pairs); ADS in its per-particle CG and in scoring every candidate at its acquisition steps; DiffPIR in its exact
