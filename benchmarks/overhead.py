@@ -46,8 +46,8 @@ CASES = [
     ("diffusion-mbir", "mri3d-4x", {"num_steps": 20, "depth": 4}),
     ("ads", "mri-full-multicoil", {"num_steps": 50, "acceleration": 4, "particles": 8}),  # ADS picks the 4x mask
     ("ads", "ct-full-90view", {"num_steps": 50, "acceleration": 11.25, "particles": 8}),   # 8 of 90 views
-    ("diffpir", "ct-8view", {"num_steps": 50, "cg_iters": 5}),           # fewer CG steps (0.1 dB less on MRI)
-    ("diffpir", "mri-4x-multicoil", {"num_steps": 50, "cg_iters": 5}),
+    ("diffpir", "ct-8view", {"num_steps": 50, "prox": "cg"}),            # the CG fallback instead of the exact prox
+    ("diffpir", "mri-4x-multicoil", {"num_steps": 50, "prox": "cg"}),
     ("dds", "ct-8view", {"num_steps": 50, "n_samples": 4}),
     ("red-diff", "mri-4x-multicoil", {"num_steps": 50, "n_samples": 4}),
 ]
@@ -201,6 +201,8 @@ def device_name(device: str) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--before", default=None, help="directory holding the 'before' invdiff package")
+    ap.add_argument("--before-label", default="the code at main before the speed work (separate checkout, same run)",
+                    help="what the 'before' checkout is, for the table")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -224,7 +226,7 @@ def main(argv=None):
     meta = {"device": device_name(args.device), "size": "realistic" if args.realistic else args.size,
             "precision": args.precision,
             "torch_threads": 1, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "before": "the code at main before the speed work (separate checkout, same run)" if args.before else None}
+            "before": args.before_label if args.before else None}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.update and out.with_suffix(".json").is_file():
@@ -244,25 +246,32 @@ def main(argv=None):
     out.with_suffix(".md").write_text(table(meta, rows))
 
 
-NOTES = """What changed (issue 14 item 2): DDS, z-TV (dds3d) and ADS compute A^T y once per solve (per acquisition for
-ADS) instead of every step; every CG normal operator goes through `normal_op`, which uses the operator's fused
-`A_adjoint_A` (multi-coil MRI: shifted coil maps and mask cached, 2-3x faster than `A_adjoint(A(x))`, bit-identical);
-DiffPIR's data step runs `cg_iters` (default 10) warm-started CG steps of the project's CG instead of deepinv's
-`prox_l2` (up to 50 iterations, `diffpir_cg.md` for the quality per count), and its noise schedule is computed in
-one vectorised pass instead of deepinv's 1000-step Python loop (twice per solve); CG no longer reads a flag back
-from the device every iteration. Chains and particles already ran batched through operators and network (one
-call per step for all, `chains` column).
+NOTES = """What changed (issue 14 item 2). First round: DDS, z-TV (dds3d) and ADS compute A^T y once per solve (per
+acquisition for ADS) instead of every step; every CG normal operator goes through `normal_op`, which uses the
+operator's fused `A_adjoint_A` (multi-coil MRI: shifted coil maps and mask cached); DiffPIR's noise schedule is
+computed in one vectorised pass instead of deepinv's 1000-step Python loop (twice per solve); CG no longer reads a
+flag back from the device every iteration. Chains and particles run batched through operators and network (one
+call per step for all, `chains` column). Second round (this table's `after`): DiffPIR solves its data step (Eq. 13)
+exactly where the operator offers it (`prox="auto"`, the default; `invdiff.solvers.primitives.prox_l2`):
+sparse-view CT by the Woodbury identity on the eigendecomposition of A A^T (728 x 728 at 64 px / 8 views, computed
+once per geometry, then one A and one A^T per step; used up to 1536 measurements), 4x multi-coil MRI by one
+eigendecomposition per image line (with a line mask A^H A is block diagonal, 64 blocks of 64 x 64; two batched
+products per step), instead of 10 warm-started CG steps (`diffpir_cg.md`: exact 28.68 dB on CT = deepinv's
+50-step prox, 10 CG steps 28.69; MRI 28.45 vs 28.37). The multi-coil normal operator runs 1D FFTs only when the mask
+is a line mask (the FFT along the fully sampled axis cancels in A^H A: half the FFT work, float32 round-off of the
+2D form), and ADS's CG on the acquired columns now uses it through the masked operator (before: `A_adjoint(A(x))`
+of the full 8-coil operator times a measurement mask). The `prox="cg"` rows (a new option: "error" before) are
+DiffPIR's CG fallback (other operators), 10 steps.
 
-Where the rest goes: DiffPIR and ADS spend their remaining time in the method's own work, DiffPIR in its
-10 CG steps per network call (a profile of 30 steps on 8-coil MRI: CG 0.53 s, the network 1.01 s, everything else
-0.14 s; each normal operator is one 8-coil FFT pair, about 1.2 ms next to a 34 ms network call of the small shipped
-prior, so the 1.25 goal would need 2-3 CG steps, 1.2 dB lower in `diffpir_cg.md`; the `cg_iters=5` rows: 0.1 dB
-lower on MRI), ADS in
-scoring every candidate on every particle at its acquisition steps (pairwise predictive distances) and in its
-per-particle CG. DDS on multi-coil MRI spends it in its 5 CG steps (one fused normal operator each). PSNR columns
-are one image at 50 steps (not a quality claim); where before and after PSNR differ on CT, the CT system matrix
-(built afresh in each process) differs between builds at float32 round-off and DPS / RED-Diff amplify that
-(two runs of main's own code differ the same way); ADS differs run to run in main's code too."""
+Where the rest goes: DDS and SMC on MRI in their CG steps (6 normal operators per step, each 8 coils of 1D FFT
+pairs); ADS in its per-particle CG and in scoring every candidate at its acquisition steps; DiffPIR in its exact
+prox (about 1 ms per step on MRI, 0.5 ms on CT, next to a 16-35 ms network call of the small shipped prior, the
+range being the load of the shared machine). PSNR columns are one image at 50 steps (not a quality claim). Where
+before and after PSNR differ: DiffPIR (exact prox instead of 10 CG steps), ADS (it differs run to run in main's
+code too), and DPS on CT: the CT operator norm now comes from a power iteration with its own seeded generator;
+main's started from the global random stream and stopped at deepinv's 1e-3 tolerance, so its value moved by ~1e-7
+relative with whatever had drawn random numbers before (22.280916 or 22.280918 in two scripts), and DPS amplifies
+such round-off differences."""
 
 
 def _fmt(r: dict | None, key: str, f: str) -> str:

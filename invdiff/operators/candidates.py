@@ -63,13 +63,15 @@ class MeasurementSubset:
 
     ``A(x) = meas_mask * physics.A(x)``, ``A_adjoint(y) = physics.A_adjoint(meas_mask * y)`` (exact adjoint);
     ``sigma`` is the full operator's noise level. Enough for conjugate-gradient data consistency
-    (:func:`invdiff.solvers.dds.dds_data_consistency`).
+    (:func:`invdiff.solvers.dds.dds_data_consistency`); ``A_adjoint_A`` uses the operator's fused normal operator
+    where the subset is a k-space mask (Cartesian MRI).
     """
 
     def __init__(self, physics, meas_mask: torch.Tensor):
         self.physics, self.meas_mask = physics, meas_mask
         self.sigma = float(getattr(physics, "sigma", 0.0))
         self.noise_model = getattr(physics, "noise_model", None)
+        self._sub = None                                   # the sub-operator of A_adjoint_A (False: none)
 
     def A(self, x, **kwargs):
         y = self.physics.A(x)
@@ -77,6 +79,18 @@ class MeasurementSubset:
 
     def A_adjoint(self, y, **kwargs):
         return self.physics.A_adjoint(self.meas_mask.to(device=y.device, dtype=y.dtype) * y)
+
+    def A_adjoint_A(self, x, **kwargs):
+        r""":math:`A_S^\top A_S x`: through the operator's own (fused) normal operator when it can measure the subset
+        itself (``physics.with_measurement_mask``: Cartesian MRI, where the subset is a k-space mask), else
+        ``A_adjoint(A(x))``."""
+        if self._sub is None:
+            f = getattr(self.physics, "with_measurement_mask", None)
+            sub = f(self.meas_mask) if f is not None else None
+            self._sub = sub if sub is not None else False
+        if self._sub is False:
+            return self.A_adjoint(self.A(x))
+        return self._sub.A_adjoint_A(x)
 
 
 class CandidateSet:

@@ -14,8 +14,8 @@ Conventions:
   system matrix, and :math:`A^\top` is that matrix's transpose: the exact adjoint, at the cost of one
   forward projection (:mod:`invdiff.operators.ct_matrix`; the matrix is built once per geometry and cached,
   also per device). Same :math:`A` as deepinv's ``Tomography`` up to float32 round-off;
-- ``normalize=True`` (default) scales :math:`A` so that :math:`\|A\|_2 = 1` (deepinv's power iteration at
-  construction, at most 100 iterations; cached with the matrix);
+- ``normalize=True`` (default) scales :math:`A` so that :math:`\|A\|_2 = 1` (power iteration from a fixed
+  seeded vector at construction, deterministic and leaving the global random stream alone; cached with the matrix);
 - :meth:`CT.fbp` is the ramp-filtered back-projection, an approximate inverse for full-view data.
 """
 from __future__ import annotations
@@ -27,8 +27,14 @@ import torch
 
 from .._validate import check_tensor, fail
 from .base import InvdiffPhysics, gaussian_noise
-from .ct_matrix import csr_matmul, geometry_key, on_device, system_matrix
+from .ct_matrix import csr_matmul, geometry_key, gram_eigh, on_device, system_matrix
 from .stack import SliceWise
+
+
+#: :meth:`CT.prox_l2_exact` is used up to this many measurements M = detector bins x views (and M < N^2): its
+#: M x M eigenvector matrix takes 9 MiB in float32 at the bound, its eigendecomposition about 1-2 s on one thread,
+#: once per geometry and process (64 px: up to 16 views; 128 px: up to 8 views)
+EXACT_PROX_ROWS = 1536
 
 
 def _ct_img_size(img_size, allow_3d: bool = False) -> tuple[int, ...]:
@@ -114,6 +120,23 @@ def _n_detectors(N: int, circle: bool, fan_beam: bool, fp: dict | None) -> int:
     return int(((2 * torch.ones(1)).sqrt() * N).ceil())  # deepinv Radon: ceil(sqrt(2) N) in float32
 
 
+def _power_norm(sm, N: int, max_iter: int = 500, rtol: float = 1e-7) -> torch.Tensor:
+    r""":math:`\|R\|_2` of the system matrix ``sm`` (0-d float32 tensor): power iteration from a seeded vector."""
+    v = torch.randn(N * N, 1, generator=torch.Generator().manual_seed(0))
+    v = v / v.norm()
+    lam = 0.0
+    with torch.no_grad():
+        for _ in range(max_iter):
+            w = csr_matmul(sm.transpose, sm.forward, csr_matmul(sm.forward, sm.transpose, v))
+            new = float((v * w).sum())                               # Rayleigh quotient, ||v|| = 1
+            v = w / w.norm().clamp_min(1e-30)
+            if abs(new - lam) <= rtol * abs(new):
+                lam = new
+                break
+            lam = new
+    return torch.tensor(lam, dtype=torch.float32).sqrt()
+
+
 class CT(InvdiffPhysics, dinv.physics.Tomography):
     r"""2D X-ray CT: the (normalised) Radon transform plus Gaussian noise.
 
@@ -186,6 +209,7 @@ class CT(InvdiffPhysics, dinv.physics.Tomography):
         self._geometry = geometry_key(self.radon, N)
         self._system = system_matrix(self.radon, N, self._geometry)     # CPU float32, shared per geometry
         self._systems = {(self._system.device, self._system.dtype): self._system}
+        self._grams = {}                                  # (s, U) of A A^T per device / dtype (prox_l2_exact)
         self._drop_deepinv_grids()
         if normalize:
             self._normalise(N)
@@ -203,17 +227,14 @@ class CT(InvdiffPhysics, dinv.physics.Tomography):
                     mod.register_buffer(nm, torch.empty(0, dtype=getattr(mod, nm).dtype), persistent=False)
 
     def _normalise(self, N: int):
-        r""":math:`\|R\|_2` by deepinv's power iteration (as ``Tomography(normalize=True)``), cached with the matrix.
+        r""":math:`\|R\|_2` by power iteration on :math:`R^\top R` (cached with the matrix).
 
-        The power iteration starts from ``torch.randn`` on the global generator; when the norm comes from the
-        cache the same numbers are still drawn, so seeded code after ``CT(...)`` sees the random stream it saw
-        before the cache existed.
+        Starts from a fixed vector (a local generator seeded 0), so the norm is the same in every process and
+        constructing an operator leaves the global random stream alone; iterated until the Rayleigh quotient
+        changes by less than 1e-7 relative (at most 500 iterations): deepinv's ``compute_norm`` value to 1e-5.
         """
-        x0 = torch.zeros(1, 1, N, N)                                      # shape only: values are not used
         if self._system.norm is None:
-            self._system.norm = self.compute_norm(x0, squared=False, verbose=False).detach()
-        else:
-            torch.randn_like(x0)
+            self._system.norm = _power_norm(self._system, N)
         self.register_buffer("operator_norm", self._system.norm.clone())
         self.normalize = True
 
@@ -257,6 +278,39 @@ class CT(InvdiffPhysics, dinv.physics.Tomography):
     def A_adjoint(self, y, **kwargs):
         self._check_y_shape(y)
         return self._A_adjoint_leading(y)
+
+    def prox_l2_exact(self, x, y, gamma):
+        r""":math:`\arg\min_u \tfrac\gamma2\|Au - y\|^2 + \tfrac12\|u - x\|^2` exactly when there are few
+        measurements (M <= :data:`EXACT_PROX_ROWS`), else None.
+
+        Woodbury (push-through) identity with :math:`AA^\top = U\mathrm{diag}(s)U^\top` (M x M, cached per
+        geometry, :func:`~invdiff.operators.ct_matrix.gram_eigh`):
+
+        .. math::  u = x + A^\top U \mathrm{diag}\!\Big(\frac{\gamma}{1 + \gamma s}\Big) U^\top (y - Ax)
+
+        one :math:`A`, one :math:`A^\top` and two M x M products, for any :math:`\gamma \ge 0` (a number or a
+        one-element tensor). Written as a correction of :math:`x`, so large :math:`\gamma` loses nothing of
+        :math:`x` to float32 cancellation.
+        """
+        m = self.y_shape[1] * self.y_shape[2]
+        if m > EXACT_PROX_ROWS or m >= self.img_width ** 2:
+            return None
+        s, U = self._gram(x)
+        g = gamma.reshape(()).to(x.dtype) if isinstance(gamma, torch.Tensor) else float(gamma)
+        r = (y - self.A(x)).reshape(-1, m)                                  # (B C, M)
+        z = (r @ U) * (g / (1 + g * s))
+        return x + self.A_adjoint((z @ U.T).reshape(y.shape))
+
+    def _gram(self, t: torch.Tensor):
+        """(s, U) of :math:`AA^\top` (normalisation included) on ``t``'s device and dtype, cached."""
+        k = (t.device, t.dtype)
+        grams = self._grams
+        if k not in grams:
+            s, U = gram_eigh(self._system)
+            if self.normalize:
+                s = s / float(self.operator_norm) ** 2
+            grams[k] = (s.to(device=t.device, dtype=t.dtype), U.to(device=t.device, dtype=t.dtype))
+        return grams[k]
 
     def fbp(self, y, **kwargs):
         """Filtered back-projection (ramp filter), an approximate inverse, ``(B, C, N, N)``."""

@@ -6,9 +6,11 @@ Wrapping fixes, each with a regression test (``tests/test_baselines.py``):
   seed is drawn from the solver's own generator and is never 0, and the global RNG state is restored.
 - ``prox_l2``/``A_dagger`` overwrite ``physics.max_iter``/``tol``/``solver`` (audit §1.7): restored after the call.
 - DiffPIR's data step (Eq. 13) on operators without an SVD: deepinv's ``prox_l2`` runs up to 50 CG iterations
-  per step; here :class:`WarmProxL2` runs :data:`DIFFPIR_CG_ITERS` iterations of the project's CG started at the
-  denoised estimate, with :math:`A^\top y` computed once per solve (measured in ``benchmarks/results/overhead.md``
-  and ``diffpir_cg.md``). SVD operators keep deepinv's closed-form prox.
+  per step; here :class:`WarmProxL2` solves it exactly where the operator offers an exact solve
+  (:func:`~invdiff.solvers.primitives.prox_l2`: sparse-view CT, line-mask multi-coil MRI, within a memory bound),
+  else runs :data:`DIFFPIR_CG_ITERS` iterations of the project's CG started at the denoised estimate, with
+  :math:`A^\top y` computed once per solve (measured in ``benchmarks/results/overhead.md`` and ``diffpir_cg.md``).
+  SVD operators keep deepinv's closed-form prox.
 - deepinv samplers assume images in [0, 1]. A prior with another ``value_range`` [lo, hi] (e.g. complex MRI
   priors on [-1, 1]) is used through the exact affine change of variables :math:`u=(x-lo)/w`, :math:`w=hi-lo`:
   :math:`y' = (y - lo\,A\mathbf 1)/w` with noise :math:`\sigma_y/w`, and :math:`D_u(u,s) = (D_x(lo+wu, ws)-lo)/w`.
@@ -24,7 +26,7 @@ import torch
 from .._validate import fail
 from ..priors.base import Prior
 from .base import Option, SolverOutput, chains_batch, chains_unbatch, register
-from .primitives import conjugate_gradient, noise_sigma, normal_op, preserve_solver_settings
+from .primitives import noise_sigma, preserve_solver_settings, prox_l2
 
 #: CG iterations of DiffPIR's data step (Eq. 13) from the denoised estimate: within 0.03 dB of deepinv's prox_l2 on
 #: CT 8-view and 4x 8-coil MRI at about half its time; 5 loses 0.1 dB on MRI, 3 loses 0.5 (benchmarks/results/diffpir_cg.md)
@@ -81,13 +83,14 @@ def _warm_l2():
     import deepinv as dinv
 
     class WarmProxL2(dinv.optim.data_fidelity.L2):
-        r""":math:`\mathrm{prox}_{\gamma f}(x) = \arg\min_u \tfrac{\gamma}{2\sigma^2}\|Au-y\|^2 + \tfrac12\|u-x\|^2`
-        by ``cg_iters`` CG steps on :math:`(I + g A^\top A)u = x + g A^\top y`, :math:`g = \gamma/\sigma^2`, from
+        r""":math:`\mathrm{prox}_{\gamma f}(x) = \arg\min_u \tfrac{\gamma}{2\sigma^2}\|Au-y\|^2 + \tfrac12\|u-x\|^2`,
+        i.e. :math:`(I + g A^\top A)u = x + g A^\top y`, :math:`g = \gamma/\sigma^2`: exactly when ``exact`` and the
+        operator offers it (:func:`~invdiff.solvers.primitives.prox_l2`), else by ``cg_iters`` CG steps from
         :math:`u = x`; SVD operators use deepinv's exact prox."""
 
-        def __init__(self, cg_iters: int):
+        def __init__(self, cg_iters: int, exact: bool = True):
             super().__init__()
-            self.cg_iters = cg_iters
+            self.cg_iters, self.exact = cg_iters, exact
             self._y, self._ATy = None, None
 
         def prox(self, x, y, physics, *args, gamma=1.0, **kwargs):
@@ -95,9 +98,8 @@ def _warm_l2():
                 return super().prox(x, y, physics, *args, gamma=gamma, **kwargs)
             if self._y is not y:                                   # A^T y: once per solve, not once per step
                 self._y, self._ATy = y, physics.A_adjoint(y)
-            g = self.norm * gamma
-            return conjugate_gradient(lambda v: v + g * normal_op(physics, v), x + g * self._ATy, x0=x,
-                                      max_iter=self.cg_iters)
+            return prox_l2(physics, x, y, self.norm * gamma, ATy=self._ATy, cg_iters=self.cg_iters,
+                           exact=self.exact)
 
     return WarmProxL2
 
@@ -210,16 +212,21 @@ DIFFPIR_OPTIONS = (
     Option("zeta", float, 0.1, "re-injected noise zeta (paper Eq. 15)", lo=0.0, hi=1.0),
     Option("lambda_", float, 7.0, "prior weight lambda in the data sub-problem (paper Eq. 13)", lo=0.0, lo_open=True),
     Option("cg_iters", int, DIFFPIR_CG_ITERS, "CG steps of the data sub-problem (Eq. 13) from the denoised estimate "
-                                              "(SVD operators: exact prox)", lo=1),
+                                              "where it is not solved exactly", lo=1),
+    Option("prox", str, "auto", "data sub-problem (Eq. 13): auto (exact where the operator offers it: SVD operators, "
+                                "sparse-view CT, line-mask multi-coil MRI; else cg_iters CG steps) or cg",
+           choices=("auto", "cg")),
 )
 
 
 @register("diffpir", options=DIFFPIR_OPTIONS)
-def diffpir(y, physics, prior, *, generator, n_samples, progress, num_steps, zeta, lambda_, cg_iters):
+def diffpir(y, physics, prior, *, generator, n_samples, progress, num_steps, zeta, lambda_, cg_iters, prox):
     r"""DiffPIR (Zhu et al., CVPRW 2023), deepinv ``DiffPIR``: HQS with a diffusion denoiser and a data prox.
 
     ``lambda_`` weighs the prior in the data sub-problem (paper Eq. 13), ``zeta`` the re-injected noise (Eq. 15),
-    ``cg_iters`` the CG steps of that sub-problem on operators without an SVD (:class:`WarmProxL2`).
+    ``prox="auto"`` solves that sub-problem exactly where the operator offers it (SVD operators; CT with few
+    measurements and line-mask multi-coil MRI, :func:`~invdiff.solvers.primitives.prox_l2`), else with ``cg_iters``
+    warm-started CG steps (:class:`WarmProxL2`); ``prox="cg"`` always uses CG on operators without an SVD.
     """
     import deepinv as dinv
 
@@ -228,7 +235,7 @@ def diffpir(y, physics, prior, *, generator, n_samples, progress, num_steps, zet
             # DiffPIR reads physics.noise_model.sigma and divides by it (rho_t = lambda sigma^2 / sigma_t^2)
             phys_u = copy.deepcopy(phys_u)
             phys_u.noise_model = dinv.physics.GaussianNoise(1e-3)
-        sampler = _diffpir_class()(den, _warm_l2()(cg_iters), sigma=max(noise_sigma(phys_u), 1e-3),
+        sampler = _diffpir_class()(den, _warm_l2()(cg_iters, prox == "auto"), sigma=max(noise_sigma(phys_u), 1e-3),
                                    max_iter=num_steps, zeta=zeta, lambda_=lambda_, verbose=progress,
                                    device=y.device)
         with _seeded(generator) as seed:

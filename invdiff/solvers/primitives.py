@@ -6,6 +6,8 @@ r"""Numerical primitives shared by all solvers, written once.
   boundary: the last difference is 0) and their exact adjoint (negative divergence); z-only TV reuses them.
 - :func:`finite_diff` / :func:`finite_diff_adjoint`: one-axis forward difference with a Neumann or circular
   boundary and its exact adjoint; :func:`soft_threshold`: prox of the (channel-coupled) l1 norm.
+- :func:`prox_l2`: :math:`\arg\min_u \tfrac g2\|Au-y\|^2 + \tfrac12\|u-x\|^2`, exact where the operator offers
+  ``prox_l2_exact`` (low-rank CT, line-mask multi-coil MRI), else warm-started CG.
 - :func:`op_norm_sq`: :math:`\|A\|_2^2` by power iteration on :math:`A^\top A`.
 - :func:`preserve_solver_settings`: context manager undoing deepinv's ``prox_l2``/``A_dagger`` side effects
   (they overwrite ``physics.max_iter``, ``tol`` and ``solver``; deepinv audit §1.7).
@@ -63,19 +65,21 @@ def conjugate_gradient(H: Callable[[torch.Tensor], torch.Tensor], b: torch.Tenso
     # early exit when every sample is frozen: reading the flag back stalls an accelerator once per iteration, so
     # it is checked on the CPU only (elsewhere frozen samples take zero steps, with the same result)
     early_exit = b.device.type == "cpu"
+    zero = torch.zeros_like(rs)
+    stop = max(tol, floor) * b_norm
     for k in range(max_iter):
         if early_exit and not bool(active.any()):
             break
         Hp = H(p)
         pHp = inner(p, Hp)
-        alpha = torch.where(active & (pHp > eps), rs / pHp.clamp_min(eps), torch.zeros_like(rs))
-        x = x + _bc(alpha, x) * p
-        r = r - _bc(alpha, r) * Hp
+        alpha = _bc(torch.where(active & (pHp > eps), rs / pHp.clamp_min(eps), zero), x)
+        x = x + alpha * p
+        r = r - alpha * Hp
         rs_new = inner(r, r)
         if callback is not None:
             callback(k, x, r)
-        active = active & (rs_new.sqrt() > max(tol, floor) * b_norm)
-        beta = torch.where(active, rs_new / rs.clamp_min(eps), torch.zeros_like(rs))
+        active = active & (rs_new.sqrt() > stop)
+        beta = torch.where(active, rs_new / rs.clamp_min(eps), zero)
         p = r + _bc(beta, p) * p
         rs = rs_new
     return x
@@ -86,6 +90,32 @@ def normal_op(physics, v: torch.Tensor) -> torch.Tensor:
     invdiff's multi-coil MRI fuses the FFTs), else ``A_adjoint(A(v))`` (any object with ``A`` / ``A_adjoint``)."""
     f = getattr(physics, "A_adjoint_A", None)
     return f(v) if f is not None else physics.A_adjoint(physics.A(v))
+
+
+def prox_l2(physics, x: torch.Tensor, y: torch.Tensor, gamma, *, ATy: torch.Tensor | None = None,
+            cg_iters: int = 10, exact: bool = True) -> torch.Tensor:
+    r""":math:`\mathrm{prox}(x) = \arg\min_u \tfrac\gamma2\|Au - y\|^2 + \tfrac12\|u - x\|^2`, i.e.
+    :math:`(I + \gamma A^\top A)u = x + \gamma A^\top y`.
+
+    Exact when ``exact`` and the operator has a ``prox_l2_exact(x, y, gamma)`` that returns a tensor: invdiff's CT
+    (Woodbury identity on the cached eigendecomposition of :math:`AA^\top` when there are few measurements,
+    :meth:`invdiff.operators.CT.prox_l2_exact`) and multi-coil MRI with a line mask (one eigendecomposition per image
+    line, :class:`invdiff.operators.mri.LineBlocks`), each within a memory bound. Otherwise ``cg_iters`` CG steps
+    started at ``x`` (``ATy``: :math:`A^\top y` when the caller keeps it). ``gamma``: a number or one-element tensor.
+
+    >>> import torch
+    >>> from invdiff.operators import MatrixOperator
+    >>> op = MatrixOperator(torch.tensor([[1., 0.], [0., 2.]]))
+    >>> prox_l2(op, torch.zeros(1, 2), torch.tensor([[1., 2.]]), 1.0, cg_iters=2)   # (I + A^T A) u = A^T y
+    tensor([[0.5000, 0.8000]])
+    """
+    if exact:
+        f = getattr(physics, "prox_l2_exact", None)
+        u = f(x, y, gamma) if f is not None else None
+        if u is not None:
+            return u
+    ATy = physics.A_adjoint(y) if ATy is None else ATy
+    return conjugate_gradient(lambda v: v + gamma * normal_op(physics, v), x + gamma * ATy, x0=x, max_iter=cg_iters)
 
 
 def grad_op(x: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
