@@ -31,7 +31,7 @@ parametrisation of invdiff's priors, :math:`x_i = x_0 + \sigma_i n`:
 
 Defaults: the option spec (:data:`OPTIONS`) holds the values above (:math:`\gamma = v/(\sigma_y/s)^2`, :math:`\eta` =
 0.85); on MRI at :math:`\sigma_y` near 0.01 :func:`invdiff.solve` uses the measured ones of
-:mod:`invdiff.solvers.defaults` instead: :math:`\gamma = 10`, :math:`\eta = 1` on multi-coil data, :math:`\eta = 1` on
+:mod:`invdiff.solvers.defaults` instead: :math:`\gamma = 3`, :math:`\eta = 1` on multi-coil data, :math:`\eta = 1` on
 single-coil data (``benchmarks/results/conditional_dc_sweep.md``, tuning phantoms; evaluation in
 ``benchmarks/results/conditional_dc.md``).
 
@@ -44,7 +44,8 @@ top of the noise range the network was trained on, :func:`trained_sigma_max`:
 :math:`\sigma_d/0.5` when the prior does not record it). Above it the conditional network has seen almost no
 training samples: on ``mri-brainphantom-64-cond`` (:math:`P_{mean}=-1.81, P_{std}=1.2`, so 1.8) its one-step
 estimate :math:`D(\sigma_{max} n, \sigma_{max}, c)` at EDM's :math:`\sigma_{max} = 43` is worse than the zero-filled
-image it is given, and starting there costs 1.2-2.4 dB (``benchmarks/results/conditional_dc_sweep.md``,
+image it is given, and starting there cost 1.5 / 2.2 / 0.8 / 1.2 dB on 4x / 8x single-coil and 4x / 8x 8-coil
+tuning phantoms (``benchmarks/results/conditional_dc_sweep.md``,
 ``benchmarks/tools/conditional_diagnose.py``). The pure-noise start at 1.8 (7 times the data std) is the usual
 truncated-schedule approximation; DC in every step pins the measured data from the first step on.
 
