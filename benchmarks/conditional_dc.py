@@ -22,27 +22,35 @@ shipped unconditional ``mri-brainphantom-64``, l1-wavelet (lambda tuned on 2 oth
 adjoint (zero-filled, coil-combined).
 
 Metrics (fastMRI protocol on our slices): magnitude images, PSNR and SSIM with data_range = the target's max
-magnitude (each phantom is its own "volume"), NMSE; ``coverage90``: fraction of pixels whose ground-truth magnitude
-lies in the central 90 % interval of the K samples' magnitudes (over all pixels of all images; calibrated = 0.90).
+magnitude, 1 (each phantom is its own "volume"; ``invdiff.bench.harness.quality``), NMSE; ``coverage90``: fraction
+of pixels whose ground-truth magnitude lies in the central 90 % interval of the K samples' magnitudes (over all
+pixels of all images); ``cov90_calibrated``: what a calibrated sampler gets with the same K (the interval of K
+samples is narrower than the true 90 % interval: 0.56 at K = 4, 0.72 at 8, 0.81 at 16; simulated with Gaussian
+samples); ``tau90``: the factor by which the intervals must be widened around the samples' median to cover 90 %.
 
-Usage: python benchmarks/conditional_dc.py --prior mri-brainphantom-64-cond [--eval 4] [--samples 8] [--dps 2]
-       [--dps-steps 1000] [--name conditional_dc] [--note "..."] [--quick] [--sweep] [--out benchmarks/results]
+``--sweep``: conditional-dc settings on 2 tuning phantoms per task (held-out seeds + 500): sigma_max (EDM's 43 or the
+trained-range default), eta, and the DC weight (``conditional_dc_sweep.md``). ``--coverage``: interval coverage
+against K and eta (``conditional_dc_coverage.md``).
+
+Usage: python benchmarks/conditional_dc.py --prior mri-brainphantom-64-cond [--images 3] [--samples 8] [--dps 1]
+       [--dps-steps 1000] [--name conditional_dc] [--note "..."] [--quick] [--sweep] [--coverage] [--cache DIR]
+       [--out benchmarks/results] [--smoke]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import time
+from pathlib import Path
 
 import torch
 
 import invdiff
-from invdiff.bench import measure, write_results
-from invdiff.datasets import mri_phantoms, split_seeds
-from invdiff.metrics import coverage, nmse, psnr, ssim
+from invdiff.bench.harness import (PinnedPriors, RowCache, experiment_args, heldout, measured, prior_versions, quality,
+                                   start, write_experiment)
+from invdiff.metrics import coverage, nmse
 from invdiff.operators import MRI, MultiCoilMRI, birdcage_maps, default_center_fraction, make_mask
 from invdiff.priors import load
+from invdiff.solvers.conditional_dc import trained_sigma_max
 
 N = 64
 TASKS = {  # name: (mask family, acceleration, coils, shifted?)
@@ -56,6 +64,7 @@ TASKS = {  # name: (mask family, acceleration, coils, shifted?)
 REFERENCE_TASK = "mri-8x-8coil"
 L1_LAMS = (1e-3, 3e-3, 1e-2, 3e-2)
 SEED_START = 900_000
+TAUS = tuple(round(1.25 ** k, 3) for k in range(0, 25))  # interval widening factors tried for tau90
 
 
 def make_operator(task: str, noise: float):
@@ -72,75 +81,120 @@ def mag(x):
 
 
 def scores(est, x) -> dict:
-    return {"PSNR": float(psnr(est, x, complex=True).mean()), "SSIM": float(ssim(est, x, complex=True).mean()),
-            "NMSE": float(nmse(est, x, complex=True).mean())}
+    return {**quality(est, x), "NMSE": float(nmse(est, x, complex=True).mean())}
+
+
+def calibrated_coverage(k: int, level: float = 0.9, n: int = 200_000) -> float:
+    """Coverage of the central ``level`` interval of ``k`` samples for a calibrated sampler (Gaussian simulation)."""
+    g = torch.Generator().manual_seed(0)
+    return coverage(torch.randn(k, n, generator=g), torch.randn(n, generator=g), level)
+
+
+def interval_stats(samples, x) -> dict:
+    """coverage90, its calibrated value at this K, tau90 (widening factor around the median to reach 0.9), mean_std."""
+    smag = samples.pow(2).sum(2).sqrt().flatten(1)                  # (K, B*H*W)
+    t = mag(x).flatten()
+    med = smag.median(0).values
+    tau = next((s for s in TAUS if coverage(med + s * (smag - med), t, 0.9) >= 0.9), None)
+    return {"coverage90": coverage(smag, t, 0.9), "cov90_calibrated": calibrated_coverage(smag.shape[0]),
+            "tau90": tau, "mean_std": float(smag.std(0).mean())}
 
 
 def tune_l1(task: str, noise: float) -> float:
-    x = mri_phantoms(split_seeds("heldout", 2, start=SEED_START + 500), N)
+    x = heldout("mri", 2, first=SEED_START + 500)
     op = make_operator(task, noise)
     y = op(x)
     return max(L1_LAMS, key=lambda lam: scores(invdiff.solve(y, op, solver="l1-wavelet", lam=lam).mean, x)["PSNR"])
 
 
-def run_task(task: str, a, cond_prior, uncond_prior) -> list[dict]:
-    x = mri_phantoms(split_seeds("heldout", a.eval, start=SEED_START), N)
+def solve_row(key: str, cache, y, x, op, prior, solver: str, opts: dict, k: int = 1) -> dict:
+    """One measured solve (cached by ``key``): scores, cost, the options the script and the defaults table set."""
+    def compute():
+        rec, cost = measured(invdiff.solve, y, op, prior, solver=solver, seed=0, n_samples=k, **opts)
+        row = {**scores(rec.mean, x), **cost, "seconds": cost["seconds"] / len(x), "cpu_s": cost["cpu_s"] / len(x),
+               "n_images": len(x), "n_samples": k, "options": json.dumps(opts),
+               "measured": json.dumps(rec.info.get("measured_defaults", {}).get("options", {}))}
+        if k > 1:
+            row.update(interval_stats(rec.samples, x))
+        if solver == "conditional-dc":
+            row.update({"dc": rec.info["dc"], "final_dc": rec.info["final_dc"], "eta": rec.info["eta"],
+                        "sigma_max": rec.info["sigma_max"]})
+        return row
+    return cache.get(key, compute)
+
+
+def run_task(task: str, a, cond_prior, uncond_prior, cache) -> list[dict]:
+    x = heldout("mri", a.images, first=SEED_START)
     op = make_operator(task, a.noise)
     y = op(x)
     nfes = (20, 50) if a.quick else (20, 50, 100)
-    runs = [("adjoint", "adjoint", None, {}, a.eval, 1),
-            ("l1-wavelet", "l1-wavelet", None, {"lam": tune_l1(task, a.noise)}, a.eval, 1)]
-    runs += [(f"conditional-dc {n}", "conditional-dc", cond_prior, {"num_steps": n}, a.eval, 1) for n in nfes]
-    runs += [(f"conditional-dc {50} mean of K", "conditional-dc", cond_prior, {"num_steps": 50}, a.eval, a.samples),
-             ("conditional, no DC", "conditional-dc", cond_prior, {"num_steps": 50, "dc": "none"}, a.eval, 1)]
-    runs += [(f"dds {n}", "dds", uncond_prior, {"num_steps": n}, a.eval, 1) for n in (50,) + (() if a.quick else (100,))]
-    runs += [(f"dds {50} mean of K", "dds", uncond_prior, {"num_steps": 50}, a.eval, a.samples)]
+    runs = [("adjoint", "adjoint", None, {}, a.images, 1),
+            ("l1-wavelet", "l1-wavelet", None, {"lam": tune_l1(task, a.noise)}, a.images, 1)]
+    runs += [(f"conditional-dc {n}", "conditional-dc", cond_prior, {"num_steps": n}, a.images, 1) for n in nfes]
+    runs += [("conditional-dc 50 mean of K", "conditional-dc", cond_prior, {"num_steps": 50}, a.images, a.samples),
+             ("conditional, no DC", "conditional-dc", cond_prior, {"num_steps": 50, "dc": "none"}, a.images, 1),
+             ("conditional, no DC, mean of K", "conditional-dc", cond_prior, {"num_steps": 50, "dc": "none"}, a.images,
+              a.samples)]
+    runs += [(f"dds {n}", "dds", uncond_prior, {"num_steps": n}, a.images, 1) for n in (50,) + (() if a.quick else (100,))]
+    runs += [("dds 50 mean of K", "dds", uncond_prior, {"num_steps": 50}, a.images, a.samples)]
     if a.dps > 0:
-        runs.append(("dps", "dps", uncond_prior, {"num_steps": a.dps_steps, "weight": a.dps_weight}, min(a.dps, a.eval), 1))
+        dps_opts = {"num_steps": a.dps_steps, **({"weight": a.dps_weight} if a.dps_weight is not None else {})}
+        runs.append(("dps", "dps", uncond_prior, dps_opts, min(a.dps, a.images), 1))
     rows = []
     for label, solver, prior, opts, n_img, k in runs:
-        c0 = time.process_time()
-        m = measure(invdiff.solve, y[:n_img], op, prior, solver=solver, seed=0, n_samples=k, **opts)
-        rec = m.value
-        row = {"task": task, "shifted": TASKS[task][3], "method": label, "nfe": rec.nfe, "n_samples": k,
-               "options": json.dumps(opts), "measured": json.dumps(rec.info.get("measured_defaults", {}).get("options", {})),
-               "n_images": n_img, **scores(rec.mean, x[:n_img]),
-               "seconds": m.seconds / n_img, "cpu_s": (time.process_time() - c0) / n_img, "peak_mb": m.peak_mb}
-        if k > 1:  # samples (K, B, 2, H, W) -> magnitudes (K, B*H*W)
-            smag = rec.samples.pow(2).sum(2).sqrt().flatten(1)
-            row["coverage90"] = coverage(smag, mag(x[:n_img]).flatten(), 0.9)
-            row["mean_std"] = float(smag.std(0).mean())
-        if solver == "conditional-dc":
-            row["dc"] = rec.info["dc"]
-            row["final_dc"] = rec.info["final_dc"]
+        key = f"{task}|{label}|{json.dumps(opts, sort_keys=True)}|{n_img}|{k}|{a.noise}"
+        r = solve_row(key, cache, y[:n_img], x[:n_img], op, prior, solver, opts, k)
+        row = {"task": task, "shifted": TASKS[task][3], "method": label, **r}
         rows.append(row)
-        print(f"[conditional-dc bench] {task:22s} {label:32s} NFE {rec.nfe:5d}  PSNR {row['PSNR']:.2f}  "
+        print(f"[conditional-dc bench] {task:22s} {label:32s} NFE {row['nfe']}  PSNR {row['PSNR']:.2f}  "
               f"SSIM {row['SSIM']:.4f}  {row['seconds']:.2f} s/img" + (f"  cov90 {row['coverage90']:.3f}" if k > 1 else ""),
               file=sys.stderr, flush=True)
     return rows
 
 
-def sweep(a, cond_prior) -> list[dict]:
-    """conditional-dc settings at 50 NFE on 2 tuning phantoms per task (held-out seeds + 500, not the evaluation
-    images): prox weight gamma and re-noising eta on the 8-coil tasks; eta alone on the single-coil tasks (their
-    default DC is hard replacement, which has no weight)."""
-    x = mri_phantoms(split_seeds("heldout", 2, start=SEED_START + 500), N)
+def sweep(a, cond_prior, cache) -> list[dict]:
+    """conditional-dc at 50 NFE on 2 tuning phantoms per task (held-out seeds + 500, not the evaluation images):
+    sigma_max (EDM's 80 sigma_d / 0.5 = 43, or the default: the top of the prior's training noise range,
+    ``trained_sigma_max``) x re-noising eta x the DC: hard replacement or the prox with gamma 10 on single coil, the
+    prox weight gamma on 8 coils."""
+    x = heldout("mri", 2, first=SEED_START + 500)
+    edm = 80.0 * cond_prior.sigma_data / 0.5
     rows = []
-    grid = {"mri-4x-8coil": (None, 10.0, 3.0), "mri-8x-8coil": (None, 10.0, 3.0), "mri-poisson6x-8coil": (None, 10.0, 3.0),
-            "mri-4x-1coil": (None,), "mri-8x-1coil": (None,)}
-    for task, gammas in grid.items():
+    grid = {"mri-4x-1coil": (("hard", None), ("prox", 10.0)), "mri-8x-1coil": (("hard", None), ("prox", 10.0)),
+            "mri-4x-8coil": (("prox", 10.0), ("prox", 3.0)), "mri-8x-8coil": (("prox", 10.0), ("prox", 3.0)),
+            "mri-poisson6x-8coil": (("prox", 10.0), ("prox", 3.0))}
+    for task, dcs in grid.items():
         op = make_operator(task, a.noise)
         y = op(x)
-        for gamma in gammas:
-            for eta in (0.85, 1.0):
-                opts = {"num_steps": 50, "eta": eta, "gamma": gamma}
-                m = measure(invdiff.solve, y, op, cond_prior, solver="conditional-dc", seed=0, **opts)
-                used = m.value.info.get("gamma")
-                rows.append({"task": task, "dc": m.value.info["dc"],
-                             "gamma": ("variance rule" if gamma is None else gamma) if m.value.info["dc"] == "prox" else "-",
-                             "gamma_used": (sum(used) / len(used)) if used and m.value.info["dc"] == "prox" else None,
-                             "eta": eta, "nfe": m.value.nfe, **scores(m.value.mean, x), "seconds": m.seconds / len(x)})
-                print(f"[conditional-dc sweep] {task} {opts} PSNR {rows[-1]['PSNR']:.2f}", file=sys.stderr, flush=True)
+        for smax in (edm, None):
+            for dc, gamma in dcs:
+                for eta in (0.85, 1.0):
+                    opts = {"num_steps": 50, "eta": eta, "dc": dc, "final_dc": dc, "gamma": gamma, "sigma_max": smax}
+                    r = solve_row(f"sweep|{task}|{json.dumps(opts, sort_keys=True)}|{a.noise}", cache, y, x, op,
+                                  cond_prior, "conditional-dc", opts)
+                    rows.append({"task": task, "sigma_max": r["sigma_max"], "dc": dc, "gamma": "-" if gamma is None else gamma,
+                                 "eta": eta, **{k: r[k] for k in ("nfe", "PSNR", "SSIM", "NMSE", "seconds")}})
+                    print(f"[conditional-dc sweep] {task} {opts} PSNR {r['PSNR']:.2f}", file=sys.stderr, flush=True)
+    return rows
+
+
+def coverage_study(a, cond_prior, cache) -> list[dict]:
+    """Interval coverage of conditional-dc (50 NFE, its defaults) against the number of samples K and the fresh-noise
+    fraction eta, on the first ``--images`` evaluation images of two tasks."""
+    x = heldout("mri", a.images, first=SEED_START)
+    rows = []
+    for task in ("mri-4x-1coil", "mri-8x-8coil"):
+        op = make_operator(task, a.noise)
+        y = op(x)
+        for eta in (0.85, 1.0):
+            for k in (4, 8, 16):
+                opts = {"num_steps": 50, "eta": eta}
+                r = solve_row(f"coverage|{task}|{json.dumps(opts, sort_keys=True)}|{a.images}|{k}|{a.noise}", cache, y, x,
+                              op, cond_prior, "conditional-dc", opts, k)
+                rows.append({"task": task, "eta": eta, "K": k, **{c: r[c] for c in ("PSNR", "coverage90",
+                             "cov90_calibrated", "tau90", "mean_std", "nfe", "seconds")}})
+                print(f"[conditional-dc coverage] {task} eta {eta} K {k} cov90 {r['coverage90']:.3f}", file=sys.stderr,
+                      flush=True)
     return rows
 
 
@@ -156,52 +210,61 @@ def robustness(rows: list[dict]) -> list[dict]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prior", default="mri-brainphantom-64-cond", help="conditional MRI prior (name or file)")
+    ap = experiment_args(__doc__, images=3)
+    ap.add_argument("--prior", default="mri-brainphantom-64-cond", help="conditional MRI prior (shipped name or file)")
     ap.add_argument("--uncond", default="mri-brainphantom-64", help="unconditional prior for DDS / DPS")
-    ap.add_argument("--eval", type=int, default=4, help="held-out images per task")
     ap.add_argument("--samples", type=int, default=8, help="K samples for the mean-of-K rows and coverage")
-    ap.add_argument("--dps", type=int, default=2, help="images DPS runs on (0: no DPS)")
+    ap.add_argument("--dps", type=int, default=1, help="images DPS runs on (0: no DPS)")
     ap.add_argument("--dps-steps", type=int, default=1000)
-    ap.add_argument("--dps-weight", type=float, default=100.0,
-                    help="DPS guidance weight (its measured default 1000 is for 1000 steps; at 200 steps it gave 13.4 dB "
-                         "against 21.2 dB with 100 on one 8x 8-coil image)")
+    ap.add_argument("--dps-weight", type=float, default=None, help="DPS guidance weight (default: its measured default)")
     ap.add_argument("--noise", type=float, default=0.01)
     ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--sweep", action="store_true", help="only the gamma / eta sweep on tuning phantoms")
-    ap.add_argument("--quick", action="store_true", help="fewer NFE settings (a smoke run)")
+    ap.add_argument("--sweep", action="store_true", help="only the settings sweep on tuning phantoms")
+    ap.add_argument("--coverage", action="store_true", help="only the coverage study (K, eta)")
+    ap.add_argument("--quick", action="store_true", help="fewer NFE settings")
+    ap.add_argument("--cache", default=None, help="folder of per-row JSON files: a rerun skips rows already measured")
     ap.add_argument("--name", default="conditional_dc", help="results file stem")
     ap.add_argument("--note", default="", help="a line put at the top of the markdown (e.g. which checkpoint)")
-    ap.add_argument("--out", default="benchmarks/results")
-    a = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    cond_prior, uncond_prior = load(a.prior), load(a.uncond)
-    meta = {"prior": str(a.prior), "prior_step": (cond_prior.info or {}).get("step"), "noise": a.noise, "size": N}
+    a = start(ap.parse_args(argv))
+    if a.smoke:
+        a.images, a.samples, a.dps, a.dps_steps, a.quick, a.tasks = 1, 2, 0, 20, True, "mri-4x-1coil"
+    pinned = PinnedPriors()
+    shipped = not Path(a.prior).suffix
+    cond_prior = pinned(a.prior) if shipped else load(a.prior)
+    uncond_prior = pinned(a.uncond)
+    versions = {**pinned.versions(), **({} if shipped else {a.prior: prior_versions({a.prior: cond_prior})[a.prior]})}
+    cache = RowCache(a.cache)
+    smax = trained_sigma_max(cond_prior)
+    meta = {"prior_step": (cond_prior.info or {}).get("step"), "size": N, "sigma_max_default": smax}
+    note = (a.note + "\n\n" if a.note else "")
     if a.sweep:
-        write_results(a.out, a.name + "_sweep", sweep(a, cond_prior), ["task", "dc", "gamma", "gamma_used", "eta", "nfe",
-                      "PSNR", "SSIM", "NMSE", "seconds"], title="conditional-dc settings sweep (MRI, 50 NFE, tuning phantoms)",
-                      notes=(a.note + "\n\n" if a.note else "") + (sweep.__doc__ or "") + "\n\ngamma 'variance rule' = "
-                      "GAMMA_VARIANCE / (sigma_y / s)^2 per image (gamma=None; gamma_used = its mean over the images); "
-                      "eta = fresh-noise fraction of the re-noising.", meta=meta)
+        write_experiment(a, a.name + "_sweep", sweep(a, cond_prior, cache),
+                         ["task", "sigma_max", "dc", "gamma", "eta", "nfe", "PSNR", "SSIM", "NMSE", "seconds"],
+                         title="conditional-dc settings sweep (MRI, 50 NFE, tuning phantoms)",
+                         notes=note + (sweep.__doc__ or "") + "\n\neta = fresh-noise fraction of the re-noising.",
+                         meta=meta, priors=versions)
+        return 0
+    if a.coverage:
+        write_experiment(a, a.name + "_coverage", coverage_study(a, cond_prior, cache),
+                         ["task", "eta", "K", "PSNR", "coverage90", "cov90_calibrated", "tau90", "mean_std", "nfe",
+                          "seconds"], title="conditional-dc: coverage of the 90 % per-pixel intervals against K and eta",
+                         notes=note + (coverage_study.__doc__ or "") + "\n\n" + __doc__.split("Metrics")[1].split("``--sweep``")[0],
+                         meta=meta, priors=versions)
         return 0
     rows = []
     for task in a.tasks.split(","):
-        rows += run_task(task, a, cond_prior, uncond_prior)
-    meta = {"prior": str(a.prior), "prior_step": (cond_prior.info or {}).get("step"), "uncond": a.uncond,
-            "eval_images": a.eval, "samples": a.samples, "dps_images": a.dps, "dps_steps": a.dps_steps,
-            "dps_weight": a.dps_weight,
-            "noise": a.noise, "size": N, "quick": a.quick, "torch_threads": 1}
-    notes = (a.note + "\n\n" if a.note else "") + __doc__.split("\n\nUsage:")[0]
-    cols = ["task", "method", "nfe", "n_samples", "PSNR", "SSIM", "NMSE", "coverage90", "mean_std", "n_images",
-            "seconds", "cpu_s", "peak_mb", "dc", "final_dc", "options", "measured"]
-    write_results(a.out, a.name, rows, cols, title="Conditional diffusion with DC in every reverse step (MRI, held-out phantoms)",
-                  notes=notes, meta=meta)
+        rows += run_task(task, a, cond_prior, uncond_prior, cache)
+    cols = ["task", "method", "nfe", "n_samples", "PSNR", "SSIM", "NMSE", "coverage90", "cov90_calibrated", "tau90",
+            "mean_std", "n_images", "seconds", "cpu_s", "peak_mb", "dc", "final_dc", "eta", "sigma_max", "options",
+            "measured"]
+    write_experiment(a, a.name, rows, cols, title="Conditional diffusion with DC in every reverse step (MRI, held-out phantoms)",
+                     notes=note + __doc__, meta=meta, priors=versions)
     rob = robustness(rows)
     if rob:
-        write_results(a.out, a.name + "_robustness", rob, ["task", "method", "PSNR", f"PSNR {REFERENCE_TASK}", "drop_dB"],
-                      title="Robustness: PSNR drop from the in-distribution 8x 8-coil task to unseen operators",
-                      notes=(a.note + "\n\n" if a.note else "") + "Same methods, images and noise as `" + a.name +
-                      ".md`; drop_dB = PSNR(mri-8x-8coil) - PSNR(shifted task).", meta=meta)
+        write_experiment(a, a.name + "_robustness", rob, ["task", "method", "PSNR", f"PSNR {REFERENCE_TASK}", "drop_dB"],
+                         title="Robustness: PSNR drop from the in-distribution 8x 8-coil task to unseen operators",
+                         notes=note + "Same methods, images and noise as `" + a.name + ".md`; drop_dB = PSNR(mri-8x-8coil) "
+                         "- PSNR(shifted task).", meta=meta, priors=versions)
     return 0
 
 

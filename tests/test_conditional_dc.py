@@ -9,7 +9,7 @@ from invdiff.datasets.paired import PairedStream
 from invdiff.operators.conditioning import (COND_CHANNELS, ct_view_pattern, denormalise, measurement_conditioning,
                                            normalise)
 from invdiff.operators import CT, MRI, MultiCoilMRI, equispaced_mask, random_mask_1d
-from invdiff.solvers.conditional_dc import data_consistency, tiny_conditional_prior
+from invdiff.solvers.conditional_dc import data_consistency, tiny_conditional_prior, trained_sigma_max
 
 HELD = split_seeds("heldout", 2)
 
@@ -71,6 +71,36 @@ def test_normalisation_round_trip_and_scale_invariance(make_op):
     # and the DC in the network's units uses y / s: A (x / s) = y / s
     assert torch.allclose(op.A(normalise(x, s)), normalise(y, s), atol=1e-5)
 
+
+def test_training_pair_and_solver_conditioning_are_the_same_tensors():
+    """One normalisation: the pair PairedStream trains on and the solver's conditioning of the same measurement
+    (same drawn operator and noise) agree exactly, and the training target is x / s with the solver's s."""
+    from invdiff.datasets.paired import MRIOperatorDistribution, simulate
+
+    x = mri_phantoms(HELD, 32)[0]
+    src = PairedStream(lambda step, b: None, "mri", seed=0)
+    target, cond_train, info = src.item(x, 5)
+    op, info2 = MRIOperatorDistribution().sample(torch.Generator().manual_seed(7_777_777 + 5), 32)
+    assert info == info2
+    cond, s = measurement_conditioning(simulate(x[None], op, info2), op)
+    assert torch.equal(cond[0], cond_train)
+    assert torch.allclose(target, x / s, rtol=1e-6, atol=0)
+
+
+def test_default_sigma_max_is_the_top_of_the_training_noise_range():
+    import math
+
+    prior = tiny_conditional_prior("mri")
+    assert trained_sigma_max(prior) == pytest.approx(80 * prior.sigma_data / 0.5)   # no training record: EDM's
+    prior.info["training_config"] = {"p_mean": -1.5, "p_std": 1.0}
+    assert trained_sigma_max(prior) == pytest.approx(math.exp(0.5))
+    op = MRI(random_mask_1d((16, 16), 4, seed=0), sigma=0.0)
+    y = op.A(mri_phantoms(HELD, 16))
+    rec = invdiff.solve(y, op, prior, solver="conditional-dc", num_steps=3)
+    assert rec.info["sigma_max"] == pytest.approx(math.exp(0.5))
+    assert invdiff.solve(y, op, prior, solver="conditional-dc", num_steps=3, sigma_max=5.0).info["sigma_max"] == 5.0
+    prior.info["training_config"] = {"p_mean": 5.0, "p_std": 1.0}                 # never above EDM's sigma_max
+    assert trained_sigma_max(prior) == pytest.approx(80 * prior.sigma_data / 0.5)
 
 def test_mri_pattern_is_the_mask_and_ct_pattern_is_the_fourier_slice():
     m = random_mask_1d((16, 16), 4, seed=1)

@@ -31,13 +31,23 @@ parametrisation of invdiff's priors, :math:`x_i = x_0 + \sigma_i n`:
 
 Defaults: the option spec (:data:`OPTIONS`) holds the values above (:math:`\gamma = v/(\sigma_y/s)^2`, :math:`\eta` =
 0.85); on MRI at :math:`\sigma_y` near 0.01 :func:`invdiff.solve` uses the measured ones of
-:mod:`invdiff.solvers.defaults` instead: :math:`\gamma = 10`, :math:`\eta = 1` on multi-coil data, :math:`\eta = 1` on
+:mod:`invdiff.solvers.defaults` instead: :math:`\gamma = 3`, :math:`\eta = 1` on multi-coil data, :math:`\eta = 1` on
 single-coil data (``benchmarks/results/conditional_dc_sweep.md``, tuning phantoms; evaluation in
 ``benchmarks/results/conditional_dc.md``).
 
-Noise levels: EDM's (Karras et al. 2022, Eq. 5, :class:`~invdiff.schedules.EDMSchedule`) with
-:math:`\sigma_{max}, \sigma_{min}` = 80, 0.002 scaled by :math:`\sigma_d / 0.5`; ``num_steps`` network calls
-(NFE = ``num_steps``). ``n_samples`` chains run batched -> mean and per-pixel std.
+Noise levels: EDM's (Karras et al. 2022, Eq. 5, :class:`~invdiff.schedules.EDMSchedule`) from :math:`\sigma_{max}`
+down to :math:`\sigma_{min}` = 0.002 scaled by :math:`\sigma_d / 0.5`; ``num_steps`` network calls (NFE =
+``num_steps``). ``n_samples`` chains run batched -> mean and per-pixel std. :math:`\sigma_{max}` defaults to the
+top of the noise range the network was trained on, :func:`trained_sigma_max`:
+:math:`\min(80\,\sigma_d/0.5,\ \exp(P_{mean} + 2 P_{std}))` with the prior's training distribution
+:math:`\ln\sigma \sim N(P_{mean}, P_{std}^2)` (EDM Eq. 2; from ``prior.info["training_config"]``; 80
+:math:`\sigma_d/0.5` when the prior does not record it). Above it the conditional network has seen almost no
+training samples: on ``mri-brainphantom-64-cond`` (:math:`P_{mean}=-1.81, P_{std}=1.2`, so 1.8) its one-step
+estimate :math:`D(\sigma_{max} n, \sigma_{max}, c)` at EDM's :math:`\sigma_{max} = 43` is worse than the zero-filled
+image it is given, and starting there cost 1.5 / 2.2 / 0.8 / 1.2 dB on 4x / 8x single-coil and 4x / 8x 8-coil
+tuning phantoms (``benchmarks/results/conditional_dc_sweep.md``,
+``benchmarks/tools/conditional_diagnose.py``). The pure-noise start at 1.8 (7 times the data std) is the usual
+truncated-schedule approximation; DC in every step pins the measured data from the first step on.
 
 Bad input (one error naming both sides): an unconditional prior; a prior trained for another operator kind
 (a CT prior on MRI data), channel count or conditioning width; ``dc="hard"`` on non-single-coil data.
@@ -143,6 +153,30 @@ def data_consistency(x0, y, physics, *, mode: str, gamma, cg_iters: int):
     return dds_data_consistency(x0, y, physics, dc="prox", gamma=g, cg_iters=cg_iters)
 
 
+#: how far above the mean of the training ln(sigma) the default sigma_max lies, in standard deviations (2: the
+#: 97.7th percentile of the training noise levels)
+TRAINED_SIGMA_SDS = 2.0
+
+
+def trained_sigma_max(prior) -> float:
+    r"""The default largest noise level: :math:`\min(80\,\sigma_d/0.5,\ \exp(P_{mean} + 2 P_{std}))`, the top of
+    the noise range the conditional network was trained on (module docstring); EDM's
+    :math:`80\,\sigma_d/0.5` when the prior does not record its training distribution.
+
+    >>> trained_sigma_max(tiny_conditional_prior("mri"))  # sigma_d = 0.3, no training record: 80 sigma_d / 0.5
+    48.0
+    """
+    import math
+
+    sd = float(prior.sigma_data)
+    edm = 80.0 * sd / 0.5
+    inner = getattr(prior, "inner", prior)
+    cfg = (getattr(inner, "info", None) or {}).get("training_config") or {}
+    if cfg.get("p_mean") is None or cfg.get("p_std") is None:
+        return edm
+    return min(edm, math.exp(float(cfg["p_mean"]) + TRAINED_SIGMA_SDS * float(cfg["p_std"])))
+
+
 OPTIONS = (
     Option("num_steps", int, 50, "network evaluations (EDM noise levels, NFE = num_steps)", lo=1),
     Option("dc", str, "auto", "DC on x0 in every step: hard (single-coil k-space replacement), cg (projection), "
@@ -156,7 +190,8 @@ OPTIONS = (
     Option("eta", float, 0.85, "fresh-noise fraction of the re-noising (step 3)", lo=0.0, hi=1.0),
     Option("cg_iters", int, 5, "CG steps of the DC in every reverse step", lo=1),
     Option("final_cg_iters", int, 50, "CG steps of the final DC", lo=1),
-    Option("sigma_max", float, None, "largest noise level (None: 80 sigma_data / 0.5)", lo=0.0, lo_open=True),
+    Option("sigma_max", float, None, "largest noise level (None: the top of the prior's training noise range, "
+           "trained_sigma_max)", lo=0.0, lo_open=True),
     Option("sigma_min", float, None, "smallest noise level (None: 0.002 sigma_data / 0.5)", lo=0.0, lo_open=True),
     Option("rho", float, 7.0, "EDM schedule exponent (Karras et al. 2022, Eq. 5)", lo=0.0, lo_open=True),
 )
@@ -172,7 +207,8 @@ def conditional_dc(y, physics, prior, *, generator, n_samples, progress, num_ste
     "none" when ``dc="none"``), ``lam`` (weight of ``dc="soft"``), ``gamma`` (prox weight in the normalised
     units; default :math:`v/(\sigma_y/s)^2`, v = :data:`~invdiff.solvers.dds.GAMMA_VARIANCE`), ``eta``
     (fresh-noise fraction of the re-noising, step 3), ``cg_iters`` (CG steps per reverse step), ``final_cg_iters``,
-    ``sigma_max`` / ``sigma_min`` / ``rho`` (EDM schedule; defaults scaled by sigma_data / 0.5).
+    ``sigma_max`` / ``sigma_min`` / ``rho`` (EDM schedule; ``sigma_max`` default :func:`trained_sigma_max`,
+    ``sigma_min`` 0.002 sigma_data / 0.5).
     """
     from ..operators.conditioning import denormalise, measurement_conditioning, normalise
 
@@ -205,7 +241,7 @@ def conditional_dc(y, physics, prior, *, generator, n_samples, progress, num_ste
     step_mode = "prox" if dc == "soft" else dc
 
     sd = float(prior.sigma_data)
-    smax = 80.0 * sd / 0.5 if sigma_max is None else sigma_max
+    smax = trained_sigma_max(prior) if sigma_max is None else sigma_max
     smin = 0.002 * sd / 0.5 if sigma_min is None else sigma_min
     sig = EDMSchedule(sigma_min=smin, sigma_max=smax, rho=rho).sigmas(num_steps).tolist()
     shift = float(getattr(prior, "data_shift", 0.0))
@@ -256,4 +292,4 @@ def tiny_conditional_prior(kind: str = "mri", *, seed: int = 0, base_channels: i
 
 
 __all__ = ["conditional_dc", "conditional_meta", "check_conditional_problem", "data_consistency", "hard_replace",
-           "tiny_conditional_prior", "DC_MODES", "FINAL_DC_MODES"]
+           "tiny_conditional_prior", "trained_sigma_max", "TRAINED_SIGMA_SDS", "DC_MODES", "FINAL_DC_MODES"]
