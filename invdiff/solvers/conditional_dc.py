@@ -68,6 +68,7 @@ from __future__ import annotations
 import torch
 
 from .._validate import check_choice, fail
+from .. import schedules as S
 from ..schedules import EDMSchedule
 from .base import Option, SolverOutput, chains_batch, chains_unbatch, progress_bar, register
 from .dds import GAMMA_VARIANCE, dds_data_consistency
@@ -153,28 +154,17 @@ def data_consistency(x0, y, physics, *, mode: str, gamma, cg_iters: int):
     return dds_data_consistency(x0, y, physics, dc="prox", gamma=g, cg_iters=cg_iters)
 
 
-#: how far above the mean of the training ln(sigma) the default sigma_max lies, in standard deviations (2: the
-#: 97.7th percentile of the training noise levels)
-TRAINED_SIGMA_SDS = 2.0
-
-
 def trained_sigma_max(prior) -> float:
-    r"""The default largest noise level: :math:`\min(80\,\sigma_d/0.5,\ \exp(P_{mean} + 2 P_{std}))`, the top of
-    the noise range the conditional network was trained on (module docstring); EDM's
-    :math:`80\,\sigma_d/0.5` when the prior does not record its training distribution.
+    r"""The default largest noise level: the top of the noise range the conditional network was trained on,
+    :math:`\min(80\,\sigma_d/0.5,\ \exp(P_{mean} + 2 P_{std}))` (:func:`invdiff.schedules.trained_sigma_max`,
+    module docstring); EDM's :math:`80\,\sigma_d/0.5` when the prior does not record its training distribution.
 
     >>> trained_sigma_max(tiny_conditional_prior("mri"))  # sigma_d = 0.3, no training record: 80 sigma_d / 0.5
     48.0
     """
-    import math
-
-    sd = float(prior.sigma_data)
-    edm = 80.0 * sd / 0.5
     inner = getattr(prior, "inner", prior)
     cfg = (getattr(inner, "info", None) or {}).get("training_config") or {}
-    if cfg.get("p_mean") is None or cfg.get("p_std") is None:
-        return edm
-    return min(edm, math.exp(float(cfg["p_mean"]) + TRAINED_SIGMA_SDS * float(cfg["p_std"])))
+    return S.trained_sigma_max(prior.sigma_data, cfg.get("p_mean"), cfg.get("p_std"))
 
 
 OPTIONS = (
@@ -292,4 +282,4 @@ def tiny_conditional_prior(kind: str = "mri", *, seed: int = 0, base_channels: i
 
 
 __all__ = ["conditional_dc", "conditional_meta", "check_conditional_problem", "data_consistency", "hard_replace",
-           "tiny_conditional_prior", "trained_sigma_max", "TRAINED_SIGMA_SDS", "DC_MODES", "FINAL_DC_MODES"]
+           "tiny_conditional_prior", "trained_sigma_max", "DC_MODES", "FINAL_DC_MODES"]

@@ -129,10 +129,13 @@ def evaluate(prior, cfg: dict, *, n_images: int = 64, sample_steps: int = 32, n_
     consistency: the network alone), over ``n_images`` held-out phantoms. Returns (eval dict, grid images)."""
     from ..operators.conditioning import denormalise, measurement_conditioning
     from ..datasets.phantoms import GENERATORS, split_seeds
+    from ..schedules import trained_sigma_max
     from .export import edm_heun_sampler, psnr
 
     kind, size = cfg["conditional"], int(cfg["size"])
     x = GENERATORS[cfg["data"] if cfg["data"] in GENERATORS else kind](split_seeds("heldout", n_images, start=700_000), size)
+    # start where the solver starts: the top of the trained noise range (conditional-dc's default sigma_max)
+    sigma_max = trained_sigma_max(prior.sigma_data, cfg.get("p_mean"), cfg.get("p_std"))
     rows, grid = [], None
     for i, (label, setting) in enumerate(CARD_SETTINGS[kind]):
         op = card_operator(kind, size, setting, i)
@@ -140,7 +143,8 @@ def evaluate(prior, cfg: dict, *, n_images: int = 64, sample_steps: int = 32, n_
         cond, s = measurement_conditioning(y, op)
         g = torch.Generator().manual_seed(i)
         sample = torch.cat([edm_heun_sampler(_WithCond(prior, cond[j:j + 16]), (min(16, n_images - j), prior.channels, size, size),
-                                             steps=sample_steps, generator=g) for j in range(0, n_images, 16)])
+                                             steps=sample_steps, sigma_max=sigma_max, generator=g)
+                            for j in range(0, n_images, 16)])
         zf = denormalise(cond[:, :-1], s)
         rec = denormalise(sample, s)
         rows.append({"setting": label, "noise_sigma": CARD_NOISE[kind], "adjoint_psnr": float(psnr(zf, x).mean()),
@@ -148,7 +152,7 @@ def evaluate(prior, cfg: dict, *, n_images: int = 64, sample_steps: int = 32, n_
         if i == 1:
             k = min(n_show, n_images, 8)  # at most 8 columns
             grid = torch.cat([x[:k], zf[:k], rec[:k]])
-    return {"kind": kind, "n_images": n_images, "sample_steps": sample_steps,
+    return {"kind": kind, "n_images": n_images, "sample_steps": sample_steps, "sigma_max": sigma_max,
             "heldout_seeds": f"[{split_seeds('heldout', 1, start=700_000)[0]}, {split_seeds('heldout', 1, start=700_000)[0] + n_images})",
             "rows": rows, "grid_setting": CARD_SETTINGS[kind][1][0]}, grid
 
@@ -204,7 +208,8 @@ def card(text: str, cfg: dict, ev: dict, *, sample_steps: int, t_sample: float, 
             f"PSNR (dB, peak 1{', complex error' if kind == 'mri' else ''}) averaged over {ev['n_images']} held-out "
             f"phantoms (seeds {ev['heldout_seeds']}); one fixed random operator per setting, noise std "
             f"{CARD_NOISE[kind]}. A^dagger y = the conditioning image times s; sample = one conditional EDM Heun sample "
-            f"({sample_steps} steps, {2 * sample_steps - 1} NFE) **without data consistency** (the network alone; with "
+            f"({sample_steps} steps, {2 * sample_steps - 1} NFE, from sigma_max {ev.get('sigma_max', float('nan')):.3g}, the top "
+            f"of the trained noise range, as the solver starts) **without data consistency** (the network alone; with "
             "DC see `benchmarks/results/conditional_dc.md`).", "",
             "| setting | A^dagger y | conditional sample (no DC) |", "|---|---:|---:|"]
     head += [f"| {r['setting']} | {r['adjoint_psnr']:.2f} | **{r['sample_psnr']:.2f}** |" for r in ev["rows"]]
