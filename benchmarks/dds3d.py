@@ -18,7 +18,8 @@ code's (rho, lam) converted to invdiff's normalised operators (``ZTVADMM.preset(
 adjoint / FBP. With ``--mbir`` (``dds3d_mbir.*``): DiffusionMBIR at N = 150 and 300 steps (2 NFE each) vs DDS 3D
 on the 8-slice tuning volume. Metrics: volume PSNR (peak 1, magnitude for MRI),
 mean slice SSIM, and ``zgrad_err`` = ||D_z(x_hat - x)|| / ||D_z x|| (inter-slice consistency; lower is better);
-``seconds`` is wall time, ``cpu_s`` the process CPU time (1 thread: the wall time of an idle machine).
+``seconds`` is wall time, ``cpu_s`` the process CPU time (1 thread: the wall time of an idle machine), ``peak_mb``
+the process's peak resident memory during the call (counted from zero: loaded priors included).
 
 The z-TV preset is checked by a small sweep on a separate tuning volume (``dds3d_sweep.*``, 16 slices): rho and lam
 times {0.25, 1, 4} and lam times {0, 16}, relative to the converted original preset. Memory (``dds3d_memory.*``): peak RSS growth of a fresh process solving 3 DDS-3D
@@ -260,9 +261,9 @@ def probe(depth: int, chunk: int, kind: str) -> dict:
         invdiff.solve(y[:, :, :2], CT3D((1, 2, N, N), n_views=8), lift(p2, 1), solver="dds3d", num_steps=1)
     if kind == "prior_call_mb":
         with torch.no_grad():
-            return {"value": measure(lift(p2, chunk).denoise, x, 1.0).peak_mb}
+            return {"value": measure(lift(p2, chunk).denoise, x, 1.0).growth_mb}
     m = measure(invdiff.solve, y, op, lift(p2, chunk), solver="dds3d", num_steps=3)
-    return {"value": m.peak_mb, "network_calls_per_step": m.value.info["network_calls"] // 3}
+    return {"value": m.growth_mb, "network_calls_per_step": m.value.info["network_calls"] // 3}
 
 
 def memory_table(quick: bool) -> list[dict]:

@@ -35,7 +35,8 @@ to each posterior component, next to the posterior component weights. Reference 
 MAP, the posterior mean, and RED-Diff's starting point (the pseudo-inverse).
 
 Usage: python benchmarks/red_diff_images.py [--images 4] [--nfe1000-images 2] [--parts images,gmm]
-       [--tasks inpaint-box,...] [--out benchmarks/results] [--tune] [--quick] [--threads 1] [--smoke]
+       [--tasks inpaint-box,...] [--out benchmarks/results] [--tune] [--tune-images 2] [--quick] [--threads 1]
+       [--smoke]
 """
 from __future__ import annotations
 
@@ -193,11 +194,11 @@ def run_images(n_images: int, n1000: int, tasks, budgets, priors: dict, log=prin
     return rows
 
 
-def run_tuning(tasks, priors: dict, log=print) -> list[dict]:
-    """Grid search of RED-Diff (lr, lam) per NFE budget, DPS's weight and the classical weights, on 2 tuning
-    phantoms."""
+def run_tuning(tasks, priors: dict, log=print, n_images: int = 2) -> list[dict]:
+    """Grid search of RED-Diff (lr, lam) per NFE budget, DPS's weight and the classical weights, on ``n_images``
+    tuning phantoms (default 2)."""
     rows = []
-    seeds = split_seeds("heldout", 2, start=TUNE_START)
+    seeds = split_seeds("heldout", n_images, start=TUNE_START)
     for task in tasks:
         data = [make_task(task, s) for s in seeds]
         prior = priors[data[0][2]]
@@ -329,6 +330,7 @@ def main(argv=None):
     ap.add_argument("--tasks", default=",".join(SETUP), help=f"comma list of: {', '.join(SETUP)}")
     ap.add_argument("--gmm-runs", type=int, default=64)
     ap.add_argument("--tune", action="store_true", help="rerun the hyper-parameter selection on tuning phantoms")
+    ap.add_argument("--tune-images", type=int, default=2, help="tuning phantoms for --tune (default 2)")
     ap.add_argument("--quick", action="store_true", help="1 image, NFE 20, no 1000-NFE runs")
     a = start(ap.parse_args(argv), argv=None if argv is None else ["benchmarks/red_diff_images.py", *argv])
     a.quick = a.quick or a.smoke
@@ -339,16 +341,19 @@ def main(argv=None):
     parts = {p for p in a.parts.split(",") if p}
     if parts - {"images", "gmm"}:
         ap.error(f"--parts: unknown part(s) {sorted(parts - {'images', 'gmm'})} (choose from images, gmm)")
+    if a.tune_images < 1:
+        ap.error(f"--tune-images: expected an integer >= 1, received {a.tune_images}")
     budgets = (20,) if a.quick else (50, 100)
     n_img, n1000 = (1, 0) if a.quick else (a.images, a.nfe1000_images)
     notes = __doc__.split("Usage:")[0]
     t0 = time.perf_counter()
     priors = load_priors(tasks) if (a.tune or "images" in parts) else {}
     if a.tune:
-        rows = run_tuning(tasks, priors)
+        rows = run_tuning(tasks, priors, n_images=a.tune_images)
+        seeds = ", ".join(str(TUNE_START + i) for i in range(a.tune_images))
         write_experiment(a, "red_diff_tuning", rows, ["task", "solver", "options", "PSNR", "best"],
-                      title="RED-Diff benchmark: hyper-parameter selection on 2 tuning phantoms",
-                      notes="Mean PSNR on held-out seeds HELDOUT_SEED_START + 1000, 1001 (not the evaluated ones); "
+                      title=f"RED-Diff benchmark: hyper-parameter selection on {a.tune_images} tuning phantom(s)",
+                      notes=f"Mean PSNR on held-out seeds HELDOUT_SEED_START + {seeds} (not the evaluated ones); "
                             f"shipped priors at training steps {prior_steps(priors)}.",
                       meta={"prior_training_steps": prior_steps(priors), "grid": TUNE_GRID})
     if "images" in parts:

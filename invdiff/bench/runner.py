@@ -321,7 +321,7 @@ def write_outputs(out: Path, cfg: dict, options: dict, specs: list[RowSpec], not
             "counts 1), NFE_images = images through the denoiser (it counts K: the compute); seconds = wall time of "
             f"invdiff.solve; peak_mb = peak memory during the solve (MiB): peak resident memory of the whole process "
             "on CPU (kernel high-water mark, everything resident included), torch's peak allocated memory on CUDA "
-            "(invdiff.bench.measure). Noise sigma = {cfg['noise']}, size {cfg['size']}, "
+            f"(invdiff.bench.measure). Noise sigma = {cfg['noise']}, size {cfg['size']}, "
             f"{torch.get_num_threads()} torch thread(s).\n\n## PSNR / SSIM\n\n" + grid_table(summary)
             + ("\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else "") + "\n## All configurations\n")
     write_results(out, "results", summary, cols, title="invdiff bench", notes=text,
