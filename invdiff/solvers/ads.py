@@ -106,9 +106,10 @@ ties (1.0 within 0.01 nats), not on pixels (0.58-0.75).
 
 Outputs: ``mean`` (particle mean, (1, *x_shape)), ``samples`` (N, 1, *x_shape), ``std``; ``info``: ``mask``
 (``CandidateSet.to_mask``: (H, W) for MRI, (1, H, W) for inpainting, a bool vector over the views / rows for
-CT / matrices; plus ``angles`` for CT), ``order`` (list of (candidate, reverse step index), fixed block with
-step -1), ``scores`` ((n_events, n) float64, -inf at acquired candidates: the score of every candidate at each
-acquisition), ``event_steps``, ``candidates`` (unit, n), and the resolved options.
+CT / matrices; plus ``angles`` for CT), ``order`` (list of (candidate, reverse step index: with
+``predictive="restart"`` counted over all passes), fixed block with step -1), ``scores`` ((n_events, n)
+float64, -inf at acquired candidates: the score of every candidate at each acquisition (first pick of an
+event)), ``event_steps``, ``candidates`` (unit, n), and the resolved options.
 
 Example:
     >>> import torch, invdiff
@@ -161,7 +162,8 @@ def predictive_score(pred: torch.Tensor, score: str = "gmm", sigma: float = 1.0)
     [0.0, 1.25]
     >>> s = predictive_score(p, "gmm", 1.0); bool(s[1] > s[0])
     True
-    >>> round(float(predictive_score(p, "gauss", 1.0)[1] - predictive_score(p, "gauss", 1.0)[0]), 4)  # 1/2 log(1 + 1.25)
+    >>> h = predictive_score(p, "gauss", 1.0)
+    >>> round(float(h[1] - h[0]), 4)                        # 1/2 log(1 + 1.25)
     0.4055
     """
     check_choice("score", score, SCORES)
