@@ -7,11 +7,17 @@ Tasks (held-out phantoms, ``invdiff.datasets.split_seeds("heldout", n)``, never 
   columns of the fully sampled operator at 4x (16 lines) and 8x (8 lines), after the fastMRI centre block (8 % =
   5 columns at 4x, 4 % = 2 at 8x). Fixed masks with the same acceleration and centre fraction: equispaced, random,
   Gaussian (``invdiff.operators.masks``: W // R lines, centre included; equispaced's realised count can differ by
-  one) and 2D Poisson-disc (the same sampling rate as points, not lines). Prior ``mri-brainphantom-64``.
+  one) and 2D Poisson-disc. Poisson-disc is not a line mask on equal terms: it has the same number of k-space
+  samples (1022 / 515 points vs 16 / 8 lines x 64 = 1024 / 512) but its centre block is a cf H x cf W square
+  (5 x 5 = 25 points at 4x), not cf W full columns (5 x 64 = 320), and it samples points of the (ky, kx) plane,
+  which a 2D Cartesian scan (one phase-encode line per readout) cannot acquire separately: a reference for 3D
+  scans with two phase-encode directions, not a competitor of the line masks ADS chooses among (ADS has no
+  k-space-point candidate set). Prior ``mri-brainphantom-64``.
 - ``ct``: CT-like phantoms (1 x 64 x 64), parallel beam; ADS picks 8 or 16 of 64 candidate views over 180 degrees
   vs 8 / 16 uniformly spaced views (every 8th / 4th candidate). Prior ``ct-phantom-64``.
 - ``inpainting``: the CT phantoms, ADS picks 25 % of the pixels (4x) vs uniformly random pixels. Prior
-  ``ct-phantom-64``.
+  ``ct-phantom-64``. About 43 pixels per acquisition event: ``ads`` chooses them greedily on the conditioned
+  particles (``select="conditional"``, the default), ``ads-topk`` takes the 43 best marginal scores (official).
 
 ADS runs with the given preset (default "fast": 8 particles x 50 steps, window (0.5, 1), DDS data consistency,
 "gmm" score); its measurements are read from the fully sampled data. Each mask is then used to simulate the
@@ -120,20 +126,26 @@ def task_inpainting(prior, args, rows):
     R = 4
     for i in range(x_all.shape[0]):
         x = x_all[i:i + 1]
-        rec, sel = run_ads(full, x, prior, i, args, acceleration=R)
-        rows.append({"task": "inpainting", "setting": f"{R}x pixels", "image": i, "mask": "ads-own",
-                     "measured": int(rec.info["mask"].sum()), **{k[4:]: v for k, v in sel.items() if k.startswith("own_")},
-                     **{k: v for k, v in sel.items() if not k.startswith("own_")}})
         n = 64 * 64 // R
         perm = torch.randperm(64 * 64, generator=torch.Generator().manual_seed(i))[:n]
         rnd = torch.zeros(64 * 64)
         rnd[perm] = 1
-        for name, mk in {"ads": rec.info["mask"], "random": rnd.reshape(1, 64, 64)}.items():
+        masks = {"random": (rnd.reshape(1, 64, 64), None)}
+        for rule in ("conditional", "topk"):                  # several pixels per event: greedy vs official top-k
+            name = "ads" if rule == "conditional" else "ads-topk"
+            rec, sel = run_ads(full, x, prior, i, args, acceleration=R, select=rule)
+            rows.append({"task": "inpainting", "setting": f"{R}x pixels", "image": i, "mask": f"{name}-own",
+                         "measured": int(rec.info["mask"].sum()),
+                         **{k[4:]: v for k, v in sel.items() if k.startswith("own_")},
+                         **{k: v for k, v in sel.items() if not k.startswith("own_")}})
+            masks[name] = (rec.info["mask"], sel)
+        for name in ("ads", "ads-topk", "random"):
+            mk, sel = masks[name]
             op = Inpainting((1, 64, 64), mk, sigma=SIGMA, rng=torch.Generator().manual_seed(i))
             r = reconstruct(op, x, prior, i, args)
             rows.append({"task": "inpainting", "setting": f"{R}x pixels", "image": i, "mask": name,
                          "measured": int(mk.sum()),
-                         **({k: v for k, v in sel.items() if not k.startswith("own_")} if name == "ads" else
+                         **({k: v for k, v in sel.items() if not k.startswith("own_")} if sel is not None else
                             {"sel_nfe": 0, "sel_nfe_images": 0, "sel_seconds": 0.0}), **r})
             print(rows[-1], file=sys.stderr, flush=True)
 

@@ -33,9 +33,9 @@ Writes per input NAME (OUT/):
 Cost per slice (--preset; NFE = network calls, batched over the particles; official fastMRI setting: 16
 particles x 10 000 steps = 1.6e5 images denoised):
 {presets}
-Options of the sampler: --set ads.OPTION=VALUE (particles, num_steps, window, score, per_step, entropy_sigma,
-unit, patch, eta, cg_iters, gamma, dc, guidance, dps_weight, chunk; 'invdiff solvers ads' lists their types and
-ranges), e.g. --set ads.num_steps=20; checked before any input is read.
+Options of the sampler: --set ads.OPTION=VALUE (particles, num_steps, window, score, per_step, select,
+predictive, restart, entropy_sigma, unit, patch, eta, cg_iters, gamma, dc, guidance, dps_weight, chunk;
+'invdiff solvers ads' lists their types and ranges), e.g. --set ads.num_steps=20; checked before any input is read.
 
 Resumable (an input whose reconstruction exists is skipped; --overwrite redoes it), shardable under torchrun
 (rank r takes inputs r::WORLD_SIZE, rank 0 writes the index), seeds from --seed and each file's name (slice i:

@@ -14,7 +14,7 @@ import invdiff
 from invdiff.operators import CT, CT3D, MRI, Blur, Inpainting, MatrixOperator, MultiCoilMRI, SliceWise, gaussian_kernel
 from invdiff.operators.candidates import CandidateSet, candidates
 from invdiff.priors import GaussianMixture
-from invdiff.solvers.ads import acquisition_steps, predictive_score
+from invdiff.solvers.ads import acquisition_steps, predictive_score, select_candidates
 
 F64 = torch.float64
 
@@ -170,40 +170,70 @@ def real_dft(n):
     return torch.stack(rows)
 
 
+def exact_entropies(A, Sig, acq, sigma):
+    """1/2 log(2 pi e (a_c^T Sigma_S a_c + sigma^2)) per row c of A given the acquired rows ``acq`` (-inf there)."""
+    post = Sig
+    if acq:
+        AS = A[acq]
+        S = AS @ Sig @ AS.T + sigma ** 2 * torch.eye(len(acq), dtype=F64)
+        post = Sig - Sig @ AS.T @ torch.linalg.solve(S, AS @ Sig)
+    H = 0.5 * torch.log(2 * math.pi * math.e * ((A @ post * A).sum(1) + sigma ** 2))
+    if acq:
+        H[acq] = -float("inf")
+    return H
+
+
 @pytest.mark.parametrize("rows", ["fourier", "pixels"])
 def test_exact_greedy_choice_gaussian_prior(rows):
-    """One-component Gaussian prior: ADS's greedy choices vs argmax of the exact predictive entropy
-    1/2 log(2 pi e (a_c^T Sigma_S a_c + sigma^2)) given the set S ADS had acquired (MRI-like Fourier rows; pixels)."""
+    """One-component Gaussian prior: ADS's greedy choices (``predictive="restart"``: scored on the particles at the
+    end of a reverse pass) vs argmax of the exact predictive entropy given the set S ADS had acquired (choice by
+    choice, same history), on MRI-like Fourier rows and on pixels. Margins: benchmarks/results/ads_exactness.md
+    (these settings: 23-24 of 24 choices within 0.02 nats, the misses at MC near-ties; >= 0.9 asserted)."""
     n, sigma = 16, 0.05
     A = real_dft(n) if rows == "fourier" else torch.eye(n, dtype=F64)
     agree, total = 0, 0
-    for seed in range(2):
+    for seed in range(4):
         Sig = smooth_cov(n, 2.0, seed)
         prior = GaussianMixture(torch.ones(1), torch.zeros(1, n), Sig[None].float())
         op = MatrixOperator(A.float(), sigma=sigma, rng=torch.Generator().manual_seed(seed))
         y = op(prior.sample(1, generator=torch.Generator().manual_seed(seed)))
-        rec = invdiff.solve(y, op, prior, solver="ads", budget=6, particles=512, num_steps=30, per_step=1,
-                            score="variance", seed=seed, window=(0.5, 1.0), guidance="dps", dps_weight=2.0)
+        rec = invdiff.solve(y, op, prior, solver="ads", budget=6, particles=2048, num_steps=30, per_step=1,
+                            score="variance", seed=seed, predictive="restart", gamma=1 / sigma ** 2)
+        assert rec.nfe == 30 + 6 * 15                                       # one pass + a half pass per event
         acq = []
         for c, _ in rec.info["order"]:
-            post = Sig
-            if acq:
-                AS = A[acq]
-                S = AS @ Sig @ AS.T + sigma ** 2 * torch.eye(len(acq), dtype=F64)
-                post = Sig - Sig @ AS.T @ torch.linalg.solve(S, AS @ Sig)
-            H = 0.5 * torch.log(2 * math.pi * math.e * ((A @ post * A).sum(1) + sigma ** 2))
-            if acq:
-                H[acq] = -float("inf")
-            agree += int(float(H.max() - H[c]) <= 0.02)                     # exact best (ties within 0.02 nats)
+            H = exact_entropies(A, Sig, acq, sigma)
+            agree += int(float(H.max() - H[c]) <= 0.02)                     # exact best (near-ties within 0.02 nats)
             total += 1
             acq.append(c)
-    assert agree / total >= 0.75, agree / total
+    assert agree / total >= 0.9, agree / total
+
+
+def test_conditional_selection_is_the_exact_greedy_on_exact_moments():
+    """Particles whose covariance is exactly Sigma (whitened draws): the conditional greedy choice of k candidates in
+    one event re-conditions by the Schur complement, so it equals the exact greedy (re-conditioning after each
+    pick); the official top-k picks neighbours with the largest marginal variances."""
+    n, N, k, sigma = 16, 64, 4, 0.05
+    Sig = smooth_cov(n, 2.0, 3)
+    z = torch.randn(N, n, generator=torch.Generator().manual_seed(0), dtype=F64)
+    Q, _ = torch.linalg.qr(z - z.mean(0))                                   # zero-mean, orthonormal columns
+    pred = (math.sqrt(N) * Q @ torch.linalg.cholesky(Sig).T)[..., None]     # (N, n, 1), covariance (1/N) = Sig
+    open_ = torch.ones(n, dtype=torch.bool)
+    exact = []
+    for _ in range(k):
+        exact.append(int(exact_entropies(torch.eye(n, dtype=F64), Sig, exact, sigma).argmax()))
+    for score in ("gauss", "variance"):
+        ids, first = select_candidates(pred, k, open_, score, sigma)
+        assert ids.tolist() == sorted(exact)
+        assert int(first.argmax()) == exact[0]
+    top = select_candidates(pred, k, open_, "variance", sigma, conditional=False)[0].tolist()
+    assert top == sorted(Sig.diagonal().topk(k).indices.tolist()) and top != sorted(exact)
 
 
 def test_predictive_scores_and_schedule():
     g = torch.Generator().manual_seed(0)
     pred = torch.randn(64, 3, 2, generator=g, dtype=F64) * torch.tensor([0.1, 1.0, 3.0], dtype=F64)[None, :, None]
-    for s in ("variance", "gmm", "gmm-lb"):
+    for s in ("variance", "gmm", "gmm-lb", "gauss"):
         sc = predictive_score(pred, s, 0.5)
         assert sc.dtype == F64 and sc.argsort().tolist() == [0, 1, 2]
     big = predictive_score(pred * 1e3, "gmm", 1e-3)                          # positive kernel: no overflow
@@ -226,6 +256,9 @@ def test_predictive_scores_and_schedule():
     (dict(budget=4, num_steps=0), "argument 'num_steps'", ValueError),
     (dict(acceleration=float("inf")), "argument 'acceleration'", ValueError),
     (dict(budget=4, center_fraction="centre"), "argument 'center_fraction'", ValueError),
+    (dict(budget=4, predictive="exact"), "argument 'predictive'", ValueError),
+    (dict(budget=4, restart=1.0), "argument 'restart'", ValueError),
+    (dict(budget=4, select="best"), "argument 'select'", ValueError),
 ])
 def test_ads_bad_options(kwargs, match, exc):
     op, prior, x, y = mri_problem()

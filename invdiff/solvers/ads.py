@@ -30,10 +30,18 @@ gradient carries it through the network's Jacobian at once.
 
 *Window.* The presets acquire in the second half of the reverse steps, (0.5, 1), not early as the official
 fastMRI setting ((0.005, 0.25) of 10 000 steps): early Tweedie estimates are shrunk towards the prior mean by a
-direction-dependent factor, so their spread ranks candidates by the wrong quantity. Measured against the exact
-greedy choice with a Gaussian prior (``benchmarks/results/ads_exactness.md``, 1024 particles, variance score):
-Fourier rows 0.83 -> 0.96 agreement, MRI columns 0.83 -> 1.0 (within 0.01 nats: columns +k and -k tie exactly),
-pixels 0.17 -> 0.58 (0.58 with ``guidance="dps"``, 0.75 within 0.01 nats).
+direction-dependent factor, so their spread ranks candidates by the wrong quantity.
+
+*Which particles are scored* (``predictive``). ``"tweedie"`` (official, the presets): the current estimates
+:math:`\tilde x_0^{(i)}` at the scheduled steps. Their spread is that of :math:`\mathbb E[x_0 \mid x_t, y_S]`, not of
+:math:`x_0 \mid y_S`: it lacks :math:`\mathbb E\,\mathrm{Cov}[x_0 \mid x_t, y_S]`, a different amount per candidate,
+so no particle count makes the choice exact. ``"restart"``: every event scores the particles at the end of a
+reverse pass (:math:`t = 0`, approximate draws of :math:`p(x_0 \mid y_S)`); after the acquisition they are
+forward-noised to step :math:`k_r = \lfloor` ``restart`` :math:`\cdot` ``num_steps`` :math:`\rfloor`,
+:math:`x = \sqrt{\bar\alpha_{t_{k_r}}}\,\tilde x_0 + \sqrt{1-\bar\alpha_{t_{k_r}}}\,z`, and a new pass with the enlarged data
+runs to :math:`t = 0`; the last pass gives the estimate. Cost: ``num_steps`` + n_events x (``num_steps`` -
+:math:`k_r`) network calls (the window then only sets the number of events, with ``per_step``). Measured with a
+Gaussian prior (``benchmarks/results/ads_exactness.md``): see **Measured** below.
 
 **Acquisition** (dossier §3.2). At each scheduled step, for every candidate :math:`c` not yet acquired, the
 predictions :math:`\hat y_c^{(i)} = A_c\tilde x_0^{(i)}` (:math:`d` real entries) give the pairwise squared distances
@@ -47,8 +55,16 @@ predictions :math:`\hat y_c^{(i)} = A_c\tilde x_0^{(i)}` (:math:`d` real entries
 
 For :math:`D \ll \sigma_H^2` all three rank like the variance. :math:`\sigma_H` (``entropy_sigma``) defaults to the
 measurement noise std (the predictive of a noisy measurement *is* that mixture), or 1e-2 x the prior's peak
-for noiseless physics. The ``per_step`` best candidates are acquired (greedy, no re-scoring within a step),
-never an already acquired one; the mask is shared by all particles.
+for noiseless physics. ``"gauss"``: the Gaussian entropy of the particle predictive,
+:math:`\tfrac12\log\det(2\pi e(\hat C_c + \sigma_H^2 I))` with :math:`\hat C_c` the particle covariance of candidate
+:math:`c` (nats; for :math:`d = 1` it ranks like the variance, for MRI columns it weighs correlated entries as the
+exact entropy does). Never an already acquired candidate; the mask is shared by all particles.
+
+*Several candidates per event* (``select``). ``"topk"`` (official): the best marginal scores, which for pixels
+are clusters of correlated neighbours. ``"conditional"`` (default): greedy, each pick conditions the particle
+predictive on a measurement of it with noise :math:`\sigma_H` (ensemble square-root update,
+:func:`select_candidates`: the particle covariance becomes the Schur complement, exact when the predictive is
+Gaussian), and the next pick is scored on the conditioned particles: the exact greedy choice within the event.
 
 **Schedule.** ``budget`` candidates in total (or ``n // acceleration``), of which the operator's fixed block (the
 MRI centre: ``center_fraction``, fastMRI default 0.08 below 8x, 0.04 from 8x; none for CT, pixels, rows) is
@@ -80,19 +96,31 @@ while the shipped priors are trained on the 1000-step DDPM grid, so 1000 steps i
 
 **Measured** (``benchmarks/results/ads_images.md``; preset "fast" = 400 images denoised, 0.25 % of the official
 cost; 2 held-out phantoms per task, each mask reconstructed by DDS mean of 2 chains x 50 NFE): MRI single-coil
-lines, ADS vs the best fixed line mask (Gaussian): 4x 27.3 vs 26.5 dB, SSIM 0.80 vs 0.77; 8x 21.8 vs 21.8 dB,
-SSIM 0.69 vs 0.62 (equispaced and random lower still; 2D Poisson-disc points, not a line mask, reach 30.6 / 26.3
-dB). CT, 8 / 16 of 64 views: ADS 30.4 / 30.8 dB vs uniform 30.7 / 30.9 dB (no gain). Inpainting 25 % of pixels:
-ADS 31.1 dB vs random 31.1 dB, SSIM 0.884 vs 0.892 (no gain: the top-k pixels of one event cluster).
-Exactness with a Gaussian prior (``benchmarks/results/ads_exactness.md``, 3 seeds x 8 acquisitions): >= 90 %
-agreement with the exact greedy choice on Fourier rows (0.96 at 1024 particles) and on MRI columns counting exact
-ties (1.0 within 0.01 nats), not on pixels (0.58-0.75).
+lines, ADS vs the best fixed line mask (Gaussian): 4x 27.2 vs 26.4 dB, SSIM 0.80 vs 0.77; 8x 21.8 vs 21.7 dB,
+SSIM 0.69 vs 0.62 (equispaced and random lower still; 2D Poisson-disc points reach 30.4 / 26.1 dB with the same
+number of k-space samples, but they are points with a 5 x 5 calibration square, not lines with full centre
+columns: a 3D-acquisition reference, not a mask ADS chooses among). CT, 8 / 16 of 64 views: ADS 30.4 / 31.8 dB vs
+uniform 30.6 / 32.4 dB (no gain: ADS spreads the views nearly uniformly, with jitter). Inpainting 25 % of
+pixels, about 43 per event: ADS 32.7 dB, SSIM 0.905 (``select="conditional"``) vs random 31.1 dB, 0.892 and
+the official top-k 31.1 dB, 0.884 (top-k takes clusters of neighbouring pixels).
+Exactness with a Gaussian prior (``benchmarks/results/ads_exactness.md``; 3 seeds x 8 acquisitions, each choice
+compared with the exact greedy one given the same acquired set; variance score; strict = an exact argmax, ties
+counted / within 0.01 nats): with ``predictive="tweedie"`` the particle predictive variance is 0.4-0.5x the exact
+one on pixels and Fourier rows (mean log-ratio -0.7 to -0.9, a different factor per candidate), and pixels stay at
+0.58 / 0.71 for N = 16 ... 1024 (Fourier rows 0.96 / 0.96, MRI columns 1.0 / 1.0 at N = 1024); with
+``predictive="restart"`` the log-ratio is -0.09 to -0.16 (nearly uniform) and agreement grows with N: pixels 0.83 /
+0.88 at N = 1024 and 0.92 / 1.0 at N = 4096, Fourier rows 1.0 / 1.0 at N = 4096, MRI columns 1.0 / 1.0 from N = 16,
+at 250 instead of 50 network calls (50 steps, 8 events). The rest is Monte-Carlo: exact posterior draws give
+0.76 / 0.91 (N = 1024) and 0.86 / 0.99 (N = 4096) on pixels (``ads_estimators.md``). Several pixels per event
+(``ads_select.md``, k = 4, N = 1024 exact draws): top-k loses 0.27 nats of joint entropy against the exact greedy
+set, ``select="conditional"`` 0.003.
 
 Outputs: ``mean`` (particle mean, (1, *x_shape)), ``samples`` (N, 1, *x_shape), ``std``; ``info``: ``mask``
 (``CandidateSet.to_mask``: (H, W) for MRI, (1, H, W) for inpainting, a bool vector over the views / rows for
-CT / matrices; plus ``angles`` for CT), ``order`` (list of (candidate, reverse step index), fixed block with
-step -1), ``scores`` ((n_events, n) float64, -inf at acquired candidates: the score of every candidate at each
-acquisition), ``event_steps``, ``candidates`` (unit, n), and the resolved options.
+CT / matrices; plus ``angles`` for CT), ``order`` (list of (candidate, reverse step index: with
+``predictive="restart"`` counted over all passes), fixed block with step -1), ``scores`` ((n_events, n)
+float64, -inf at acquired candidates: the score of every candidate at each acquisition (first pick of an
+event)), ``event_steps``, ``candidates`` (unit, n), and the resolved options.
 
 Example:
     >>> import torch, invdiff
@@ -123,7 +151,7 @@ F64 = torch.float64
 #: particles, num_steps, window (fractions of the reverse steps) per preset (module docstring table)
 PRESETS = {"fast": (8, 50, (0.5, 1.0)), "default": (16, 100, (0.5, 1.0)), "quality": (16, 200, (0.5, 1.0)),
            "official": (16, 1000, (0.005, 0.25))}
-SCORES = ("gmm", "gmm-lb", "variance")
+SCORES = ("gmm", "gmm-lb", "variance", "gauss")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -145,12 +173,17 @@ def predictive_score(pred: torch.Tensor, score: str = "gmm", sigma: float = 1.0)
     [0.0, 1.25]
     >>> s = predictive_score(p, "gmm", 1.0); bool(s[1] > s[0])
     True
+    >>> h = predictive_score(p, "gauss", 1.0)
+    >>> round(float(h[1] - h[0]), 4)                        # 1/2 log(1 + 1.25)
+    0.4055
     """
     check_choice("score", score, SCORES)
     N, n, d = pred.shape
     if score == "variance":
         p = pred.to(F64)
         return (p - p.mean(0, keepdim=True)).pow(2).mean(0).sum(-1)
+    if score == "gauss":
+        return _gauss_entropy(pred, sigma)
     # D is (n, N, N): chunk over candidates to hold at most ~2^23 float64 entries at a time
     step = max(1, (1 << 23) // (N * N))
     out = []
@@ -162,6 +195,74 @@ def predictive_score(pred: torch.Tensor, score: str = "gmm", sigma: float = 1.0)
             log_k = -D / (4 * sigma ** 2) - 0.5 * d * math.log(4 * math.pi * sigma ** 2)
             out.append(-(torch.logsumexp(log_k, dim=2) - math.log(N)).mean(1))
     return torch.cat(out)
+
+
+def _gauss_entropy(pred: torch.Tensor, sigma: float) -> torch.Tensor:
+    r"""``score="gauss"``: :math:`\tfrac12\log\det(2\pi e(\hat C_c + \sigma_H^2 I_d))`, nats, with :math:`\hat C_c` the
+    (1/N) particle covariance of candidate c's d predictions; through the N x N Gram matrix when d > N
+    (:math:`\det(\sigma^2 I_d + P^\top P) = \sigma^{2d}\det(I_N + PP^\top/\sigma^2)`)."""
+    N, n, d = pred.shape
+    p = pred.to(F64)
+    P = ((p - p.mean(0, keepdim=True)) / math.sqrt(N)).transpose(0, 1)          # (n, N, d)
+    s2 = sigma ** 2
+    k = min(N, d)
+    step = max(1, (1 << 23) // (k * k))
+    out = []
+    for c0 in range(0, n, step):
+        Pc = P[c0:c0 + step]
+        G = Pc.transpose(1, 2) @ Pc if d <= N else Pc @ Pc.transpose(1, 2)   # (m, k, k)
+        eye = torch.eye(k, dtype=F64, device=G.device)
+        out.append(torch.logdet(eye + G / s2) + d * math.log(s2))
+    return 0.5 * (torch.cat(out) + d * math.log(2 * math.pi * math.e))
+
+
+def select_candidates(pred: torch.Tensor, k: int, open_: torch.Tensor, score: str = "gmm", sigma: float = 1.0,
+                      conditional: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Choose ``k`` of the ``open_`` candidates from (N, n, d) particle predictions; returns (sorted ids, scores of
+    the first pick, (n,) float64 with -inf at closed candidates).
+
+    ``conditional=False``: the ``k`` best scores (official, no re-scoring). ``conditional=True`` (greedy joint
+    choice): after each pick c the particle predictive is conditioned on a measurement of c with noise
+    :math:`\sigma_H` by the ensemble square-root update (linear-Gaussian, exact when the predictive is Gaussian):
+    with centred, :math:`1/\sqrt N`-scaled predictions :math:`P` (N x (n d)) and :math:`P_c = U S V^\top`,
+
+    .. math:: P \leftarrow (I_N + P_c P_c^\top/\sigma_H^2)^{-1/2} P = P + U\,[(1 + S^2/\sigma_H^2)^{-1/2} - 1]\,U^\top P,
+
+    so that :math:`P^\top P` becomes the Schur complement :math:`C - C_{\cdot c}(C_{cc} + \sigma_H^2 I)^{-1}C_{c\cdot}`
+    (Woodbury); the next pick is scored on the updated particles. Correlated neighbours of a pick lose their
+    spread, so one event does not take a cluster of neighbouring pixels. N particles span at most N - 1
+    directions: after N - 1 picks in one event every direction is conditioned once, and further picks rank the
+    spread that the (noise-regularised) conditioning left, so keep picks per event below N where it matters.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> z = torch.randn(256, 1, generator=g)
+    >>> pred = torch.cat([z, z + 0.01 * torch.randn(256, 1, generator=g), 0.8 * torch.randn(256, 1, generator=g)], 1)
+    >>> ids, _ = select_candidates(pred[..., None], 2, torch.ones(3, dtype=torch.bool), "variance", 0.1, False)
+    >>> ids.tolist()                  # top-2 marginal variances: the two copies of the same value
+    [0, 1]
+    >>> ids, _ = select_candidates(pred[..., None], 2, torch.ones(3, dtype=torch.bool), "variance", 0.1)
+    >>> ids.tolist()                  # conditional: after one copy the other says nothing new
+    [0, 2]
+    """
+    open_ = open_.clone().to(pred.device)
+    N = pred.shape[0]
+    first = predictive_score(pred, score, sigma).masked_fill(~open_, float("-inf"))
+    if not conditional or k == 1:
+        return torch.topk(first, k).indices.sort().values.cpu(), first.cpu()
+    p = pred.to(F64)
+    mean = p.mean(0, keepdim=True)
+    P = (p - mean) / math.sqrt(N)
+    s, chosen = first, []
+    for j in range(k):
+        if j:
+            s = predictive_score(mean + math.sqrt(N) * P, score, sigma).masked_fill(~open_, float("-inf"))
+        c = int(s.argmax())
+        chosen.append(c)
+        open_[c] = False
+        U, S, _ = torch.linalg.svd(P[:, c], full_matrices=False)                 # P_c = U S V^T, U (N, r)
+        shrink = (1 + S ** 2 / sigma ** 2).rsqrt() - 1
+        P = P + torch.einsum("nr,r,rcd->ncd", U, shrink, torch.einsum("nr,ncd->rcd", U, P))
+    return torch.tensor(sorted(chosen), dtype=torch.int64), first.cpu()
 
 
 def acquisition_steps(num_steps: int, n_acquire: int, window: tuple[float, float]) -> list[tuple[int, int]]:
@@ -233,20 +334,30 @@ OPTIONS = (
            choices=("dds", "dps")),
     Option("dps_weight", float, 1.0, "step weight of guidance=dps", lo=0.0, lo_open=True),
     Option("chunk", int, None, "at most this many particles per network call", lo=1),
+    Option("predictive", str, "tweedie", "particles scored at an event: tweedie (official: current estimates at the "
+           "scheduled steps) or restart (end of a reverse pass, then a new pass from `restart`)",
+           choices=("tweedie", "restart")),
+    Option("restart", float, 0.5, "predictive=restart: fraction of the reverse steps at which each new pass starts",
+           lo=0.0, hi=1.0, hi_open=True),
+    Option("select", str, "conditional", "several candidates per event: conditional (greedy, re-scored on the "
+           "conditioned particles) or topk (official)", choices=("conditional", "topk")),
 )
 
 
 @register("ads", partial_y=True, options=OPTIONS)
 def ads(y, physics, prior, *, generator, n_samples, progress, acceleration, budget, acquire, preset, particles,
         num_steps, window, per_step, score, entropy_sigma, center_fraction, unit, patch, groups, eta, cg_iters, gamma,
-        dc, guidance, dps_weight, chunk):
+        dc, guidance, dps_weight, chunk, predictive, restart, select):
     r"""Active maximum-entropy subsampling (see module docstring).
 
     ``y`` is the fully sampled measurement ``(1, *physics.y_shape)`` (only chosen entries are read; NaN allowed
     elsewhere), or None with ``acquire``. Exactly one of ``acceleration`` (>= 1; budget = n // acceleration)
     and ``budget`` (candidates in total, fixed block included). ``preset`` sets ``particles``, ``num_steps``,
     ``window``; ``n_samples`` > 1 also sets the particle count. ``per_step`` caps candidates per event (default:
-    as the schedule spreads them). ``score`` in {"gmm", "gmm-lb", "variance"}; ``entropy_sigma`` :math:`\sigma_H`.
+    as the schedule spreads them). ``score`` in {"gmm", "gmm-lb", "variance", "gauss"}; ``entropy_sigma``
+    :math:`\sigma_H`; ``select`` "conditional" (greedy, re-scored after each pick) or "topk" (official);
+    ``predictive`` "tweedie" (official: the estimates at the scheduled steps) or "restart" (the particles at the end
+    of a reverse pass, then a new pass from ``restart`` x ``num_steps``).
     ``center_fraction``: "auto" (MRI: fastMRI default for the acceleration; others none), a fraction, or None.
     ``unit``/``patch`` (inpainting), ``groups`` (matrix rows) pick the candidate set. ``eta``, ``cg_iters``,
     ``gamma``, ``dc`` as :func:`~invdiff.solvers.dds.dds`; ``guidance`` "dds" (CG data consistency) or "dps"
@@ -337,10 +448,21 @@ def ads(y, physics, prior, *, generator, n_samples, progress, acceleration, budg
     scores, event_steps = [], []
     sub = cs.restrict(torch.nonzero(acquired).reshape(-1)) if acquired.any() else None
     ts, prev = dds_timesteps(num_steps, sched)
+    # plan: (reverse step index, candidates to acquire there); "restart": every event at the end of a pass, then
+    # a new pass from step k_r (module docstring)
+    if predictive == "tweedie":
+        plan = [(k, event_at.get(k, 0)) for k in range(num_steps)]
+    else:
+        k_r = min(int(math.floor(restart * num_steps)), num_steps - 1)
+        plan = [(k, 0) for k in range(num_steps)]
+        for _, m_ev in events:
+            plan[-1] = (num_steps - 1, m_ev)
+            plan += [(k, 0) for k in range(k_r, num_steps)]
     aty = None
     with torch.no_grad():
-        for k, (t, t_prev) in enumerate(progress_bar(list(zip(ts, prev)), progress, "ads")):
-            a, a_prev = ab(t), ab(t_prev)
+        for i, (k, m_ev) in enumerate(progress_bar(plan, progress, "ads")):
+            t = ts[k]
+            a = ab(t)
             if guidance == "dps" and sub is not None:                              # official: DPS step
                 with torch.enable_grad():
                     xg = x.detach().requires_grad_(True)
@@ -359,19 +481,23 @@ def ads(y, physics, prior, *, generator, n_samples, progress, acceleration, budg
                 x0 = dds_data_consistency(x0_hat, y_sub, sub, dc=dc, gamma=gamma, cg_iters=cg_iters, ATy=aty[1])
             else:
                 x0 = x0_hat
-            if k in event_at:                                                      # acquisition
-                s = predictive_score(cs.predict(x0), score, entropy_sigma)
-                s = s.masked_fill(acquired.to(s.device), float("-inf"))
-                m = min(event_at[k], int((~acquired).sum()))
-                chosen = torch.topk(s, m).indices.sort().values.cpu()
-                # ties: topk is deterministic on CPU; sorting keeps the order readable
-                scores.append(s.cpu())
-                event_steps.append(k)
-                take(chosen, k)
+            if m_ev:                                                               # acquisition
+                m = min(m_ev, int((~acquired).sum()))
+                chosen, s = select_candidates(cs.predict(x0), m, ~acquired, score, entropy_sigma,
+                                              conditional=(select == "conditional"))
+                scores.append(s)
+                event_steps.append(i)
+                take(chosen, i)
                 sub = cs.restrict(torch.nonzero(acquired).reshape(-1))
-            if t_prev < 0:
+            if i + 1 == len(plan):
                 break
             z = torch.randn(x.shape, generator=generator, device=gdev, dtype=x.dtype).to(x.device)
+            k_next = plan[i + 1][0]
+            if k_next != k + 1:                                                    # restart: forward-noise x0
+                a_r = ab(ts[k_next])
+                x = a_r ** 0.5 * x0 + (1 - a_r) ** 0.5 * z
+                continue
+            a_prev = ab(prev[k])
             x = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * (eta * z + (1 - eta ** 2) ** 0.5 * eps_hat)  # Eq. 17
             if grad is not None:
                 x = x - dps_weight * grad
@@ -383,7 +509,8 @@ def ads(y, physics, prior, *, generator, n_samples, progress, acceleration, budg
             "budget": budget, "acceleration": n / budget, "particles": particles, "num_steps": num_steps,
             "window": tuple(window), "score": score, "entropy_sigma": entropy_sigma,
             "center_fraction": center_fraction, "eta": eta, "cg_iters": cg_iters, "gamma": gamma, "dc": dc,
-            "guidance": guidance, "dps_weight": dps_weight, "preset": preset, "prospective": acquire is not None}
+            "guidance": guidance, "dps_weight": dps_weight, "preset": preset,
+            "predictive": predictive, "restart": restart, "select": select, "prospective": acquire is not None}
     if "angles" in cs.info:
         info["angles"] = cs.info["angles"][chosen_all]
     return SolverOutput(mean=samples.mean(0), samples=samples, std=samples.std(0), info=info)
@@ -411,4 +538,4 @@ def _is_cartesian_mri(physics) -> bool:
     return isinstance(inner, (MRI, MultiCoilMRI))
 
 
-__all__ = ["ads", "predictive_score", "pairwise_sq_dist", "acquisition_steps", "PRESETS", "SCORES"]
+__all__ = ["ads", "predictive_score", "select_candidates", "pairwise_sq_dist", "acquisition_steps", "PRESETS", "SCORES"]
