@@ -131,14 +131,21 @@ PROBLEMS = {
 }
 
 
-def solver_grid(counts):
+def solver_grid(counts, scale: float = 1.0):
     """(label, solver, options, N) rows. NFE per particle ~ 400 for every sampler except DPS (500)."""
     rows = [(f"smc N={n}", "smc", {}, n) for n in counts]
+    # the previous default smallest level (EDM's 0.004 tau): its last step to 0 collapses the weights at 2048-D
+    rows += [("smc sigma_min=0.004tau N=64", "smc", {"sigma_min": 0.004 * scale}, 64)]
     # discretisation: more Langevin correction per level / more levels (2x / 4x the NFE), and the NFE-matched
     # trade of half the levels for 3 corrector steps each
     rows += [("smc corrector_steps=3 N=64", "smc", {"corrector_steps": 3}, 64),
              ("smc 800 levels N=64", "smc", {"num_steps": 800}, 64),
              ("smc 100 levels x 3 correctors N=64", "smc", {"num_steps": 100, "corrector_steps": 3}, 64)]
+    # the fall toward the floor with particles at 800 levels
+    rows += [(f"smc 800 levels N={n}", "smc", {"num_steps": 800}, n) for n in (128, 256)]
+    # adaptive levels (conditional ESS >= 0.9) and the Metropolis-adjusted corrector
+    rows += [("smc cess_target=0.9 N=64", "smc", {"cess_target": 0.9}, 64),
+             ("smc corrector=mala N=64", "smc", {"corrector": "mala"}, 64)]
     rows += [("smc tempering=none N=64", "smc", {"tempering": "none"}, 64),
              ("smc sde N=64", "smc", {"variant": "sde", "num_steps": 400}, 64)]
     rows += [(f"mcgdiff N={n}", "mcgdiff", {"num_steps": 400}, n) for n in counts if n <= 64]
@@ -185,7 +192,8 @@ def evaluate(pname, make, R, counts, quick: bool):
                       "pmean": post.mean.reshape(-1).double(), "trcov": float(post.variance.double().sum())})
     floors, cov_exact = {}, {}
     qs = torch.tensor([0.05, 0.95], dtype=torch.float64)
-    for n in counts:  # coverage reached by n exact draws (8 repetitions per measurement)
+    grid = solver_grid(counts, scale)
+    for n in sorted({row[3] for row in grid if not (quick and row[3] > 64)}):  # coverage of n exact draws (8 reps)
         g = torch.Generator().manual_seed(2)
         cov_exact[n] = sum(rb_coverage(d["post"], *torch.quantile(
             d["post"].sample(n, generator=g).reshape(n, -1).double(), qs, dim=0))
@@ -194,7 +202,7 @@ def evaluate(pname, make, R, counts, quick: bool):
                                              n, m=M_EXACT, n_repeats=2, n_projections=N_PROJ,
                                              generator=torch.Generator().manual_seed(1)).mean for d in draws) / R
     rows = []
-    for label, solver, opts, n in solver_grid(counts):
+    for label, solver, opts, n in grid:
         if quick and n > 64:
             continue
         acc = {k: 0.0 for k in ("sw", "sw_draws", "tv", "dmean", "trcov", "raw_err", "raw_mmse", "cov", "cov_raw",
