@@ -40,6 +40,18 @@ gradients); log-weights start at 0. Nonlinear A: Gaussian draws with importance 
   with the prior score frozen: one NFE per corrector step, total Langevin time between ``corrector_step``
   :math:`\sigma'^2` and twice that. Freezing the score is accurate where the likelihood is stiff
   (:math:`\sigma \gg \sigma_y`); at :math:`\sigma \lesssim \sigma_y/\sqrt{\lambda_{max}}` n is 1 or 2.
+  ``corrector="mala"``: Metropolis-adjusted Langevin steps instead (:func:`_mala`), which leave :math:`q_{\sigma'}`
+  exactly invariant. The acceptance ratio needs the *density* of the intermediate target,
+  :math:`\log q_{\sigma'} = \log p_{\sigma'} - \alpha'\mu` up to a constant, i.e. the noised prior's
+  :math:`\log p_{\sigma'}` (``prior.log_prob(x, sigma)``: closed form for a
+  :class:`~invdiff.priors.GaussianMixture`); a network prior gives only the score, so it has ULA only. No substeps; the
+  step starts at ``corrector_step`` / curvature and adapts per measurement to 57 % acceptance; the corrector's last
+  denoiser call is reused by the next predictor (same NFE as ULA). ``info["acceptance"]``: (levels - 1, B).
+- **Adaptive levels** (``cess_target``, "ode"): before each predictor step the step to the next EDM level is
+  shortened, by bisection on :math:`1 - \sigma'/\sigma` (residual evaluations only, D(x, sigma) is reused), until the
+  conditional ESS of its weight increments (Zhou, Johansen & Aston 2016; :func:`conditional_ess`) is at least
+  ``cess_target``; the grid then resumes. At most ``max_levels`` levels (default 4 ``num_steps``; a RuntimeWarning
+  says when the cap was reached). ``info["levels"]`` lists the noise levels used.
 - ``variant="sde"`` (Alg. 2): :math:`V = g`.
   ``integrator="exact"`` (linear A, default): the reverse-SDE (DDPM ancestral) kernel
   :math:`K = \mathcal N(D + (\sigma'/\sigma)^2(x - D),\ \sigma'^2(\sigma^2 - \sigma'^2)/\sigma^2)` tilted exactly by
@@ -55,7 +67,11 @@ gradients); log-weights start at 0. Nonlinear A: Gaussian draws with importance 
   (an Euler-Maruyama step to 0 would reflect the particle about D).
 
 Noise levels: EDM grid (Karras et al. 2022, Eq. 5) from ``sigma_max`` (default :math:`80\tau`) to ``sigma_min``
-(default :math:`0.004\tau`) with :math:`\rho = 7`, then 0: EDM's 80 / 0.002 for data of std 0.5, rescaled to the prior.
+with :math:`\rho = 7`, then 0: EDM's 80 / 0.002 for data of std 0.5, rescaled to the prior. Default ``sigma_min`` =
+:math:`\min(0.004\tau,\ 0.1\,\sigma_y/\sqrt m)` (:func:`final_level_sigma`, m = measurement values): the last step
+:math:`x \to D(x, \sigma_{min})` removes the remaining noise from every measured direction at once, and where the prior
+has no spread of its own its log-weight increment has variance about :math:`m\sigma_{min}^2/\sigma_y^2`; with EDM's value
+alone that one step left ESS/N = 0.06 on the 2048-D MRI mixture (``benchmarks/results/smc_exactness.md``).
 
 Outputs: ``samples`` are equally weighted (systematically resampled) draws from the final weighted ensemble,
 ``mean`` is the weighted mean (``reduce="best"``: the highest-weight particle, a MAP-like statistic, not a
@@ -464,11 +480,15 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
 
     - ``variant``: "ode" (probability-flow predictor + Langevin corrector, default) or "sde";
     - ``num_steps`` K noise levels (NFE per particle: K for "sde", K + corrector_steps (K - 1) for "ode");
-      ``sigma_max``, ``sigma_min``, ``rho``: the EDM grid (defaults 80 tau, 0.004 tau, 7; tau^2 = prior variance);
+      ``sigma_max``, ``sigma_min``, ``rho``: the EDM grid (defaults 80 tau, min(0.004 tau, 0.1 sigma_y / sqrt(m)), 7;
+      tau^2 = prior variance, m = measurement values);
     - ``ess_threshold`` in (0, 1]: resample when ESS/N falls below it (default 0.5 for "ode", 1.0 = every step for
       "sde"); ``resample``: "systematic" | "multinomial";
-    - ``corrector_steps``, ``corrector_step`` (ULA step as a fraction of the stiffest curvature), ``corrector_substeps``
-      (likelihood substeps per corrector step; default automatic, at most ``max_substeps``);
+    - ``corrector``: "ula" (default) or "mala" (Metropolis-adjusted: exact, needs ``prior.log_prob(x, sigma)``);
+      ``corrector_steps``, ``corrector_step`` (Langevin step as a fraction of the stiffest curvature; MALA: initial),
+      ``corrector_substeps`` (ULA likelihood substeps per corrector step; default automatic, at most ``max_substeps``);
+    - ``cess_target`` in (0, 1) ("ode"): adaptive levels keeping each step's conditional ESS >= it (default None: the
+      EDM grid only), at most ``max_levels`` (default 4 ``num_steps``);
     - ``integrator`` ("sde"): "exact" (linear A, default) or "euler" (Eq. 3.6 Euler-Maruyama with the stability guard
       ``stability`` / ``max_substeps``; Hutchinson Laplacian with ``hutchinson_probes`` / ``hutchinson_eps`` for
       nonlinear A; the only choice for nonlinear A);
