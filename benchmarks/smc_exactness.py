@@ -197,7 +197,8 @@ def evaluate(pname, make, R, counts, quick: bool, solvers=None):
                       "pmean": post.mean.reshape(-1).double(), "trcov": float(post.variance.double().sum())})
     floors, cov_exact = {}, {}
     qs = torch.tensor([0.05, 0.95], dtype=torch.float64)
-    grid = [g for g in solver_grid(counts, scale, pname in SWEEP) if solvers is None or g[1] in solvers]
+    grid = [g for g in solver_grid(counts, scale, pname in SWEEP)
+            if solvers is None or g[1] in solvers or g[0] in solvers]
     for n in sorted({row[3] for row in grid if not (quick and row[3] > 64)}):  # coverage of n exact draws (8 reps)
         g = torch.Generator().manual_seed(2)
         cov_exact[n] = sum(rb_coverage(d["post"], *torch.quantile(
@@ -275,18 +276,27 @@ def goals(rows, sampler: str = "smc N=64") -> str:
     return "\n".join(lines)
 
 
+def _row_order(r):
+    """(problem, position in its solver grid): kept and rerun rows in the usual order."""
+    labels = [g[0] for g in solver_grid(PROBLEMS[r["problem"]][2], 1.0, r["problem"] in SWEEP)]
+    return list(PROBLEMS).index(r["problem"]), labels.index(r["sampler"]) if r["sampler"] in labels else len(labels)
+
+
 def run(out: str, quick: bool, only: list[str] | None, solvers: list[str] | None = None):
     torch.set_num_threads(1)
     rows = []
     t0 = time.perf_counter()
     old = Path(out) / "smc_exactness.json"
-    kept = json.loads(old.read_text())["rows"] if solvers and old.exists() else []
+    kept = json.loads(old.read_text())["rows"] if (solvers or only) and old.exists() else []
     for pname, (make, R, counts) in PROBLEMS.items():
-        if only and pname not in only:
+        if only and pname not in only:     # problems not rerun keep their previous rows
+            rows += [r for r in kept if r["problem"] == pname]
             continue
         rows += evaluate(pname, make, 2 if quick else R, counts, quick, solvers)
         # rows of the samplers not rerun are kept from the previous results (same problems, seeds and metrics)
-        rows += [r for r in kept if r["problem"] == pname and r["sampler"].split()[0] not in solvers]
+        rows += [r for r in kept if r["problem"] == pname and solvers and r["sampler"].split()[0] not in solvers
+                 and r["sampler"] not in solvers]
+    rows.sort(key=_row_order)
     cols = ["problem", "dim", "sampler", "N", "draws", "SW", "floor", "SW/floor", "SW_draws", "mode_TV", "MSE_ratio",
             "MSE_ratio_raw", "cov90", "cov90_exactN", "cov90_raw", "ess_end", "nfe_per_particle", "sec_per_solve",
             "note"]
@@ -312,8 +322,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="2 draws per problem, N <= 64")
-    ap.add_argument("--problems", default="", help="comma-separated subset of " + ", ".join(PROBLEMS))
-    ap.add_argument("--solvers", default="", help="rerun only these (e.g. smc); the other samplers' rows are kept "
-                                                  "from the existing results file")
+    ap.add_argument("--problems", default="", help="rerun only these (comma-separated subset of " + ", ".join(PROBLEMS)
+                    + "); the other problems' rows are kept from the existing results file")
+    ap.add_argument("--solvers", default="", help="rerun only these solvers or row labels (e.g. smc, or 'smc sde N=64'); "
+                                                  "the other rows are kept from the existing results file")
     a = ap.parse_args()
     run(a.out, a.quick, [p for p in a.problems.split(",") if p] or None, [v for v in a.solvers.split(",") if v] or None)

@@ -71,13 +71,15 @@ with :math:`\rho = 7`, then 0: EDM's 80 / 0.002 for data of std 0.5, rescaled to
 :math:`\min(0.004\tau,\ 0.1\,\sigma_y/\sqrt m)` (:func:`final_level_sigma`, m = measurement values): the last step
 :math:`x \to D(x, \sigma_{min})` removes the remaining noise from every measured direction at once, and where the prior
 has no spread of its own its log-weight increment has variance about :math:`m\sigma_{min}^2/\sigma_y^2`; with EDM's value
-alone that one step left ESS/N = 0.06 on the 2048-D MRI mixture (``benchmarks/results/smc_exactness.md``).
+alone that one step left ESS/N = 0.06 on the 2048-D MRI mixture (``benchmarks/results/smc_exactness.md``). Variant
+"sde" keeps :math:`0.004\tau`: with the smaller level its exact-kernel run failed on that problem (SW/floor 535; cause not
+investigated).
 
 Outputs: ``samples`` are equally weighted (systematically resampled) draws from the final weighted ensemble,
 ``mean`` is the weighted mean (``reduce="best"``: the highest-weight particle, a MAP-like statistic, not a
 posterior mean). ``info``: the weighted ensemble (``particles`` (N, B, ...), ``weights`` (N, B)), the weighted
-per-pixel ``std``, the ESS/N trace ``ess`` (steps, B), ``n_resample``, ``unique_ancestors``, ``nfe_per_particle``,
-``lambda_max``.
+per-pixel ``std``, the ESS/N trace ``ess`` (levels, B), ``levels`` (the noise levels used, sigma_max ... 0) and
+``n_levels``, ``acceptance`` (MALA), ``n_resample``, ``unique_ancestors``, ``nfe_per_particle``, ``lambda_max``.
 
 **Evidence** ``info["log_evidence"]`` ((B,) float64): the SMC estimate of :math:`\log p(y)` (Del Moral, Doucet & Jasra
 2006): :math:`\log Z_I + \sum_k \log\sum_i W_i^{(k)} w_i^{(k)} - \tfrac m2\log 2\pi\sigma_y^2`, with :math:`W^{(k)}` the normalised
@@ -438,8 +440,8 @@ OPTIONS = (
            lo=1),
     Option("sigma_max", float, None, "largest noise level; None: 80 tau (tau^2 = prior variance)", lo=0.0,
            lo_open=True),
-    Option("sigma_min", float, None, "smallest noise level; None: min(0.004 tau, 0.1 sigma_y / sqrt(m))", lo=0.0,
-           lo_open=True),
+    Option("sigma_min", float, None, "smallest noise level; None: min(0.004 tau, 0.1 sigma_y / sqrt(m)) (sde: 0.004 tau)",
+           lo=0.0, lo_open=True),
     Option("rho", float, 7.0, "EDM grid exponent", lo=0.0, lo_open=True),
     Option("ess_threshold", float, None, "resample when ESS/N falls below it; None: 0.5 for ode, 1 for sde",
            lo=0.0, hi=1.0, lo_open=True),
@@ -480,8 +482,8 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
 
     - ``variant``: "ode" (probability-flow predictor + Langevin corrector, default) or "sde";
     - ``num_steps`` K noise levels (NFE per particle: K for "sde", K + corrector_steps (K - 1) for "ode");
-      ``sigma_max``, ``sigma_min``, ``rho``: the EDM grid (defaults 80 tau, min(0.004 tau, 0.1 sigma_y / sqrt(m)), 7;
-      tau^2 = prior variance, m = measurement values);
+      ``sigma_max``, ``sigma_min``, ``rho``: the EDM grid (defaults 80 tau, min(0.004 tau, 0.1 sigma_y / sqrt(m)) for
+      "ode" and 0.004 tau for "sde", 7; tau^2 = prior variance, m = measurement values);
     - ``ess_threshold`` in (0, 1]: resample when ESS/N falls below it (default 0.5 for "ode", 1.0 = every step for
       "sde"); ``resample``: "systematic" | "multinomial";
     - ``corrector``: "ula" (default) or "mala" (Metropolis-adjusted: exact, needs ``prior.log_prob(x, sigma)``);
@@ -520,7 +522,7 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
 
     yy = chains_batch(y, n_samples)
     x_like = _x_like(yy, physics, prior, linear)
-    if sigma_min is None:    # the last step sigma_min -> 0 must not collapse the weights (see final_level_sigma)
+    if sigma_min is None and variant == "ode":   # the last step must not collapse the weights (final_level_sigma)
         tau = math.sqrt(prior_moments(prior, x_like)[1])
         sigma_min = min(0.004 * tau, final_level_sigma(sig_y, _flat_y(yy[:1]).shape[1]))
     m0, tau2, s_max, s_min = noise_range(prior, x_like, sigma_max, sigma_min)
@@ -583,25 +585,25 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
         substeps, warned = [], False
         levels, accept, eps_frac = [s_max], [], None
         D_cur = None                  # D(x, sig) of the current particles when the MALA corrector has it (0 NFE)
-        j, sig, a = 1, s_max, alphas[0]
+        k_grid, sig, a = 1, s_max, alphas[0]
         bar = progress_bar(range(0), progress, f"smc-{variant}", total=num_steps) if progress else None
         cap_hit = False
         while sig > 0.0:
             if bar is not None:
                 bar.update(1)
-            sig_g = sigmas[j]             # next level of the EDM grid
+            sig_g = sigmas[k_grid]        # next level of the EDM grid
             x = state.x
             Dx = D(x, sig) if D_cur is None else D_cur
             D_cur = None
             sig_n = sig_g
-            can_insert = len(levels) - 1 + len(sigmas) - j < max_levels
+            can_insert = len(levels) - 1 + len(sigmas) - k_grid < max_levels
             cap_hit = cap_hit or (cess_target is not None and not can_insert)
             if cess_target is not None and can_insert:
                 # adaptive level: the largest PF-ODE Euler step towards sig_g whose incremental weights keep the
                 # conditional ESS >= cess_target (Zhou, Johansen & Aston 2016); 0 NFE (D(x, sig) is reused)
                 sig_n = _adaptive_level(state, x, Dx, r, lik, sig, sig_g, a, alpha_of, cess_target)
             if sig_n == sig_g:
-                j += 1
+                k_grid += 1
             a_n = alpha_of(sig_n)
             levels.append(sig_n)
             if variant == "ode" or sig_n == 0.0:
