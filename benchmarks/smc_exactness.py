@@ -312,7 +312,9 @@ def run(out: str, quick: bool, only: list[str] | None, solvers: list[str] | None
                        ("smc sigma_min=0.004tau N=64", "smc corrector_steps=3 N=64", "smc 800 levels N=64",
                         "smc 800 levels N=128", "smc 800 levels N=256", "smc 100 levels x 3 correctors N=64",
                         "smc cess_target=0.9 N=64", "smc corrector=mala N=64"))
-             + f"\n\nTotal time {time.perf_counter() - t0:.0f} s.")
+             + f"\n\nTotal time {time.perf_counter() - t0:.0f} s"
+             + (f" (this run: problems {only or 'all'}, rows {solvers}; the other rows are kept from earlier runs "
+                "of this script)." if (only or solvers) else "."))
     path = write_results(out, "smc_exactness", rows, cols, title="SMC samplers vs exact Gaussian-mixture posteriors",
                          notes=notes, meta={"quick": quick, "M_exact": M_EXACT, "n_projections": N_PROJ})
     print(path)

@@ -87,9 +87,11 @@ weights before level k's increment (1/N after a resampling) and
 :math:`Z_I = \int\mathcal N(x; m_0, \rho^2 I)e^{-\alpha_0\mu}dx = (2\pi\sigma_y^2/\alpha_0)^{m/2}\,\mathcal N(y; Am_0, \rho^2AA^\top + \sigma_y^2/\alpha_0 I)`
 (from the SVD basis, or the dense A when n m <= ``EVIDENCE_DENSE_MAX``; None otherwise, e.g. 64x64 multi-coil MRI).
 The "sde" kernels keep their Gaussian determinants and Laplacian constants for it. It is consistent only as far as
-every move leaves its tempered target invariant: measured (``benchmarks/results/smc_evidence.md``) it is within
-0.1 nats or its own standard error on 2-D, but the ULA corrector's O(step) bias shows on 16-D (-0.8 to -0.95 nats
-at ``corrector_step=0.5``, -0.17 to -0.28 at 0.1 x 4 steps) and the 256-D low-rank inpainting problem (+22 nats).
+every move leaves its tempered target invariant. Measured (``benchmarks/results/smc_evidence.md``, 64 particles, 4
+runs): with the default ULA corrector it is within 0.1 nats on 2-D but its O(step) bias shows on 16-D (-0.7 to -1.1
+nats, not shrinking with 800 levels) and on the 256-D low-rank inpainting problem (+22 nats); ``corrector="mala"``
+removes it: within 0.1 nats on the 2-D and 16-D problems at 800 levels (and at 200 levels except the 16-D Gaussian,
+-0.39 +- 0.31), -0.55 +- 0.29 nats (run sd 0.57) at 256-D.
 
 Known limits (reference §1.8-1.9, and our benchmarks): the weights are exact only as the step size -> 0; the
 weight variance grows with the number of measurements, so at image sizes a few lineages carry the ensemble
