@@ -90,9 +90,9 @@ def test_mala_corrector_removes_the_ula_evidence_bias():
     L = 0.4 * torch.randn(n, n, generator=gen) / math.sqrt(n)
     prior = GaussianMixture(torch.ones(1), 2 * torch.randn(1, n, generator=gen), (L @ L.T + 0.05 * torch.eye(n))[None])
     op = MatrixOperator(torch.randn(8, n, generator=gen) / math.sqrt(n), sigma=0.1)
-    y = op.A(prior.sample(2, generator=gen)) + 0.1 * torch.randn(2, 8, generator=gen)
+    y = op.A(prior.sample(4, generator=gen)) + 0.1 * torch.randn(4, 8, generator=gen)
     exact = prior.log_evidence(y, op)
     err = {c: invdiff.solve(y, op, prior, solver="smc", seed=0, n_samples=128, num_steps=400,
                             corrector=c).info["log_evidence"] - exact for c in ("ula", "mala")}
-    assert err["mala"].abs().max() < 0.35, err
-    assert (err["mala"].abs() < err["ula"].abs()).all(), err
+    assert abs(float(err["mala"].mean())) < 0.3, err             # 4 measurements: Monte Carlo sd of the mean ~0.15
+    assert float(err["ula"].mean()) < float(err["mala"].mean()) - 0.3, err
