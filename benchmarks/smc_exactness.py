@@ -326,7 +326,8 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true", help="2 draws per problem, N <= 64")
     ap.add_argument("--problems", default="", help="rerun only these (comma-separated subset of " + ", ".join(PROBLEMS)
                     + "); the other problems' rows are kept from the existing results file")
-    ap.add_argument("--solvers", default="", help="rerun only these solvers or row labels (e.g. smc, or 'smc sde N=64'); "
+    ap.add_argument("--solvers", default="", help="rerun only these solvers or row labels (e.g. smc, or "
+                                                  "'smc sde N=64'); "
                                                   "the other rows are kept from the existing results file")
     a = ap.parse_args()
     run(a.out, a.quick, [p for p in a.problems.split(",") if p] or None, [v for v in a.solvers.split(",") if v] or None)

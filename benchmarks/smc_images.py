@@ -110,8 +110,8 @@ def run(args):
                                                                            order[r["solver"]]))
     summary = mean_rows(measured_rows, ["task", "solver", "N"], label={"image": "mean"})
     cols = ["task", "image", "solver", "N", "PSNR", "SSIM", "PSNR_one_draw", "std_err_corr", "cov90", "err/std",
-            "ess_end", "ess_min", "n_resample", "unique_ancestors", "n_levels", "sigma_min", "nfe_per_particle", "seconds",
-            "peak_mb", "note"]
+            "ess_end", "ess_min", "n_resample", "unique_ancestors", "n_levels", "sigma_min", "nfe_per_particle",
+            "seconds", "peak_mb", "note"]
     versions = prior_versions(priors)
     notes = (__doc__.split("Usage:")[0] + f"\nSettings: {args.particles} particles, {args.num_steps} noise levels "
              f"(smc defaults otherwise: variant 'ode', tempering 'noise', ULA corrector, sigma_min = min(0.004 tau, "

@@ -445,7 +445,8 @@ OPTIONS = (
            lo=1),
     Option("sigma_max", float, None, "largest noise level; None: 80 tau (tau^2 = prior variance)", lo=0.0,
            lo_open=True),
-    Option("sigma_min", float, None, "smallest noise level; None: min(0.004 tau, 0.1 sigma_y / sqrt(m)) (sde: 0.004 tau)",
+    Option("sigma_min", float, None,
+           "smallest noise level; None: min(0.004 tau, 0.1 sigma_y / sqrt(m)) (sde: 0.004 tau)",
            lo=0.0, lo_open=True),
     Option("rho", float, 7.0, "EDM grid exponent", lo=0.0, lo_open=True),
     Option("ess_threshold", float, None, "resample when ESS/N falls below it; None: 0.5 for ode, 1 for sde",
@@ -624,7 +625,7 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
                     x, r, D_cur, acc = _mala(x, r, D, lik, log_prior, sig_n, a_n, n_corr, eps_frac, lam, sig_y,
                                              n_samples, randn, generator)
                     accept.append(acc)
-                for _ in range(n_corr if corrector == "ula" else 0):    # ---- ULA corrector at sigma_{k+1} (Alg. 3) ----
+                for _ in range(n_corr if corrector == "ula" else 0):    # ---- ULA corrector at sigma_{k+1} (Alg 3) --
                     # ULA on q_sigma: x += eps (score - alpha grad mu) + sqrt(2 eps) xi, eps = c / curvature; the
                     # stiff likelihood part runs n_in substeps with the prior score frozen (1 NFE per corrector step)
                     score = (D(x, sig_n) - x) / sig_n ** 2
