@@ -23,14 +23,16 @@ measurement with N particles (DPS: N independent chains). Reported, averaged ove
 - ``ess_end`` (ESS/N after the last step), NFE per particle (denoiser evaluations of each particle), seconds per
   solve (1 thread).
 
-Usage: python benchmarks/smc_exactness.py [--out benchmarks/results] [--quick] [--problems a,b]
+Usage: python benchmarks/smc_exactness.py [--out benchmarks/results] [--quick] [--problems a,b] [--solvers smc]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -131,14 +133,21 @@ PROBLEMS = {
 }
 
 
-def solver_grid(counts):
+def solver_grid(counts, scale: float = 1.0, sweep: bool = True):
     """(label, solver, options, N) rows. NFE per particle ~ 400 for every sampler except DPS (500)."""
     rows = [(f"smc N={n}", "smc", {}, n) for n in counts]
+    # the previous default smallest level (EDM's 0.004 tau): its last step to 0 collapses the weights at 2048-D
+    rows += [("smc sigma_min=0.004tau N=64", "smc", {"sigma_min": 0.004 * scale}, 64)]
     # discretisation: more Langevin correction per level / more levels (2x / 4x the NFE), and the NFE-matched
     # trade of half the levels for 3 corrector steps each
     rows += [("smc corrector_steps=3 N=64", "smc", {"corrector_steps": 3}, 64),
              ("smc 800 levels N=64", "smc", {"num_steps": 800}, 64),
              ("smc 100 levels x 3 correctors N=64", "smc", {"num_steps": 100, "corrector_steps": 3}, 64)]
+    # the fall toward the floor with particles at 800 levels
+    rows += [(f"smc 800 levels N={n}", "smc", {"num_steps": 800}, n) for n in ((128, 256) if sweep else ())]
+    # adaptive levels (conditional ESS >= 0.9) and the Metropolis-adjusted corrector
+    rows += [("smc cess_target=0.9 N=64", "smc", {"cess_target": 0.9}, 64),
+             ("smc corrector=mala N=64", "smc", {"corrector": "mala"}, 64)]
     rows += [("smc tempering=none N=64", "smc", {"tempering": "none"}, 64),
              ("smc sde N=64", "smc", {"variant": "sde", "num_steps": 400}, 64)]
     rows += [(f"mcgdiff N={n}", "mcgdiff", {"num_steps": 400}, n) for n in counts if n <= 64]
@@ -170,7 +179,10 @@ def weighted_modes(post: GaussianMixture, P: torch.Tensor, W: torch.Tensor, scal
     return torch.zeros(post.n_components, dtype=torch.float64).index_add_(0, lab, W.double())
 
 
-def evaluate(pname, make, R, counts, quick: bool):
+SWEEP = ("img32-mri4x",)   # problems with the 800-level particle sweep (N = 128, 256)
+
+
+def evaluate(pname, make, R, counts, quick: bool, solvers=None):
     gen = torch.Generator().manual_seed(0)
     prior, op = make(gen)
     scale = math.sqrt(float(prior.variance.mean()))
@@ -185,7 +197,9 @@ def evaluate(pname, make, R, counts, quick: bool):
                       "pmean": post.mean.reshape(-1).double(), "trcov": float(post.variance.double().sum())})
     floors, cov_exact = {}, {}
     qs = torch.tensor([0.05, 0.95], dtype=torch.float64)
-    for n in counts:  # coverage reached by n exact draws (8 repetitions per measurement)
+    grid = [g for g in solver_grid(counts, scale, pname in SWEEP)
+            if solvers is None or g[1] in solvers or g[0] in solvers]
+    for n in sorted({row[3] for row in grid if not (quick and row[3] > 64)}):  # coverage of n exact draws (8 reps)
         g = torch.Generator().manual_seed(2)
         cov_exact[n] = sum(rb_coverage(d["post"], *torch.quantile(
             d["post"].sample(n, generator=g).reshape(n, -1).double(), qs, dim=0))
@@ -194,7 +208,7 @@ def evaluate(pname, make, R, counts, quick: bool):
                                              n, m=M_EXACT, n_repeats=2, n_projections=N_PROJ,
                                              generator=torch.Generator().manual_seed(1)).mean for d in draws) / R
     rows = []
-    for label, solver, opts, n in solver_grid(counts):
+    for label, solver, opts, n in grid:
         if quick and n > 64:
             continue
         acc = {k: 0.0 for k in ("sw", "sw_draws", "tv", "dmean", "trcov", "raw_err", "raw_mmse", "cov", "cov_raw",
@@ -262,24 +276,45 @@ def goals(rows, sampler: str = "smc N=64") -> str:
     return "\n".join(lines)
 
 
-def run(out: str, quick: bool, only: list[str] | None):
+def _row_order(r):
+    """(problem, position in its solver grid): kept and rerun rows in the usual order."""
+    labels = [g[0] for g in solver_grid(PROBLEMS[r["problem"]][2], 1.0, r["problem"] in SWEEP)]
+    return list(PROBLEMS).index(r["problem"]), labels.index(r["sampler"]) if r["sampler"] in labels else len(labels)
+
+
+def run(out: str, quick: bool, only: list[str] | None, solvers: list[str] | None = None):
     torch.set_num_threads(1)
     rows = []
     t0 = time.perf_counter()
+    old = Path(out) / "smc_exactness.json"
+    kept = json.loads(old.read_text())["rows"] if (solvers or only) and old.exists() else []
     for pname, (make, R, counts) in PROBLEMS.items():
-        if only and pname not in only:
+        if only and pname not in only:     # problems not rerun keep their previous rows
+            rows += [r for r in kept if r["problem"] == pname]
             continue
-        rows += evaluate(pname, make, 2 if quick else R, counts, quick)
+        rows += evaluate(pname, make, 2 if quick else R, counts, quick, solvers)
+        # rows of the samplers not rerun are kept from the previous results (same problems, seeds and metrics)
+        rows += [r for r in kept if r["problem"] == pname and solvers and r["sampler"].split()[0] not in solvers
+                 and r["sampler"] not in solvers]
+    rows.sort(key=_row_order)
     cols = ["problem", "dim", "sampler", "N", "draws", "SW", "floor", "SW/floor", "SW_draws", "mode_TV", "MSE_ratio",
             "MSE_ratio_raw", "cov90", "cov90_exactN", "cov90_raw", "ess_end", "nfe_per_particle", "sec_per_solve",
             "note"]
     notes = (__doc__.split("Usage:")[0] + "\nSampler settings: smc = defaults (variant 'ode', 200 levels, "
-             "tempering 'noise', corrector_step 0.5); 'smc tempering=none' is the canonical alpha = 1 AFDPS target; "
+             "tempering 'noise', ULA corrector_step 0.5, sigma_min = min(0.004 tau, 0.1 sigma_y / sqrt(m))); "
+             "'smc sigma_min=0.004tau' is the previous default smallest level (EDM's); 'smc cess_target=0.9' inserts "
+             "levels so that every step keeps the conditional ESS >= 0.9; 'smc corrector=mala' uses the "
+             "Metropolis-adjusted corrector (exact invariance, step adapted to 57 % acceptance); "
+             "'smc tempering=none' is the canonical alpha = 1 AFDPS target; "
              "'smc sde' = variant 'sde' (exact-likelihood integrator) with 400 levels; mcgdiff with 400 levels "
              "(NFE-matched); DPS = deepinv DPS, 500 steps, weight 1.\n\nGoals for smc N=64:\n" + goals(rows)
              + "".join(f"\n\nThe same for '{v}':\n" + goals(rows, v) for v in
-                       ("smc corrector_steps=3 N=64", "smc 800 levels N=64", "smc 100 levels x 3 correctors N=64"))
-             + f"\n\nTotal time {time.perf_counter() - t0:.0f} s.")
+                       ("smc sigma_min=0.004tau N=64", "smc corrector_steps=3 N=64", "smc 800 levels N=64",
+                        "smc 800 levels N=128", "smc 800 levels N=256", "smc 100 levels x 3 correctors N=64",
+                        "smc cess_target=0.9 N=64", "smc corrector=mala N=64"))
+             + f"\n\nTotal time {time.perf_counter() - t0:.0f} s"
+             + (f" (this run: problems {only or 'all'}, rows {solvers}; the other rows are kept from earlier runs "
+                "of this script)." if (only or solvers) else "."))
     path = write_results(out, "smc_exactness", rows, cols, title="SMC samplers vs exact Gaussian-mixture posteriors",
                          notes=notes, meta={"quick": quick, "M_exact": M_EXACT, "n_projections": N_PROJ})
     print(path)
@@ -289,6 +324,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="2 draws per problem, N <= 64")
-    ap.add_argument("--problems", default="", help="comma-separated subset of " + ", ".join(PROBLEMS))
+    ap.add_argument("--problems", default="", help="rerun only these (comma-separated subset of " + ", ".join(PROBLEMS)
+                    + "); the other problems' rows are kept from the existing results file")
+    ap.add_argument("--solvers", default="", help="rerun only these solvers or row labels (e.g. smc, or "
+                                                  "'smc sde N=64'); "
+                                                  "the other rows are kept from the existing results file")
     a = ap.parse_args()
-    run(a.out, a.quick, [p for p in a.problems.split(",") if p] or None)
+    run(a.out, a.quick, [p for p in a.problems.split(",") if p] or None, [v for v in a.solvers.split(",") if v] or None)

@@ -19,7 +19,8 @@ For each image the weighted ensemble of ``smc`` gives the posterior mean and the
 
 Context rows with the same data: ``cg`` (Tikhonov least squares) and ``fbp`` (CT) and ``dds`` (one sample).
 
-Usage: python benchmarks/smc_images.py [--images 3] [--particles 16] [--num-steps 200] [--out benchmarks/results]
+Usage: python benchmarks/smc_images.py [--images 3] [--particles 16] [--num-steps 200] [--cess-target 0.9]
+       [--out benchmarks/results]
        [--threads 1] [--smoke]
 """
 from __future__ import annotations
@@ -91,13 +92,14 @@ def run(args):
                 rows.append({"task": tname, "image": i, "solver": name, "N": 1, **quality(rec.mean, x),
                              "nfe_per_particle": cost["nfe"], "seconds": cost["seconds"], "peak_mb": cost["peak_mb"]})
             rec, cost = measured(invdiff.solve, y, op, prior, solver="smc", seed=i, n_samples=args.particles,
-                                 num_steps=args.num_steps, chunk=args.chunk)
+                                 num_steps=args.num_steps, chunk=args.chunk, cess_target=args.cess_target)
             info = rec.info
             row = {"task": tname, "image": i, "solver": "smc", "N": args.particles, **quality(rec.mean, x),
                    "PSNR_one_draw": float(psnr(rec.samples[0], x, 1.0, complex=x.shape[1] == 2).mean()),
                    **calibration(rec.mean, info["std"], x),
                    "ess_end": float(info["ess"][-1].mean()), "ess_min": float(info["ess"].min()),
                    "n_resample": int(info["n_resample"].sum()), "unique_ancestors": int(info["unique_ancestors"][0]),
+                   "n_levels": info["n_levels"], "sigma_min": info["sigma_min"],
                    "nfe_per_particle": info["nfe_per_particle"], "seconds": cost["seconds"],
                    "peak_mb": cost["peak_mb"]}
             rows.append(row)
@@ -108,10 +110,12 @@ def run(args):
                                                                            order[r["solver"]]))
     summary = mean_rows(measured_rows, ["task", "solver", "N"], label={"image": "mean"})
     cols = ["task", "image", "solver", "N", "PSNR", "SSIM", "PSNR_one_draw", "std_err_corr", "cov90", "err/std",
-            "ess_end", "ess_min", "n_resample", "unique_ancestors", "nfe_per_particle", "seconds", "peak_mb", "note"]
+            "ess_end", "ess_min", "n_resample", "unique_ancestors", "n_levels", "sigma_min", "nfe_per_particle",
+            "seconds", "peak_mb", "note"]
     versions = prior_versions(priors)
     notes = (__doc__.split("Usage:")[0] + f"\nSettings: {args.particles} particles, {args.num_steps} noise levels "
-             f"(smc defaults otherwise: variant 'ode', tempering 'noise'), {args.images} held-out images per task, "
+             f"(smc defaults otherwise: variant 'ode', tempering 'noise', ULA corrector, sigma_min = min(0.004 tau, "
+             f"0.1 sigma_y / sqrt(m))), cess_target={args.cess_target}, {args.images} held-out images per task, "
              f"chunk={args.chunk}. Total {time.perf_counter() - t_all:.0f} s.")
     path = write_experiment(args, "smc_images", summary + rows, cols, title="SMC (AFDPS) on phantom images",
                             notes=notes, priors=versions,
@@ -124,6 +128,7 @@ if __name__ == "__main__":
     ap.add_argument("--particles", type=int, default=16)
     ap.add_argument("--num-steps", type=int, default=200)
     ap.add_argument("--chunk", type=int, default=None, help="max particles per network call")
+    ap.add_argument("--cess-target", type=float, default=None, help="smc adaptive levels (None: the EDM grid)")
     ap.add_argument("--tasks", nargs="*", default=None, choices=list(TASKS))
     a = start(ap.parse_args())
     if a.smoke:

@@ -12,7 +12,7 @@ from invdiff.operators import (CT, MRI, CircularBlur, Inpainting, MatrixOperator
                                random_mask, random_mask_1d)
 from invdiff.priors import GaussianMixture
 from invdiff.solvers import available
-from invdiff.solvers.smc import hutchinson_laplacian, tempering_schedule
+from invdiff.solvers.smc import conditional_ess, final_level_sigma, hutchinson_laplacian, tempering_schedule
 
 F64 = torch.float64
 
@@ -42,7 +42,8 @@ def test_registered():
     assert {"smc", "mcgdiff"} <= set(available())
 
 
-@pytest.mark.parametrize("opts", [{}, {"tempering": "none"}, {"variant": "sde", "ess_threshold": 0.5}])
+@pytest.mark.parametrize("opts", [{}, {"tempering": "none"}, {"variant": "sde", "ess_threshold": 0.5},
+                                  {"corrector": "mala", "corrector_steps": 2}, {"cess_target": 0.95}])
 def test_gaussian_posterior_moments(opts):
     prior, op = gauss2d()
     y = torch.tensor([[0.8]])
@@ -230,3 +231,54 @@ def test_reconstruction_std_is_the_weighted_particle_std():
     m = (W[..., None] * P).sum(0)
     want = ((W[..., None] * (P - m) ** 2).sum(0)).sqrt()
     assert torch.allclose(rec.std.double(), want, atol=1e-5) and rec.std.dtype == rec.mean.dtype
+
+
+def test_conditional_ess():
+    g = torch.Generator().manual_seed(0)
+    lw = torch.randn(3, 50, generator=g, dtype=F64)
+    assert torch.allclose(conditional_ess(lw, torch.full((3, 50), 2.0, dtype=F64)), torch.ones(3, dtype=F64))
+    d = torch.randn(3, 50, generator=g, dtype=F64)        # with uniform weights it is the ESS of the increments
+    w = torch.softmax(d, 1)
+    assert torch.allclose(conditional_ess(torch.zeros(3, 50, dtype=F64), d), 1 / (50 * (w ** 2).sum(1)))
+    d[0, :49] = float("-inf")                              # one particle keeps all the weight
+    assert float(conditional_ess(torch.zeros(3, 50, dtype=F64), d)[0]) == pytest.approx(1 / 50)
+
+
+def test_adaptive_levels_and_the_default_smallest_level():
+    prior, op = gauss2d()
+    y = torch.tensor([[0.8]])
+    rec = invdiff.solve(y, op, prior, solver="smc", n_samples=64, num_steps=10, seed=0, cess_target=0.99)
+    lv, ess = rec.info["levels"], rec.info["ess"][:, 0]
+    assert rec.info["n_levels"] == len(lv) - 1 == ess.shape[0] > 10        # levels were inserted
+    assert lv[-1] == 0.0 and all(a > b for a, b in zip(lv, lv[1:]))
+    assert rec.info["nfe_per_particle"] == 2 * rec.info["n_levels"] - 1
+    with pytest.warns(RuntimeWarning, match="max_levels"):
+        capped = invdiff.solve(y, op, prior, solver="smc", n_samples=64, num_steps=10, seed=0, cess_target=0.999,
+                               max_levels=12)
+    assert capped.info["n_levels"] == 12
+    # default sigma_min: EDM's 0.004 tau unless the last step would shake the weights (many precise measurements)
+    assert rec.info["sigma_min"] == pytest.approx(0.004)
+    assert final_level_sigma(0.02, 400) == pytest.approx(1e-4)
+    mri = MRI(random_mask_1d((16, 16), 4, center_fraction=0.125, seed=0), (2, 16, 16), sigma=0.02)
+    ym = mri(torch.zeros(1, 2, 16, 16))
+    out = invdiff.solve(ym, mri, _iso_prior(2, 16), solver="smc", n_samples=2, num_steps=3, seed=0)
+    m = ym[0].numel() * (2 if ym.is_complex() else 1)
+    assert out.info["sigma_min"] == pytest.approx(final_level_sigma(0.02, m), rel=1e-6)
+    assert out.info["sigma_min"] < 0.004 * 0.25
+
+
+def test_mala_corrector_needs_a_density_and_reports_acceptance():
+    prior, op = gauss2d()
+    y = torch.tensor([[0.8]])
+    rec = invdiff.solve(y, op, prior, solver="smc", n_samples=32, num_steps=20, seed=0, corrector="mala")
+    acc = rec.info["acceptance"]
+    assert acc.shape == (19, 1) and 0.2 < float(acc.mean()) <= 1.0
+    assert rec.info["nfe_per_particle"] == 39          # as ULA: the next predictor reuses the corrector's D
+
+    blur = CircularBlur(gaussian_kernel(3, 1.0), (1, 8, 8), sigma=0.1)
+    with pytest.raises(ValueError, match="argument 'corrector'.*log_prob"):
+        invdiff.solve(torch.zeros(1, 1, 8, 8), blur, _iso_prior(1, 8), solver="smc", n_samples=2,
+                      corrector="mala")
+    with pytest.raises(ValueError, match="argument 'cess_target'"):
+        invdiff.solve(y, op, prior, solver="smc", n_samples=4, variant="sde", cess_target=0.5)
+

@@ -40,6 +40,18 @@ gradients); log-weights start at 0. Nonlinear A: Gaussian draws with importance 
   with the prior score frozen: one NFE per corrector step, total Langevin time between ``corrector_step``
   :math:`\sigma'^2` and twice that. Freezing the score is accurate where the likelihood is stiff
   (:math:`\sigma \gg \sigma_y`); at :math:`\sigma \lesssim \sigma_y/\sqrt{\lambda_{max}}` n is 1 or 2.
+  ``corrector="mala"``: Metropolis-adjusted Langevin steps instead (:func:`_mala`), which leave :math:`q_{\sigma'}`
+  exactly invariant. The acceptance ratio needs the *density* of the intermediate target,
+  :math:`\log q_{\sigma'} = \log p_{\sigma'} - \alpha'\mu` up to a constant, i.e. the noised prior's
+  :math:`\log p_{\sigma'}` (``prior.log_prob(x, sigma)``: closed form for a
+  :class:`~invdiff.priors.GaussianMixture`); a network prior gives only the score, so it has ULA only. No substeps; the
+  step starts at ``corrector_step`` / curvature and adapts per measurement to 57 % acceptance; the corrector's last
+  denoiser call is reused by the next predictor (same NFE as ULA). ``info["acceptance"]``: (levels - 1, B).
+- **Adaptive levels** (``cess_target``, "ode"): before each predictor step the step to the next EDM level is
+  shortened, by bisection on :math:`1 - \sigma'/\sigma` (residual evaluations only, D(x, sigma) is reused), until the
+  conditional ESS of its weight increments (Zhou, Johansen & Aston 2016; :func:`conditional_ess`) is at least
+  ``cess_target``; the grid then resumes. At most ``max_levels`` levels (default 4 ``num_steps``; a RuntimeWarning
+  says when the cap was reached). ``info["levels"]`` lists the noise levels used.
 - ``variant="sde"`` (Alg. 2): :math:`V = g`.
   ``integrator="exact"`` (linear A, default): the reverse-SDE (DDPM ancestral) kernel
   :math:`K = \mathcal N(D + (\sigma'/\sigma)^2(x - D),\ \sigma'^2(\sigma^2 - \sigma'^2)/\sigma^2)` tilted exactly by
@@ -55,13 +67,19 @@ gradients); log-weights start at 0. Nonlinear A: Gaussian draws with importance 
   (an Euler-Maruyama step to 0 would reflect the particle about D).
 
 Noise levels: EDM grid (Karras et al. 2022, Eq. 5) from ``sigma_max`` (default :math:`80\tau`) to ``sigma_min``
-(default :math:`0.004\tau`) with :math:`\rho = 7`, then 0: EDM's 80 / 0.002 for data of std 0.5, rescaled to the prior.
+with :math:`\rho = 7`, then 0: EDM's 80 / 0.002 for data of std 0.5, rescaled to the prior. Default ``sigma_min`` =
+:math:`\min(0.004\tau,\ 0.1\,\sigma_y/\sqrt m)` (:func:`final_level_sigma`, m = measurement values): the last step
+:math:`x \to D(x, \sigma_{min})` removes the remaining noise from every measured direction at once, and where the prior
+has no spread of its own its log-weight increment has variance about :math:`m\sigma_{min}^2/\sigma_y^2`; with EDM's value
+alone that one step left ESS/N = 0.06 on the 2048-D MRI mixture (``benchmarks/results/smc_exactness.md``). Variant
+"sde" keeps :math:`0.004\tau`: with the smaller level its exact-kernel run failed on that problem (SW/floor 535; cause not
+investigated).
 
 Outputs: ``samples`` are equally weighted (systematically resampled) draws from the final weighted ensemble,
 ``mean`` is the weighted mean (``reduce="best"``: the highest-weight particle, a MAP-like statistic, not a
 posterior mean). ``info``: the weighted ensemble (``particles`` (N, B, ...), ``weights`` (N, B)), the weighted
-per-pixel ``std``, the ESS/N trace ``ess`` (steps, B), ``n_resample``, ``unique_ancestors``, ``nfe_per_particle``,
-``lambda_max``.
+per-pixel ``std``, the ESS/N trace ``ess`` (levels, B), ``levels`` (the noise levels used, sigma_max ... 0) and
+``n_levels``, ``acceptance`` (MALA), ``n_resample``, ``unique_ancestors``, ``nfe_per_particle``, ``lambda_max``.
 
 **Evidence** ``info["log_evidence"]`` ((B,) float64): the SMC estimate of :math:`\log p(y)` (Del Moral, Doucet & Jasra
 2006): :math:`\log Z_I + \sum_k \log\sum_i W_i^{(k)} w_i^{(k)} - \tfrac m2\log 2\pi\sigma_y^2`, with :math:`W^{(k)}` the normalised
@@ -69,19 +87,24 @@ weights before level k's increment (1/N after a resampling) and
 :math:`Z_I = \int\mathcal N(x; m_0, \rho^2 I)e^{-\alpha_0\mu}dx = (2\pi\sigma_y^2/\alpha_0)^{m/2}\,\mathcal N(y; Am_0, \rho^2AA^\top + \sigma_y^2/\alpha_0 I)`
 (from the SVD basis, or the dense A when n m <= ``EVIDENCE_DENSE_MAX``; None otherwise, e.g. 64x64 multi-coil MRI).
 The "sde" kernels keep their Gaussian determinants and Laplacian constants for it. It is consistent only as far as
-every move leaves its tempered target invariant: measured (``benchmarks/results/smc_evidence.md``) it is within
-0.1 nats or its own standard error on 2-D, but the ULA corrector's O(step) bias shows on 16-D (-0.8 to -0.95 nats
-at ``corrector_step=0.5``, -0.17 to -0.28 at 0.1 x 4 steps) and the 256-D low-rank inpainting problem (+22 nats).
+every move leaves its tempered target invariant. Measured (``benchmarks/results/smc_evidence.md``, 64 particles, 4
+runs): with the default ULA corrector it is within 0.1 nats on 2-D but its O(step) bias shows on 16-D (-0.7 to -1.1
+nats, not shrinking with 800 levels) and on the 256-D low-rank inpainting problem (+22 nats); ``corrector="mala"``
+removes it: within 0.1 nats on the 2-D and 16-D problems at 800 levels (and at 200 levels except the 16-D Gaussian,
+-0.39 +- 0.31), -0.55 +- 0.29 nats (run sd 0.57) at 256-D.
 
 Known limits (reference §1.8-1.9, and our benchmarks): the weights are exact only as the step size -> 0; the
 weight variance grows with the number of measurements, so at image sizes a few lineages carry the ensemble
 (see the ESS trace); multimodal posteriors need many particles; ULA correctors carry an O(step) bias.
-Measured (``benchmarks/results/smc_exactness.md``, N = 64): the defaults (200 levels) meet the exactness goals
-(SW <= 1.5x the Monte Carlo floor, posterior-mean MSE <= 1.05x the MMSE, 90 % coverage in [0.85, 0.95]) up to 8-D
-and on 256-D inpainting, but not on a 16-D four-component mixture (SW/floor 1.87) or 1024-D blur (coverage 0.83):
-that is discretisation, since 800 levels (``num_steps=800``, 4x the NFE) meet every goal on all problems up to
-1024-D (16-D: 1.31 / 1.037 / 0.873). On 2048-D single-coil MRI (1024 measurements) the ESS ends at 0.1-0.2 and
-SW/floor stays at 2-3 with 800-3200 levels: there the weight variance, not the step, is the limit.
+Measured (``benchmarks/results/smc_exactness.md``, goals SW <= 1.5x the Monte Carlo floor, posterior-mean MSE <= 1.05x
+the MMSE, 90 % coverage in [0.85, 0.95]): on 2048-D single-coil MRI (1024 measurements) the smallest-level fix takes
+the defaults (N = 64) from SW/floor 3.98 / MSE 1.41 / coverage 0.68 (ESS/N 0.06 after the last step) to 1.92 / 1.09 /
+0.82, and 800 levels (``num_steps=800``, 4x the NFE) meet all three goals there: 1.25 / 1.020 / 0.864 at N = 64,
+1.34 / 1.020 / 0.881 at N = 128, 1.26 / 1.006 / 0.891 at N = 256. With 800 levels every other problem meets them
+too except the 8-D 25-mode mixture (coverage 0.845). At 200 levels the 16-D mixture (SW/floor 1.94) stays
+discretisation-limited. ``cess_target=0.9`` is between the two (MRI 1.68 / 1.053 / 0.836 at 561 NFE); the MALA
+corrector (exact, but its step shrinks with the dimension to keep 57 % acceptance) mixes too little above 256-D
+(MRI SW/floor 7.9, coverage 0.11), so it is the choice for evidence, not for high-dimensional sampling.
 
 Example:
     >>> import torch, invdiff
@@ -292,6 +315,101 @@ def tempering_schedule(kind: str, sigmas: list[float], *, s_max: float, sigma_y:
     return [1.0 for _ in sigmas]
 
 
+def final_level_sigma(sigma_y: float, m: int, var: float = 0.01) -> float:
+    r""":math:`\sigma_y\sqrt{v/m}`: the smallest noise level below which the last step :math:`x \to D(x, \sigma_{min})`
+    changes the log-weights by a variance of at most v for m measurements, whatever the prior.
+
+    The step removes the noise :math:`\sigma_{min}\varepsilon` from the measured directions; where the prior has no
+    spread of its own (low-dimensional data: a low-rank mixture, natural images) the increment
+    :math:`\alpha\mu(x) - \mu(D(x))` is a sum of m terms of variance about :math:`\sigma_{min}^2/\sigma_y^2`, so
+    :math:`m\sigma_{min}^2/\sigma_y^2 \le v` keeps the ESS of that one step near :math:`e^{-v}`. Measured: EDM's
+    :math:`0.004\tau` leaves ESS/N = 0.06 after this step on the 2048-D MRI mixture (1024 measurements).
+    """
+    return sigma_y * math.sqrt(var / max(m, 1))
+
+
+MALA_ACCEPT = 0.574   # optimal MALA acceptance rate (Roberts & Rosenthal 1998): the corrector's step adapts to it
+
+
+def conditional_ess(log_w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    r"""(G,) conditional ESS of log-weight increments ``delta`` (G, N) given the log-weights ``log_w`` (G, N)
+    (Zhou, Johansen & Aston 2016): :math:`(\sum_i W_i e^{\delta_i})^2 / \sum_i W_i e^{2\delta_i}` in (0, 1], W the
+    normalised weights; 1 when the increment is constant. Non-finite increments count as weight 0."""
+    lw = torch.log_softmax(log_w.to(F64), dim=1)
+    d = torch.where(torch.isfinite(delta), delta.to(F64), torch.full_like(delta, float("-inf"), dtype=F64))
+    c = torch.exp(2 * torch.logsumexp(lw + d, dim=1) - torch.logsumexp(lw + 2 * d, dim=1))
+    return torch.nan_to_num(c, nan=0.0)
+
+
+def _adaptive_level(state, x, Dx, r, lik, sig: float, sig_g: float, a: float, alpha_of, target: float,
+                    rel_tol: float = 0.05, max_iter: int = 40) -> float:
+    r"""The next noise level :math:`\sigma' \in [\sigma_g, \sigma)`: :math:`\sigma_g` if the PF-ODE Euler step to it keeps
+    the conditional ESS of the weight increments :math:`\alpha_\sigma\mu(x) - \alpha_{\sigma'}\mu(x')` at or above
+    ``target``, else (bisection on the step fraction :math:`h = 1 - \sigma'/\sigma`, to ``rel_tol``) the largest such
+    step. Costs residual evaluations only (``Dx`` = D(x, sigma) is reused)."""
+    mu0 = a * lik.value(r)
+
+    def ok(s_next: float) -> bool:
+        xn = x + (1.0 - s_next / sig) * (Dx - x)
+        d = mu0 - alpha_of(s_next) * lik.value(lik.residual(xn))
+        return bool(conditional_ess(state.log_w, d.reshape(state.G, state.N)).min() >= target)
+
+    if ok(sig_g):
+        return sig_g
+    lo, hi = 0.0, 1.0 - sig_g / sig            # accepted / rejected step fractions
+    for _ in range(max_iter):
+        h = 0.5 * (lo + hi)
+        if ok(sig * (1.0 - h)):
+            lo = h
+        else:
+            hi = h
+        if lo > 0 and hi - lo <= rel_tol * hi:
+            break
+    return sig * (1.0 - (lo if lo > 0 else hi))
+
+
+def _mala(x, r, D, lik, log_prior, sig: float, a: float, n_steps: int, eps_frac: torch.Tensor, lam: float,
+          sig_y: float, n_particles: int, randn, generator):
+    r"""``n_steps`` Metropolis-adjusted Langevin steps leaving :math:`q_\sigma \propto p_\sigma e^{-\alpha\mu}` invariant.
+
+    Proposal :math:`x' = x + \epsilon\nabla\log q_\sigma(x) + \sqrt{2\epsilon}\,\xi`, accepted with probability
+    :math:`\min\{1, q_\sigma(x')k(x \mid x')/q_\sigma(x)k(x' \mid x)\}`, :math:`k(b \mid a) = \mathcal N(b; a + \epsilon\nabla\log q_\sigma(a),
+    2\epsilon I)` (Roberts & Tweedie 1996); :math:`\log q_\sigma = \log p_\sigma - \alpha\mu` needs the noised prior's log-density
+    ``log_prior(x, sigma)``, its score :math:`(D(x,\sigma) - x)/\sigma^2`. Step :math:`\epsilon` = ``eps_frac`` / curvature
+    (:math:`\alpha\lambda_{max}/\sigma_y^2 + 1/\sigma^2`), one fraction per measurement, multiplied after every step by
+    :math:`e^{\text{acceptance} - 0.574}` (updated in place). One NFE per step plus one for the start; returns
+    ``(x, r, D(x, sigma), mean acceptance (G,))`` so that the next predictor reuses D.
+    """
+    G = eps_frac.shape[0]
+    curv = a * lam / sig_y ** 2 + 1.0 / sig ** 2
+    shape = (-1,) + (1,) * (x.dim() - 1)
+
+    def evaluate(z, rz):
+        Dz = D(z, sig)
+        return Dz, log_prior(z, sig).to(F64) - a * lik.value(rz), (Dz - z) / sig ** 2 - a * lik.grad(z, rz)
+
+    Dx, lp, g = evaluate(x, r)
+    rates = []
+    for _ in range(n_steps):
+        eps64 = (eps_frac / curv).repeat_interleave(n_particles)
+        eps = eps64.to(x.dtype).reshape(shape)
+        xp = x + eps * g + (2 * eps).sqrt() * randn(x)
+        rp = lik.residual(xp)
+        Dp, lpp, gp = evaluate(xp, rp)
+        fwd, bwd = xp - x - eps * g, x - xp - eps * gp
+        log_ratio = lpp - lp - (inner(bwd, bwd).to(F64) - inner(fwd, fwd).to(F64)) / (4 * eps64)
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        u = torch.rand(x.shape[0], generator=generator, device=gdev, dtype=F64).to(x.device)
+        acc = (torch.log(u) < log_ratio) & torch.isfinite(log_ratio)
+        x, r, Dx, g = (torch.where(acc.reshape(-1, *(1,) * (new.dim() - 1)), new, old)
+                       for new, old in ((xp, x), (rp, r), (Dp, Dx), (gp, g)))
+        lp = torch.where(acc, lpp, lp)
+        rate = acc.reshape(G, n_particles).to(F64).mean(1)
+        eps_frac.mul_(torch.exp(rate - MALA_ACCEPT)).clamp_(1e-4, 1.0)
+        rates.append(rate)
+    return x, r, Dx, torch.stack(rates).mean(0)
+
+
 def _gauss_newton_norm_sq(physics, x0: torch.Tensor, generator, n_iter: int = 20) -> float:
     r""":math:`\lambda_{max}(J^\top J)` of a nonlinear forward model at ``x0`` by power iteration (autograd JVP/VJP)."""
     gdev = generator.device if generator is not None else torch.device("cpu")
@@ -327,13 +445,21 @@ OPTIONS = (
            lo=1),
     Option("sigma_max", float, None, "largest noise level; None: 80 tau (tau^2 = prior variance)", lo=0.0,
            lo_open=True),
-    Option("sigma_min", float, None, "smallest noise level; None: 0.004 tau", lo=0.0, lo_open=True),
+    Option("sigma_min", float, None,
+           "smallest noise level; None: min(0.004 tau, 0.1 sigma_y / sqrt(m)) (sde: 0.004 tau)",
+           lo=0.0, lo_open=True),
     Option("rho", float, 7.0, "EDM grid exponent", lo=0.0, lo_open=True),
     Option("ess_threshold", float, None, "resample when ESS/N falls below it; None: 0.5 for ode, 1 for sde",
            lo=0.0, hi=1.0, lo_open=True),
     Option("resample", str, "systematic", "resampling scheme", choices=("systematic", "multinomial")),
+    Option("cess_target", float, None, "adaptive levels (ode): shorten a step until the conditional ESS of its "
+           "weights is >= this; None: the EDM grid only", lo=0.0, hi=1.0, lo_open=True, hi_open=True),
+    Option("max_levels", int, None, "cap on the levels with cess_target; None: 4 num_steps", lo=1),
     Option("corrector_steps", int, 1, "Langevin corrector steps per level (ode)", lo=0),
-    Option("corrector_step", float, 0.5, "ULA step as a fraction of the stiffest curvature", lo=0.0, lo_open=True),
+    Option("corrector", str, "ula", "ula (unadjusted Langevin) or mala (Metropolis-adjusted; needs prior.log_prob)",
+           choices=("ula", "mala")),
+    Option("corrector_step", float, 0.5, "Langevin step as a fraction of the stiffest curvature (mala: initial)",
+           lo=0.0, lo_open=True),
     Option("corrector_substeps", int, None, "likelihood substeps per corrector step; None: automatic", lo=1),
     Option("integrator", str, None, "sde integrator: exact (linear A) or euler; None: exact for linear A",
            choices=("exact", "euler")),
@@ -353,19 +479,24 @@ OPTIONS = (
 
 @register("smc", options=OPTIONS)
 def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps, sigma_max, sigma_min, rho,
-        ess_threshold, resample, corrector_steps, corrector_step, corrector_substeps, integrator, tempering,
-        stability, max_substeps, hutchinson_probes, hutchinson_eps, sigma_y, cg_iters, chunk, reduce):
+        ess_threshold, resample, cess_target, max_levels, corrector_steps, corrector, corrector_step,
+        corrector_substeps, integrator, tempering, stability, max_substeps, hutchinson_probes, hutchinson_eps,
+        sigma_y, cg_iters, chunk, reduce):
     r"""AFDPS weighted-particle posterior sampler (see module docstring); ``n_samples`` = particles per measurement.
 
     Options:
 
     - ``variant``: "ode" (probability-flow predictor + Langevin corrector, default) or "sde";
     - ``num_steps`` K noise levels (NFE per particle: K for "sde", K + corrector_steps (K - 1) for "ode");
-      ``sigma_max``, ``sigma_min``, ``rho``: the EDM grid (defaults 80 tau, 0.004 tau, 7; tau^2 = prior variance);
+      ``sigma_max``, ``sigma_min``, ``rho``: the EDM grid (defaults 80 tau, min(0.004 tau, 0.1 sigma_y / sqrt(m)) for
+      "ode" and 0.004 tau for "sde", 7; tau^2 = prior variance, m = measurement values);
     - ``ess_threshold`` in (0, 1]: resample when ESS/N falls below it (default 0.5 for "ode", 1.0 = every step for
       "sde"); ``resample``: "systematic" | "multinomial";
-    - ``corrector_steps``, ``corrector_step`` (ULA step as a fraction of the stiffest curvature), ``corrector_substeps``
-      (likelihood substeps per corrector step; default automatic, at most ``max_substeps``);
+    - ``corrector``: "ula" (default) or "mala" (Metropolis-adjusted: exact, needs ``prior.log_prob(x, sigma)``);
+      ``corrector_steps``, ``corrector_step`` (Langevin step as a fraction of the stiffest curvature; MALA: initial),
+      ``corrector_substeps`` (ULA likelihood substeps per corrector step; default automatic, at most ``max_substeps``);
+    - ``cess_target`` in (0, 1) ("ode"): adaptive levels keeping each step's conditional ESS >= it (default None: the
+      EDM grid only), at most ``max_levels`` (default 4 ``num_steps``);
     - ``integrator`` ("sde"): "exact" (linear A, default) or "euler" (Eq. 3.6 Euler-Maruyama with the stability guard
       ``stability`` / ``max_substeps``; Hutchinson Laplacian with ``hutchinson_probes`` / ``hutchinson_eps`` for
       nonlinear A; the only choice for nonlinear A);
@@ -382,6 +513,14 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
     if not linear and integrator != "euler":
         fail("integrator", "'euler' for a nonlinear physics ('exact' needs a linear-Gaussian likelihood)",
              repr(integrator))
+    if variant == "sde" and cess_target is not None:
+        fail("cess_target", "None for variant='sde' (adaptive levels are for the probability-flow predictor)",
+             cess_target)
+    log_prior = getattr(prior, "log_prob", None)
+    if corrector == "mala" and not callable(log_prior):
+        fail("corrector", "'ula' for this prior: 'mala' needs the noised prior's log-density prior.log_prob(x, sigma) "
+                          f"({type(prior).__name__} has only a score)", repr(corrector))
+    max_levels = 4 * num_steps if max_levels is None else max_levels
     sig_y = noise_sigma(physics) if sigma_y is None else sigma_y
     if not sig_y > 0:
         fail("sigma_y", "a noise level > 0 for solver 'smc' (its likelihood exp(-||Ax - y||^2 / 2 sigma_y^2) needs "
@@ -389,6 +528,9 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
 
     yy = chains_batch(y, n_samples)
     x_like = _x_like(yy, physics, prior, linear)
+    if sigma_min is None and variant == "ode":   # the last step must not collapse the weights (final_level_sigma)
+        tau = math.sqrt(prior_moments(prior, x_like)[1])
+        sigma_min = min(0.004 * tau, final_level_sigma(sig_y, _flat_y(yy[:1]).shape[1]))
     m0, tau2, s_max, s_min = noise_range(prior, x_like, sigma_max, sigma_min)
     sigmas = edm_sigmas(num_steps, s_min, s_max, rho)
     lik = GaussianLikelihood(physics, yy, sig_y, linear=linear, chunk=chunk)
@@ -406,6 +548,10 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
         basis = spectral_basis(physics, x_like, generator) if linear else None
         cg_res = []
         alphas = tempering_schedule(tempering, sigmas, s_max=s_max, sigma_y=sig_y, lam=lam)
+
+        def alpha_of(s_: float) -> float:
+            return tempering_schedule(tempering, [s_], s_max=s_max, sigma_y=sig_y, lam=lam)[0]
+
         # evidence: the Gaussian normalising constants need the spectrum of A A^T (linear A; None if too costly)
         spec = gram_spectrum(physics, basis, x_like, yy) if linear else None
         m_y = _flat_y(yy[:1]).shape[1]
@@ -443,19 +589,43 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
             state.reweight(-alphas[0] * lik.value(r))   # its evidence increment estimates log Z_I
             log_z_init = torch.zeros(y.shape[0], dtype=F64, device=yy.device)
         substeps, warned = [], False
-        K = num_steps
-        for k in progress_bar(range(K), progress, f"smc-{variant}"):
-            sig, sig_n = sigmas[k], sigmas[k + 1]
-            a, a_n = alphas[k], alphas[k + 1]
+        levels, accept, eps_frac = [s_max], [], None
+        D_cur = None                  # D(x, sig) of the current particles when the MALA corrector has it (0 NFE)
+        k_grid, sig, a = 1, s_max, alphas[0]
+        bar = progress_bar(range(0), progress, f"smc-{variant}", total=num_steps) if progress else None
+        cap_hit = False
+        while sig > 0.0:
+            if bar is not None:
+                bar.update(1)
+            sig_g = sigmas[k_grid]        # next level of the EDM grid
             x = state.x
-            Dx = D(x, sig)
+            Dx = D(x, sig) if D_cur is None else D_cur
+            D_cur = None
+            sig_n = sig_g
+            can_insert = len(levels) - 1 + len(sigmas) - k_grid < max_levels
+            cap_hit = cap_hit or (cess_target is not None and not can_insert)
+            if cess_target is not None and can_insert:
+                # adaptive level: the largest PF-ODE Euler step towards sig_g whose incremental weights keep the
+                # conditional ESS >= cess_target (Zhou, Johansen & Aston 2016); 0 NFE (D(x, sig) is reused)
+                sig_n = _adaptive_level(state, x, Dx, r, lik, sig, sig_g, a, alpha_of, cess_target)
+            if sig_n == sig_g:
+                k_grid += 1
+            a_n = alpha_of(sig_n)
+            levels.append(sig_n)
             if variant == "ode" or sig_n == 0.0:
                 # ---- predictor: PF-ODE Euler (Eq. 3.6, V = 0); weight = exact path integral of -d[alpha mu] ----
                 x = x + (1.0 - sig_n / sig) * (Dx - x)
                 r_n = lik.residual(x)
                 state.reweight(a * lik.value(r) - a_n * lik.value(r_n))
                 r = r_n
-                for _ in range(corrector_steps if sig_n > 0 else 0):      # ---- corrector at sigma_{k+1} (Alg. 3) ----
+                n_corr = corrector_steps if sig_n > 0 else 0
+                if corrector == "mala" and n_corr:        # ---- MALA corrector at sigma_{k+1}: exact invariance ----
+                    if eps_frac is None:
+                        eps_frac = torch.full((y.shape[0],), float(corrector_step), dtype=F64, device=x.device)
+                    x, r, D_cur, acc = _mala(x, r, D, lik, log_prior, sig_n, a_n, n_corr, eps_frac, lam, sig_y,
+                                             n_samples, randn, generator)
+                    accept.append(acc)
+                for _ in range(n_corr if corrector == "ula" else 0):    # ---- ULA corrector at sigma_{k+1} (Alg 3) --
                     # ULA on q_sigma: x += eps (score - alpha grad mu) + sqrt(2 eps) xi, eps = c / curvature; the
                     # stiff likelihood part runs n_in substeps with the prior score frozen (1 NFE per corrector step)
                     score = (D(x, sig_n) - x) / sig_n ** 2
@@ -510,13 +680,20 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
                     r = lik.residual(x)
             state.x = x
             if state.quarantine(r):
-                r = lik.residual(state.x)
+                r, D_cur = lik.residual(state.x), None
             state.record()
-            if k < K - 1:
+            if sig_n > 0.0:
                 rows = state.resample(generator=generator, threshold=ess_threshold, method=resample)  # Alg. 1
                 if rows is not None:
                     r = r.index_select(0, rows)
+                    D_cur = D_cur.index_select(0, rows) if D_cur is not None else None
+            sig, a = sig_n, a_n
 
+    if bar is not None:
+        bar.close()
+    if cap_hit:
+        warnings.warn(f"smc: the adaptive levels reached max_levels = {max_levels}; the rest followed the EDM grid "
+                      "(raise max_levels or num_steps, or lower cess_target)", RuntimeWarning, stacklevel=3)
     # ---- outputs: weighted ensemble, equally weighted draws, weighted moments ----
     mean = state.weighted_mean()
     if reduce == "best":
@@ -528,7 +705,9 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
     log_ev = (log_z_init.to(state.log_evidence.device) + state.log_evidence
               - 0.5 * m_y * math.log(2 * math.pi * sig_y ** 2)) if evidence_ok else None
     info = {
-        "variant": variant, "num_steps": num_steps, "sigma_max": s_max, "sigma_min": s_min, "rho": rho,
+        "variant": variant, "num_steps": num_steps, "levels": levels, "n_levels": len(levels) - 1,
+        "corrector": corrector if variant == "ode" else None, "cess_target": cess_target,
+        "acceptance": torch.stack(accept).cpu() if accept else None, "sigma_max": s_max, "sigma_min": s_min, "rho": rho,
         "sigma_y": sig_y, "tempering": tempering, "ess_threshold": ess_threshold, "resample": resample,
         "corrector_steps": corrector_steps if variant == "ode" else 0,
         "integrator": integrator if variant == "sde" else None, "reduce": reduce,
