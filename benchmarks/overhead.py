@@ -50,6 +50,9 @@ CASES = [
     ("diffpir", "mri-4x-multicoil", {"num_steps": 50, "prox": "cg"}),
     ("dds", "ct-8view", {"num_steps": 50, "n_samples": 4}),
     ("red-diff", "mri-4x-multicoil", {"num_steps": 50, "n_samples": 4}),
+    # conditional-dc needs a conditional prior: the shipped MRI one (no CT conditional prior is shipped)
+    ("conditional-dc", "mri-4x-multicoil", {"num_steps": 50, "prior": "mri-brainphantom-64-cond"}),
+    ("conditional-dc", "mri-4x-singlecoil", {"num_steps": 50, "prior": "mri-brainphantom-64-cond"}),
 ]
 
 #: realistic sizes for a GPU (benchmarks/gpu.sh): 320x320 MRI with 15 coils (4x equispaced), 512x512 CT with 180
@@ -75,6 +78,7 @@ solver, task_name, opts, device, size, precision = json.loads(sys.argv[1])
 opts = dict(opts)
 depth = opts.pop("depth", 4)
 n_samples = opts.pop("n_samples", 1)
+prior_name = opts.pop("prior", None)            # a case's own prior (conditional-dc), else the task's
 sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
 state = {"net": 0.0, "t_bwd": None, "forward": 0, "backward": 0}
 
@@ -150,7 +154,7 @@ with torch.no_grad():
 x = x.to(device)
 if device != "cpu":
     y, phys = y.to(device), phys.to(device)
-prior = load(task.prior, device=device, **({"precision": precision} if precision != "fp32" else {}))
+prior = load(prior_name or task.prior, device=device, **({"precision": precision} if precision != "fp32" else {}))
 prior.net = TimedNet(prior.net)
 if device.startswith("cuda"):
     torch.cuda.reset_peak_memory_stats()
