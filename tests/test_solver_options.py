@@ -189,3 +189,16 @@ def test_without_a_measured_row_the_solver_defaults_and_output_are_unchanged():
     a = invdiff.solve(y, op, Iso(), solver="red-diff", num_steps=5, seed=3)
     b = invdiff.solve(y, op, Iso(), solver="red-diff", num_steps=5, seed=3, preset="default", weighting="linear")
     assert torch.equal(a.mean, b.mean) and "measured_defaults" not in a.info
+
+
+def test_dps_weight_follows_the_number_of_steps_the_caller_asks_for():
+    from invdiff.operators import CT
+    from invdiff.solvers.base import resolve_options
+
+    ct, ct_prior = CT(16, n_views=8, sigma=0.01), Iso(value_range=(0.0, 1.0))
+    assert measured("dps", ct, ct_prior, {})["options"]["weight"] == 1000.0            # spec default: 1000 steps
+    assert measured("dps", ct, ct_prior, {"num_steps": 200})["options"]["weight"] == 1000.0
+    assert measured("dps", ct, ct_prior, {"num_steps": 100})["options"]["weight"] == 500.0   # capped at 5 / step
+    assert measured("dps", ct, ct_prior, {"num_steps": 20, "weight": 7.0}) == {}          # explicit wins
+    resolved, _ = resolve_options("dps", {"num_steps": "50"}, ct, ct_prior)               # CLI strings too
+    assert resolved["num_steps"] == 50 and resolved["weight"] == 250.0
