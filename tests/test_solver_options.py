@@ -140,6 +140,9 @@ def test_operator_kinds_of_the_bench_tasks():
     for t, kind in want.items():
         assert operator_kind(TASKS[t].physics(32, 4)) == kind, t
     assert operator_kind(MatrixOperator(torch.eye(3), sigma=0.1)) is None
+    from invdiff.solvers.defaults import wide_band       # camera shake keeps most frequencies, a Gaussian few
+
+    assert wide_band(TASKS["deblur-motion"].physics(32, 4)) and not wide_band(TASKS["deblur-gaussian"].physics(32, 4))
     from invdiff.operators import MRI
 
     mask3d = (torch.rand(4, 16, 16, generator=torch.Generator().manual_seed(0)) > 0.5).float()
@@ -161,7 +164,7 @@ def test_measured_defaults_apply_only_where_measured_and_explicit_options_win():
     assert measured("red-diff", mri, Iso(), {}) == {}                                     # no value range: none
     noisy = MultiCoilMRI(mri.mask, birdcage_maps(4, (16, 16)), img_size=(2, 16, 16), sigma=0.1)
     assert measured("red-diff", noisy, mri_prior, {}) == {}                               # outside the sigma range
-    assert measured("dds", mri, mri_prior, {})["options"]["gamma"] == pytest.approx(10.0)
+    assert measured("dds", mri, mri_prior, {})["options"]["gamma"] == pytest.approx(10.0 * 3 ** 0.5)
     from invdiff.operators import CT
 
     ct_prior = Iso(value_range=(0.0, 1.0))
