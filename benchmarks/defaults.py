@@ -8,7 +8,7 @@ the bench tasks (:mod:`invdiff.bench.tasks`, noise 0.01, 64 x 64):
 - ``PSNR_tuned``: the solver with its per-task tuned options: per task, a small grid around the resolved
   default (:func:`_grid`, one knob at a time: dds gamma x {1/3, 1/sqrt3, sqrt3, 3}; red-diff lr and lam x {1/3, 3};
   ddrm eta in {0.5, 1}, eta_b in {0.6, 0.8}; mcgdiff sigma_y in {2, 4} x the noise std; diffpir lambda x {1/3, 3}
-  and two other zeta in {0.1, 0.3, 0.6}; smc tempering "linear" or sigma_y = 2 x the noise std; dps weight x {1/3,
+  and zeta 0.3; smc tempering "linear" or sigma_y = 2 x the noise std; dps weight x {1/3,
   3}: the costly smc and dps get two candidates only) is run on a separate tuning image (held-out index 1000,
   never evaluated); the best there is then evaluated on the images;
 - ``PSNR_baseline``: the task's classical baseline (TV or l1-wavelet with the task's tuned weight) and the
@@ -65,7 +65,7 @@ def _grid(solver: str, d: dict, sigma: float) -> list[dict]:
     elif solver == "mcgdiff":    # the likelihood's noise std (sigma_y > sigma tempers the data term)
         grid = [{"sigma_y": f * sigma} for f in (2.0, 4.0)]
     elif solver == "diffpir":    # prior weight lambda in the data step, re-injected noise zeta (in [0, 1])
-        grid = scaled("lambda_", (1 / 3, 3.0)) + [{"zeta": z} for z in (0.1, 0.3, 0.6) if z != d["zeta"]][:2]
+        grid = scaled("lambda_", (1 / 3, 3.0)) + ([{"zeta": 0.3}] if d["zeta"] != 0.3 else [{"zeta": 0.6}])
     elif solver == "smc":        # likelihood tempering and the likelihood's noise std
         grid = [{"tempering": "linear"}, {"sigma_y": 2.0 * sigma}]
     elif solver == "dps":        # guidance weight
@@ -99,6 +99,7 @@ def main(argv=None):
     p.add_argument("--solvers", default=",".join(SOLVERS), help="which solvers, in the order they run")
     p.add_argument("--no-tune", default="", help="solvers whose per-task tuning is not run (comma-separated)")
     p.add_argument("--dps-tasks", default=None, help="DPS only on these tasks (default: every task)")
+    p.add_argument("--dps-tune-tasks", default=None, help="DPS's tuning only on these tasks (default: every task)")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--cache", default=None, help="folder of per-row JSON files: a rerun skips rows already there")
     p.add_argument("--notes", default=None, help="a markdown file appended to the results (run notes)")
@@ -188,7 +189,9 @@ def main(argv=None):
                 skipped.append(f"{tname} / dps: not run (DPS only on --dps-tasks, CPU budget)")
                 continue
             plan.append((1 + solvers.index(s), tname, s, "default"))
-            if s not in no_tune:  # right after the solver's defaults; the costly solvers' after every default
+            if s == "dps" and a.dps_tune_tasks is not None and tname not in a.dps_tune_tasks.split(","):
+                skipped.append(f"{tname} / dps: tuning not run (--dps-tune-tasks, CPU budget)")
+            elif s not in no_tune:  # right after the solver's defaults; the costly solvers' after every default
                 plan.append(((100 if s in COSTLY else 1.5) + solvers.index(s), tname, s, "tune"))
     plan.sort(key=lambda e: e[0])
     for _, tname, solver, label in plan:
