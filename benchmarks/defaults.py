@@ -16,7 +16,7 @@ the bench tasks (:mod:`invdiff.bench.tasks`, noise 0.01, 64 x 64):
 - NFE and seconds per image (1 torch thread; the machine was shared, so seconds are an upper bound).
 
 Rows run in the order of ``--solvers`` (baselines first; each solver's defaults then its tuning, except that the tunings
-of the costly diffpir, smc and dps run after every solver's defaults) and the script
+of the costly diffpir and smc run after every solver's defaults) and the script
 stops launching rows when ``--budget`` CPU seconds are spent (rows not run are listed); the tables are rewritten
 after every row. Writes ``benchmarks/results/defaults.{json,md}``.
 
@@ -44,8 +44,8 @@ OUT = Path(__file__).parent / "results"
 #: cheapest first, so that a spent budget cuts the most expensive rows
 SOLVERS = ["dds", "red-diff", "ddrm", "mcgdiff", "diffpir", "smc", "dps"]
 TUNE_IMAGE = 1000
-#: solvers whose tunings run after every solver's defaults
-COSTLY = ("diffpir", "smc", "dps")
+#: solvers whose tunings run after every solver's defaults (dps's tuning is limited by --dps-tune-tasks instead)
+COSTLY = ("diffpir", "smc")
 _R3 = 3.0 ** 0.5
 
 
