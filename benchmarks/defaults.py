@@ -49,6 +49,10 @@ COSTLY = ("diffpir", "smc")
 _R3 = 3.0 ** 0.5
 
 
+class NotRun(Exception):
+    """A row that ``--cached-only`` did not find in the row cache."""
+
+
 def _grid(solver: str, d: dict, sigma: float) -> list[dict]:
     """The per-task tuning candidates of ``solver`` around its resolved defaults ``d`` (the default, ``{}``, first);
     ``sigma``: the task's measurement noise std. One knob varied at a time; the costly samplers (smc, dps) get two
@@ -102,6 +106,8 @@ def main(argv=None):
     p.add_argument("--dps-tune-tasks", default=None, help="DPS's tuning only on these tasks (default: every task)")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--cache", default=None, help="folder of per-row JSON files: a rerun skips rows already there")
+    p.add_argument("--cached-only", action="store_true", help="run no row: take every row from --cache and list the "
+                   "rows not there as not run (writes the tables of earlier invocations in one pass)")
     p.add_argument("--notes", default=None, help="a markdown file appended to the results (run notes)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -149,6 +155,8 @@ def main(argv=None):
         key = f"{task}__{solver}__{hashlib.sha1(key.encode()).hexdigest()[:16]}__{image}__{first}"
         r = RowSpec(task, solver, label, options, prior_name, image)
         r.key = key
+        if a.cached_only and not cache.path(key).is_file():
+            raise NotRun(key)
         row = cache.get(key, lambda: run_row(r, dict(cfg, first_image=first), prior_cache))
         return dict(row, options=options, resolved={k: v for k, v in eff.items() if isinstance(v, (int, float, str))})
 
@@ -214,27 +222,37 @@ def main(argv=None):
             base = resolved(tname, solver, {}, prior_name)
             cands = _grid(solver, base, cfg["noise"])
             scores = []
-            for c in cands:
-                try:
-                    scores.append(run(tname, solver, "tune", c, prior_name, 0, TUNE_IMAGE)["PSNR"])
-                except (ValueError, TypeError, RuntimeError) as e:
-                    scores.append(float("-inf"))
-                    skipped.append(f"{tname} / {solver} {c}: tuning run failed ({e})"[:200])
-            best = max(range(len(cands)), key=lambda i: scores[i])
+            try:
+                for c in cands:
+                    try:
+                        scores.append(run(tname, solver, "tune", c, prior_name, 0, TUNE_IMAGE)["PSNR"])
+                    except (ValueError, TypeError, RuntimeError) as e:
+                        scores.append(float("-inf"))
+                        skipped.append(f"{tname} / {solver} {c}: tuning run failed ({e})"[:200])
+                best = max(range(len(cands)), key=lambda i: scores[i])
+                tuned = [dict(run(tname, solver, "tuned", cands[best], prior_name, i), label="tuned")
+                         for i in range(a.images)] if cands[best] else []
+            except NotRun:
+                skipped.append(f"{tname} / {solver} (tune): not run (CPU budget of the session)")
+                continue
             knobs = sorted({k for c in cands for k in c})
             tuning.append({"task": tname, "solver": solver, "default": {k: base.get(k) for k in knobs},
                            "candidates": cands, "PSNR_tuning_image": scores, "best": cands[best]})
-            if cands[best]:
-                for i in range(a.images):
-                    rows.append(dict(run(tname, solver, "tuned", cands[best], prior_name, i), label="tuned"))
+            rows.extend(tuned)
         else:
+            done = []
             for i in range(a.images):
                 try:
-                    row = run(tname, solver, label, opts, prior_name, i)
+                    done.append(dict(run(tname, solver, label, opts, prior_name, i), label=label))
+                except NotRun:
+                    skipped.append(f"{tname} / {solver} ({label}): not run (CPU budget of the session)")
+                    done = []
+                    break
                 except (ValueError, TypeError, RuntimeError) as e:
                     skipped.append(f"{tname} / {solver}: failed ({e})"[:300])
+                    done = []
                     break
-                rows.append(dict(row, label=label))
+            rows.extend(done)
         write()
         print(f"{spent():7.0f} s  {tname:<20} {solver:<10} {label:<8} {rows[-1]['PSNR'] if rows else ''}", flush=True)
     print(write())
