@@ -143,6 +143,10 @@ def test_operator_kinds_of_the_bench_tasks():
     from invdiff.solvers.defaults import wide_band       # camera shake keeps most frequencies, a Gaussian few
 
     assert wide_band(TASKS["deblur-motion"].physics(32, 4)) and not wide_band(TASKS["deblur-gaussian"].physics(32, 4))
+    from invdiff.solvers.defaults import sparse_kspace   # 8x: 1/8 of k-space (+ centre), 4x: about 1/4
+
+    assert sparse_kspace(TASKS["mri-8x-singlecoil"].physics(32, 4))
+    assert not sparse_kspace(TASKS["mri-4x-singlecoil"].physics(32, 4))
     from invdiff.operators import MRI
 
     mask3d = (torch.rand(4, 16, 16, generator=torch.Generator().manual_seed(0)) > 0.5).float()
