@@ -38,8 +38,9 @@ GRID = {50: [100.0, 250.0, 500.0], 100: [30.0, 100.0, 300.0, 500.0, 1000.0],
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", default="ct-8view,mri-4x-multicoil")
-    p.add_argument("--steps", default="50,100,200,500", help="step counts (1000 steps: benchmarks/results/priors/NOTES.md "
-                   "has ct-8view and mri-4x-multicoil with weight in {30..3000}, 1000 best)")
+    p.add_argument("--steps", default="50,100,200,500",
+                   help="step counts (1000 steps: benchmarks/results/priors/NOTES.md has ct-8view and "
+                        "mri-4x-multicoil with weight in {30..3000}, 1000 best)")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--cache", default=None)
     a = p.parse_args(argv)
