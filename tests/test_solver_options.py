@@ -140,6 +140,13 @@ def test_operator_kinds_of_the_bench_tasks():
     for t, kind in want.items():
         assert operator_kind(TASKS[t].physics(32, 4)) == kind, t
     assert operator_kind(MatrixOperator(torch.eye(3), sigma=0.1)) is None
+    from invdiff.solvers.defaults import wide_band       # camera shake keeps most frequencies, a Gaussian few
+
+    assert wide_band(TASKS["deblur-motion"].physics(32, 4)) and not wide_band(TASKS["deblur-gaussian"].physics(32, 4))
+    from invdiff.solvers.defaults import sparse_kspace   # 8x: 1/8 of k-space (+ centre), 4x: about 1/4
+
+    assert sparse_kspace(TASKS["mri-8x-singlecoil"].physics(32, 4))
+    assert not sparse_kspace(TASKS["mri-4x-singlecoil"].physics(32, 4))
     from invdiff.operators import MRI
 
     mask3d = (torch.rand(4, 16, 16, generator=torch.Generator().manual_seed(0)) > 0.5).float()
@@ -161,7 +168,7 @@ def test_measured_defaults_apply_only_where_measured_and_explicit_options_win():
     assert measured("red-diff", mri, Iso(), {}) == {}                                     # no value range: none
     noisy = MultiCoilMRI(mri.mask, birdcage_maps(4, (16, 16)), img_size=(2, 16, 16), sigma=0.1)
     assert measured("red-diff", noisy, mri_prior, {}) == {}                               # outside the sigma range
-    assert measured("dds", mri, mri_prior, {})["options"]["gamma"] == pytest.approx(10.0)
+    assert measured("dds", mri, mri_prior, {})["options"]["gamma"] == pytest.approx(10.0 * 3 ** 0.5)
     from invdiff.operators import CT
 
     ct_prior = Iso(value_range=(0.0, 1.0))
@@ -189,3 +196,16 @@ def test_without_a_measured_row_the_solver_defaults_and_output_are_unchanged():
     a = invdiff.solve(y, op, Iso(), solver="red-diff", num_steps=5, seed=3)
     b = invdiff.solve(y, op, Iso(), solver="red-diff", num_steps=5, seed=3, preset="default", weighting="linear")
     assert torch.equal(a.mean, b.mean) and "measured_defaults" not in a.info
+
+
+def test_dps_weight_follows_the_number_of_steps_the_caller_asks_for():
+    from invdiff.operators import CT
+    from invdiff.solvers.base import resolve_options
+
+    ct, ct_prior = CT(16, n_views=8, sigma=0.01), Iso(value_range=(0.0, 1.0))
+    assert measured("dps", ct, ct_prior, {})["options"]["weight"] == 1000.0            # spec default: 1000 steps
+    assert measured("dps", ct, ct_prior, {"num_steps": 200})["options"]["weight"] == 1000.0
+    assert measured("dps", ct, ct_prior, {"num_steps": 100})["options"]["weight"] == 500.0   # capped at 5 / step
+    assert measured("dps", ct, ct_prior, {"num_steps": 20, "weight": 7.0}) == {}          # explicit wins
+    resolved, _ = resolve_options("dps", {"num_steps": "50"}, ct, ct_prior)               # CLI strings too
+    assert resolved["num_steps"] == 50 and resolved["weight"] == 250.0
