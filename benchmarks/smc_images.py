@@ -114,7 +114,7 @@ def run(args):
             "seconds", "peak_mb", "note"]
     versions = prior_versions(priors)
     notes = (__doc__.split("Usage:")[0] + f"\nSettings: {args.particles} particles, {args.num_steps} noise levels "
-             f"(smc defaults otherwise: variant 'ode', tempering 'noise', ULA corrector, sigma_min = min(0.004 tau, "
+             f"(smc defaults otherwise, the measured per-operator ones included: variant 'ode', tempering 'linear' on multi-coil MRI and 'noise' on CT (invdiff.solvers.defaults), ULA corrector, sigma_min = min(0.004 tau, "
              f"0.1 sigma_y / sqrt(m))), cess_target={args.cess_target}, {args.images} held-out images per task, "
              f"chunk={args.chunk}. Total {time.perf_counter() - t_all:.0f} s.")
     path = write_experiment(args, "smc_images", summary + rows, cols, title="SMC (AFDPS) on phantom images",
