@@ -12,7 +12,9 @@ from invdiff.operators import (CT, MRI, CircularBlur, Inpainting, MatrixOperator
                                random_mask, random_mask_1d)
 from invdiff.priors import GaussianMixture
 from invdiff.solvers import available
-from invdiff.solvers.smc import conditional_ess, final_level_sigma, hutchinson_laplacian, tempering_schedule
+from invdiff.solvers.smc import tempering_schedule
+from invdiff.solvers.smc_likelihood import hutchinson_laplacian
+from invdiff.solvers.smc_moves import conditional_ess, final_level_sigma
 
 F64 = torch.float64
 

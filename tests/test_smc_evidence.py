@@ -8,7 +8,7 @@ import invdiff
 from invdiff.operators import MatrixOperator
 from invdiff.priors import GaussianMixture
 from invdiff.solvers.particles import spectral_basis
-from invdiff.solvers.smc import gram_spectrum, log_gaussian_evidence
+from invdiff.solvers.smc_likelihood import gram_spectrum, log_gaussian_evidence
 
 
 def _mixture_2d():

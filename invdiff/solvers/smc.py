@@ -128,6 +128,8 @@ from ..schedules import EDMSchedule
 from .base import Option, SolverOutput, chains_batch, chains_unbatch, progress_bar, register
 from .particles import ParticleState, map_chunked, sample_linear_gaussian, spectral_basis
 from .primitives import inner, noise_sigma, op_norm_sq
+from .smc_likelihood import GaussianLikelihood, _flat_y, gram_spectrum, log_gaussian_evidence
+from .smc_moves import _adaptive_level, _mala, final_level_sigma
 
 F64 = torch.float64
 
@@ -186,117 +188,6 @@ def _denoiser(prior, chunk):
     return D, counter
 
 
-class GaussianLikelihood:
-    r""":math:`\mu(x) = \|A(x) - y\|^2 / 2\sigma_y^2` with its gradient and Laplacian, per particle.
-
-    Linear physics: :math:`\nabla\mu = A^\top(Ax - y)/\sigma_y^2` (no autograd), :math:`\Delta\mu = \|A\|_F^2/\sigma_y^2`
-    constant (returned as None: it cancels on normalisation). Nonlinear physics: :math:`\nabla\mu` by a
-    vector-Jacobian product, :math:`\Delta\mu` by Hutchinson's estimator with Rademacher probes v,
-    :math:`v^\top(\nabla\mu(x + \epsilon v) - \nabla\mu(x - \epsilon v))/2\epsilon` (central differences).
-    """
-
-    def __init__(self, physics, y: torch.Tensor, sigma_y: float, *, linear: bool, chunk: int | None = None):
-        self.physics, self.y, self.s2, self.linear, self.chunk = physics, y, float(sigma_y) ** 2, linear, chunk
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return map_chunked(lambda xx, yy: self.physics.A(xx) - yy, x, self.y, chunk=self.chunk)
-
-    def value(self, r: torch.Tensor) -> torch.Tensor:
-        """(B,) float64 mu from residuals."""
-        return 0.5 * r.reshape(r.shape[0], -1).to(F64).pow(2).sum(1) / self.s2
-
-    def grad(self, x: torch.Tensor, r: torch.Tensor | None = None) -> torch.Tensor:
-        if self.linear:
-            r = self.residual(x) if r is None else r
-            with torch.no_grad():
-                return map_chunked(self.physics.A_adjoint, r, chunk=self.chunk) / self.s2
-        return map_chunked(self._vjp_grad, x, self.y, chunk=self.chunk)
-
-    def _vjp_grad(self, x, y):
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            out = self.physics.A(xg)
-            (g,) = torch.autograd.grad(out, xg, grad_outputs=(out - y).detach() / self.s2)
-        return g.detach()
-
-    def laplacian(self, x: torch.Tensor, *, generator, probes: int, eps: float) -> torch.Tensor | None:
-        if self.linear:
-            return None
-        return hutchinson_laplacian(self.grad, x, generator=generator, probes=probes, eps=eps)
-
-
-EVIDENCE_DENSE_MAX = 1 << 23   # n * m above which an operator without a cheap SVD is not materialised for the evidence
-
-
-class GramSpectrum:
-    r"""The nonzero eigenvalues :math:`\lambda_k` of :math:`AA^\top` and the projections :math:`u_k^\top e` of
-    measurement-space vectors on their eigenvectors: what the Gaussian normalising constants of the evidence need.
-
-    From a :class:`~invdiff.solvers.particles.SpectralBasis` (exact, free), else from the dense matrix of A when
-    :math:`n m \le` ``EVIDENCE_DENSE_MAX`` (n applications of A, one m x m eigendecomposition), else unavailable
-    (:func:`gram_spectrum` returns None).
-    """
-
-    def __init__(self, lam: torch.Tensor, proj, m: int):
-        self.lam, self.proj, self.m = lam, proj, m
-
-
-def _flat_y(e: torch.Tensor) -> torch.Tensor:
-    if e.is_complex():
-        e = torch.view_as_real(e)
-    return e.reshape(e.shape[0], -1).to(F64)
-
-
-def gram_spectrum(physics, basis, x_like: torch.Tensor, y: torch.Tensor) -> GramSpectrum | None:
-    """See :class:`GramSpectrum`; ``y`` fixes the measurement layout (m = values per measurement)."""
-    m = _flat_y(y[:1]).shape[1]
-    if basis is not None:
-        s = basis.s.to(device=x_like.device, dtype=F64).expand(x_like[:1].shape).reshape(-1)
-        keep = s > 0
-
-        def proj(e):
-            return basis.ybar(e).to(F64).reshape(e.shape[0], -1)[:, keep]
-
-        return GramSpectrum(s[keep] ** 2, proj, m)
-    n = x_like[0].numel()
-    if n * m > EVIDENCE_DENSE_MAX:
-        return None
-    with torch.no_grad():
-        cols = []
-        for i in range(0, n, 256):
-            E = torch.eye(n, dtype=x_like.dtype, device=x_like.device)[i:i + 256]
-            cols.append(_flat_y(physics.A(E.reshape(E.shape[0], *x_like.shape[1:]))))
-        M = torch.cat(cols, 0).T                                                      # (m, n)
-        lam, U = torch.linalg.eigh(M @ M.T)
-        keep = lam > lam.max().clamp_min(1e-300) * max(M.shape) * 1e-12
-    Uk = U[:, keep]
-    return GramSpectrum(lam[keep], lambda e: _flat_y(e) @ Uk, m)
-
-
-def log_gaussian_evidence(spec: GramSpectrum, e: torch.Tensor, rho2: float, v: float) -> torch.Tensor:
-    r"""(B,) :math:`\log\mathcal N(e; 0, \rho^2 AA^\top + vI_m)` for residuals :math:`e = y - Am_0` ((B, *y_shape)):
-    :math:`-\tfrac12[m\log 2\pi + \sum_k\log(\rho^2\lambda_k + v) + (m - r)\log v + \sum_k \hat e_k^2/(\rho^2\lambda_k + v)
-    + (\|e\|^2 - \sum_k\hat e_k^2)/v]`, :math:`\hat e_k = u_k^\top e`, r the rank."""
-    ef, eh = _flat_y(e), spec.proj(e)
-    d = rho2 * spec.lam + v
-    r = spec.lam.numel()
-    quad = (eh ** 2 / d).sum(1) + ((ef ** 2).sum(1) - (eh ** 2).sum(1)).clamp_min(0) / v
-    return -0.5 * (spec.m * math.log(2 * math.pi) + torch.log(d).sum() + (spec.m - r) * math.log(v) + quad)
-
-
-def hutchinson_laplacian(grad_fn, x: torch.Tensor, *, generator, probes: int = 1, eps: float = 1e-3) -> torch.Tensor:
-    r"""(B,) Hutchinson (1989) estimate of :math:`\mathrm{tr}\,\nabla^2 f` per sample from the gradient ``grad_fn``:
-    :math:`\frac1M\sum_m v_m^\top(\nabla f(x + \epsilon v_m) - \nabla f(x - \epsilon v_m))/2\epsilon` with Rademacher
-    :math:`v_m`; unbiased for quadratic f, O(eps^2) bias otherwise."""
-    gdev = generator.device if generator is not None else torch.device("cpu")
-    total = torch.zeros(x.shape[0], dtype=F64, device=x.device)
-    for _ in range(probes):
-        v = (torch.randint(0, 2, x.shape, generator=generator, device=gdev) * 2 - 1).to(x)
-        total += inner(v, grad_fn(x + eps * v) - grad_fn(x - eps * v)).to(F64) / (2 * eps)
-    return total / probes
-
-
 def tempering_schedule(kind: str, sigmas: list[float], *, s_max: float, sigma_y: float, lam: float) -> list[float]:
     r"""Likelihood weights :math:`\alpha_\sigma` of the target family :math:`q_\sigma \propto p_\sigma e^{-\alpha_\sigma\mu}` (Eq. 3.1, App. B).
 
@@ -313,101 +204,6 @@ def tempering_schedule(kind: str, sigmas: list[float], *, s_max: float, sigma_y:
     if kind == "noise":
         return [sigma_y ** 2 / (sigma_y ** 2 + lam * s ** 2) for s in sigmas]
     return [1.0 for _ in sigmas]
-
-
-def final_level_sigma(sigma_y: float, m: int, var: float = 0.01) -> float:
-    r""":math:`\sigma_y\sqrt{v/m}`: the smallest noise level below which the last step :math:`x \to D(x, \sigma_{min})`
-    changes the log-weights by a variance of at most v for m measurements, whatever the prior.
-
-    The step removes the noise :math:`\sigma_{min}\varepsilon` from the measured directions; where the prior has no
-    spread of its own (low-dimensional data: a low-rank mixture, natural images) the increment
-    :math:`\alpha\mu(x) - \mu(D(x))` is a sum of m terms of variance about :math:`\sigma_{min}^2/\sigma_y^2`, so
-    :math:`m\sigma_{min}^2/\sigma_y^2 \le v` keeps the ESS of that one step near :math:`e^{-v}`. Measured: EDM's
-    :math:`0.004\tau` leaves ESS/N = 0.06 after this step on the 2048-D MRI mixture (1024 measurements).
-    """
-    return sigma_y * math.sqrt(var / max(m, 1))
-
-
-MALA_ACCEPT = 0.574   # optimal MALA acceptance rate (Roberts & Rosenthal 1998): the corrector's step adapts to it
-
-
-def conditional_ess(log_w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    r"""(G,) conditional ESS of log-weight increments ``delta`` (G, N) given the log-weights ``log_w`` (G, N)
-    (Zhou, Johansen & Aston 2016): :math:`(\sum_i W_i e^{\delta_i})^2 / \sum_i W_i e^{2\delta_i}` in (0, 1], W the
-    normalised weights; 1 when the increment is constant. Non-finite increments count as weight 0."""
-    lw = torch.log_softmax(log_w.to(F64), dim=1)
-    d = torch.where(torch.isfinite(delta), delta.to(F64), torch.full_like(delta, float("-inf"), dtype=F64))
-    c = torch.exp(2 * torch.logsumexp(lw + d, dim=1) - torch.logsumexp(lw + 2 * d, dim=1))
-    return torch.nan_to_num(c, nan=0.0)
-
-
-def _adaptive_level(state, x, Dx, r, lik, sig: float, sig_g: float, a: float, alpha_of, target: float,
-                    rel_tol: float = 0.05, max_iter: int = 40) -> float:
-    r"""The next noise level :math:`\sigma' \in [\sigma_g, \sigma)`: :math:`\sigma_g` if the PF-ODE Euler step to it keeps
-    the conditional ESS of the weight increments :math:`\alpha_\sigma\mu(x) - \alpha_{\sigma'}\mu(x')` at or above
-    ``target``, else (bisection on the step fraction :math:`h = 1 - \sigma'/\sigma`, to ``rel_tol``) the largest such
-    step. Costs residual evaluations only (``Dx`` = D(x, sigma) is reused)."""
-    mu0 = a * lik.value(r)
-
-    def ok(s_next: float) -> bool:
-        xn = x + (1.0 - s_next / sig) * (Dx - x)
-        d = mu0 - alpha_of(s_next) * lik.value(lik.residual(xn))
-        return bool(conditional_ess(state.log_w, d.reshape(state.G, state.N)).min() >= target)
-
-    if ok(sig_g):
-        return sig_g
-    lo, hi = 0.0, 1.0 - sig_g / sig            # accepted / rejected step fractions
-    for _ in range(max_iter):
-        h = 0.5 * (lo + hi)
-        if ok(sig * (1.0 - h)):
-            lo = h
-        else:
-            hi = h
-        if lo > 0 and hi - lo <= rel_tol * hi:
-            break
-    return sig * (1.0 - (lo if lo > 0 else hi))
-
-
-def _mala(x, r, D, lik, log_prior, sig: float, a: float, n_steps: int, eps_frac: torch.Tensor, lam: float,
-          sig_y: float, n_particles: int, randn, generator):
-    r"""``n_steps`` Metropolis-adjusted Langevin steps leaving :math:`q_\sigma \propto p_\sigma e^{-\alpha\mu}` invariant.
-
-    Proposal :math:`x' = x + \epsilon\nabla\log q_\sigma(x) + \sqrt{2\epsilon}\,\xi`, accepted with probability
-    :math:`\min\{1, q_\sigma(x')k(x \mid x')/q_\sigma(x)k(x' \mid x)\}`, :math:`k(b \mid a) = \mathcal N(b; a + \epsilon\nabla\log q_\sigma(a),
-    2\epsilon I)` (Roberts & Tweedie 1996); :math:`\log q_\sigma = \log p_\sigma - \alpha\mu` needs the noised prior's log-density
-    ``log_prior(x, sigma)``, its score :math:`(D(x,\sigma) - x)/\sigma^2`. Step :math:`\epsilon` = ``eps_frac`` / curvature
-    (:math:`\alpha\lambda_{max}/\sigma_y^2 + 1/\sigma^2`), one fraction per measurement, multiplied after every step by
-    :math:`e^{\text{acceptance} - 0.574}` (updated in place). One NFE per step plus one for the start; returns
-    ``(x, r, D(x, sigma), mean acceptance (G,))`` so that the next predictor reuses D.
-    """
-    G = eps_frac.shape[0]
-    curv = a * lam / sig_y ** 2 + 1.0 / sig ** 2
-    shape = (-1,) + (1,) * (x.dim() - 1)
-
-    def evaluate(z, rz):
-        Dz = D(z, sig)
-        return Dz, log_prior(z, sig).to(F64) - a * lik.value(rz), (Dz - z) / sig ** 2 - a * lik.grad(z, rz)
-
-    Dx, lp, g = evaluate(x, r)
-    rates = []
-    for _ in range(n_steps):
-        eps64 = (eps_frac / curv).repeat_interleave(n_particles)
-        eps = eps64.to(x.dtype).reshape(shape)
-        xp = x + eps * g + (2 * eps).sqrt() * randn(x)
-        rp = lik.residual(xp)
-        Dp, lpp, gp = evaluate(xp, rp)
-        fwd, bwd = xp - x - eps * g, x - xp - eps * gp
-        log_ratio = lpp - lp - (inner(bwd, bwd).to(F64) - inner(fwd, fwd).to(F64)) / (4 * eps64)
-        gdev = generator.device if generator is not None else torch.device("cpu")
-        u = torch.rand(x.shape[0], generator=generator, device=gdev, dtype=F64).to(x.device)
-        acc = (torch.log(u) < log_ratio) & torch.isfinite(log_ratio)
-        x, r, Dx, g = (torch.where(acc.reshape(-1, *(1,) * (new.dim() - 1)), new, old)
-                       for new, old in ((xp, x), (rp, r), (Dp, Dx), (gp, g)))
-        lp = torch.where(acc, lpp, lp)
-        rate = acc.reshape(G, n_particles).to(F64).mean(1)
-        eps_frac.mul_(torch.exp(rate - MALA_ACCEPT)).clamp_(1e-4, 1.0)
-        rates.append(rate)
-    return x, r, Dx, torch.stack(rates).mean(0)
 
 
 def _gauss_newton_norm_sq(physics, x0: torch.Tensor, generator, n_iter: int = 20) -> float:
