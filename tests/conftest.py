@@ -20,3 +20,26 @@ def assert_close_f32(actual: torch.Tensor, expected: torch.Tensor, rel: float = 
     err = (actual - expected).abs().max().item()
     scale = max(1.0, expected.abs().max().item())
     assert err <= rel * scale, f"max abs error {err:.3g} > {rel:g} x {scale:.3g}"
+
+
+def patch_full_disk(monkeypatch, writer: str, hit):
+    """Make ``invdiff.io_utils.<writer>`` (``atomic_write_bytes`` / ``atomic_write_text``) fail like a full disk for
+    paths where ``hit(path)`` is true: half the content lands in the temporary file, then ENOSPC. Returns the real
+    writer (to restore: ``monkeypatch.setattr(io_utils, writer, real)``)."""
+    import errno
+
+    from invdiff import io_utils
+
+    real = getattr(io_utils, writer)
+    mode = "wb" if writer.endswith("bytes") else "w"
+
+    def full_disk(path, content):
+        if hit(path):
+            with io_utils.atomic_path(path) as tmp:
+                with open(tmp, mode) as f:
+                    f.write(content[: len(content) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, content)
+
+    monkeypatch.setattr(io_utils, writer, full_disk)
+    return real

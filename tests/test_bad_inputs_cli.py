@@ -328,19 +328,11 @@ def test_catalogue_size():
 # a full disk (mocked ENOSPC at the writer)
 # ------------------------------------------------------------------------------------------------
 def test_disk_full_is_one_message_and_no_partial_output(data, tmp_path, capsys, monkeypatch):
+    from conftest import patch_full_disk
     from invdiff import io_utils
 
-    real = io_utils.atomic_write_bytes
-
-    def full_disk(path, blob):
-        if str(path).endswith("img64.npy"):      # the output: half written, then ENOSPC
-            with io_utils.atomic_path(path) as tmp:
-                with open(tmp, "wb") as f:
-                    f.write(blob[: len(blob) // 2])
-                raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, blob)
-
-    monkeypatch.setattr(io_utils, "atomic_write_bytes", full_disk)
+    # the output img64.npy: half written, then ENOSPC
+    real = patch_full_disk(monkeypatch, "atomic_write_bytes", lambda path: str(path).endswith("img64.npy"))
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(data / "img.npy", src / "a.npy")

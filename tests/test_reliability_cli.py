@@ -140,21 +140,9 @@ def test_train_prior_prints_a_short_summary(tmp_path, capsys):
 
 def test_bench_disk_full_is_one_message(tmp_path, capsys, monkeypatch):
     """bench: a full disk while a row is written stops the run with exit 3 and one message; no partial row file."""
-    import errno
+    from conftest import patch_full_disk
 
-    from invdiff import io_utils
-
-    real = io_utils.atomic_write_text
-
-    def full_disk(path, text):
-        if "rows" in str(path):
-            with io_utils.atomic_path(path) as tmp:
-                with open(tmp, "w") as f:
-                    f.write(text[: len(text) // 2])
-                raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, text)
-
-    monkeypatch.setattr(io_utils, "atomic_write_text", full_disk)
+    patch_full_disk(monkeypatch, "atomic_write_text", lambda path: "rows" in str(path))
     out = tmp_path / "b"
     rc, _, err = cli(["bench", "--tasks", "inpainting-random", "--solvers", "adjoint", "--n-images", "1", "--size",
                       "16", "--out", out, "--no-progress"], capsys)
