@@ -16,7 +16,7 @@ def fit_eigen(images: torch.Tensor, n_components: int, rank: int, *, generator: 
               floor: float | None = None, n_iter: int = 100, n_init: int = 3):
     """The eigen form ``(log_w, means, Q, lam, d, event_shape)`` of the mixture fitted to ``images`` (see
     :meth:`invdiff.priors.gmm.GaussianMixture.fit` for the method and the arguments)."""
-    from .gmm import _pad_rank
+    from .gmm_parts import _pad_rank
 
     check_tensor("images", images)
     if images.dim() == 2:
