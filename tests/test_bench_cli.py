@@ -183,3 +183,23 @@ def test_task_tuned_options_apply_unless_overridden_and_n_samples_averages_chain
     rc, _, err = bench(["--tasks", "ct-8view", "--solvers", "tv", "--set", "tv.n_samples=2", "--out", tmp_path / "b",
                         *TINY], capsys)
     assert rc != 0 and "n_samples" in err                                     # deterministic solvers: refused
+
+
+def test_row_key_follows_the_measured_defaults(monkeypatch):
+    """A row's key holds the measured defaults it resolves to: after a change of the table, a resumed benchmark
+    re-measures the rows the change affects (and only those), instead of taking stale rows for current ones."""
+    from invdiff.bench.runner import plan
+    from invdiff.solvers import defaults
+
+    if not HAVE_CT_PRIOR:
+        pytest.skip("shipped prior not installed")
+    cfg = {"tasks": ["ct-8view"], "solvers": ["dds", "tv"], "prior": None, "sweep": {}, "n_images": 1,
+           "first_image": 0, "size": 32, "depth": 8, "noise": 0.01}
+    before = {r.solver: r.key for r in plan(cfg, {})[0]}
+    moved = [defaults.Measured("dds", ("ct",), {"gamma": 123.0}, "test")]
+    monkeypatch.setattr(defaults, "TABLE", moved + [r for r in defaults.TABLE if r.solver != "dds"])
+    after = {r.solver: r.key for r in plan(cfg, {})[0]}
+    assert after["dds"] != before["dds"] and after["tv"] == before["tv"]
+    explicit = {r.solver: r.key for r in plan(cfg, {"dds": {"gamma": 5.0}})[0]}
+    monkeypatch.setattr(defaults, "TABLE", [r for r in defaults.TABLE if r.solver != "dds"])
+    assert {r.solver: r.key for r in plan(cfg, {"dds": {"gamma": 5.0}})[0]}["dds"] == explicit["dds"]

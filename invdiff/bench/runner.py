@@ -87,7 +87,7 @@ def plan(cfg: dict, options: dict) -> tuple[list[RowSpec], list[str]]:
     from ..solvers.base import get
     from .tasks import applicable, get_task
 
-    rows, notes, priors = [], [], {}
+    rows, notes, priors, physics_cache = [], [], {}, {}
     for tname in cfg["tasks"]:
         task = get_task(tname)
         for entry in cfg["solvers"]:
@@ -122,14 +122,33 @@ def plan(cfg: dict, options: dict) -> tuple[list[RowSpec], list[str]]:
             for combo in _sweep_combos(cfg["sweep"], solver):
                 opts = dict(base, **combo)
                 label = solver + (" (" + ", ".join(f"{k}={v}" for k, v in sorted(combo.items())) + ")" if combo else "")
+                resolved = _resolved_defaults(task, solver, opts, priors.get(prior_name), cfg, physics_cache)
                 for i in range(int(cfg["n_images"])):
                     r = RowSpec(tname, solver, label, opts, prior_name, i)
-                    r.key = _key({"task": tname, "solver": solver, "options": opts, "prior": prior_name,
-                                  "image": int(cfg["first_image"]) + i, "size": cfg["size"],
-                                  "depth": cfg["depth"] if task.dims == 3 else None, "noise": cfg["noise"]})
+                    fields = {"task": tname, "solver": solver, "options": opts, "prior": prior_name,
+                              "image": int(cfg["first_image"]) + i, "size": cfg["size"],
+                              "depth": cfg["depth"] if task.dims == 3 else None, "noise": cfg["noise"]}
+                    if resolved:  # the measured defaults the row will run with: a change of the table re-runs it
+                        fields["resolved"] = resolved
+                    r.key = _key(fields)
                     rows.append(r)
     rows.sort(key=lambda r: (r.task, r.solver, r.key))
     return rows, notes
+
+
+def _resolved_defaults(task, solver: str, opts: dict, prior, cfg: dict, physics_cache: dict) -> dict:
+    """The options :mod:`invdiff.solvers.defaults` adds for this row (those not set explicitly), as the solver
+    will resolve them on the task's operator; part of the row key, so rows measured under an older table are
+    not taken for current ones on resume."""
+    from ..solvers.defaults import measured, table_for
+
+    if not table_for(solver):
+        return {}
+    if task.name not in physics_cache:
+        physics_cache[task.name] = task.physics(int(cfg["size"]), int(cfg["depth"]), float(cfg["noise"]),
+                                                torch.Generator().manual_seed(int(cfg["first_image"])))
+    row = measured(solver, physics_cache[task.name], _for_task(task, prior), opts)
+    return json.loads(json.dumps(row.get("options", {}), sort_keys=True, default=str))
 
 
 def _for_task(task, prior):

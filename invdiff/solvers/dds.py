@@ -25,24 +25,17 @@ CG here is per-sample and conjugated (:mod:`.primitives`).
 
 Chains: ``n_samples`` independent chains run batched through the prior (one network call per step for all).
 
-**Defaults for invdiff's operators** (``benchmarks/dds.py``; results in ``benchmarks/results/dds.md`` and
-``dds_sweep.md``). ``dc="auto"`` is "ls" for noiseless physics and "prox" otherwise, with
+**Defaults.** ``dc="auto"`` is "ls" for noiseless physics and "prox" otherwise, with
 :math:`\gamma = v\,p^2/\sigma_y^2` (:data:`GAMMA_VARIANCE` :math:`v = 0.005`, :math:`p` the peak of the prior's
-``value_range``: 1 for the shipped CT and MRI priors) unless ``gamma`` is given; priors without a value range
-(Gaussian mixtures, vectors) keep the paper's :math:`\gamma = 1`, whose scale they share. The prox problem
+``value_range``) unless ``gamma`` is given: the prox problem
 :math:`\min_x \tfrac12\|x-\hat x_0\|^2 + \tfrac\gamma2\|Ax-y\|^2` is the MAP step for an :math:`\hat x_0` with error
-variance :math:`v` per pixel and noise variance :math:`\sigma_y^2`; :math:`v = 0.005 \approx 0.07^2` is about the
-late-stage squared error of the shipped priors' Tweedie estimates and was picked from the sweep (tuning phantoms, 50
-NFE unless noted). At :math:`\sigma_y = 0.01` (auto :math:`\gamma` = 50): CT is flat for :math:`\gamma` in [10, 100]
-(50 best, "ls" -0.3 dB, :math:`\gamma = 1` -4 dB); MRI is best at :math:`\gamma = 10` (50: -1 dB at 50/100 NFE,
-"ls" -2.5 dB, :math:`\gamma = 1` -3 dB). At :math:`\sigma_y = 0.05` (auto 2): "ls" collapses (CT 19.0 dB, MRI 11.0 dB)
-and :math:`\gamma` in [1, 3] is best (CT: 3 gives 25.1, 2 gives 25.0; MRI: 1 gives 23.5, 2 gives 23.1). The paper's
-:math:`\gamma = 1` does not transfer as a number: the released CT code tunes it for its back-projection
-:math:`\tfrac{\pi}{2N_v}R^\top` on noiseless data (no noise is added to y there, dossier §3.2), which on the exact
-adjoint of the unit-norm Radon transform is :math:`\gamma\kappa`, :math:`\kappa = \pi\|R\|^2/(2N_v) \approx 1.52 N`
-(97 at N = 64, :func:`~invdiff.solvers.ztv.ct_adjoint_scale`), numerically "ls" after M = 5 CG steps; its MRI prior
-lives on the raw fastMRI scale. :data:`ETA_PRESETS` are the paper's and stay: eta = 0.85 gains at most 0.3 dB over
-them (and loses 0.5 dB on MRI at 50 NFE); the wrong end of the range (0.15 at 100 NFE) loses 1.2-1.6 dB.
+variance :math:`v` per pixel and noise variance :math:`\sigma_y^2`. Priors without a value range (Gaussian mixtures,
+vectors) keep the paper's :math:`\gamma = 1`, whose scale they share; it does not transfer as a number to unit-norm
+operators (the released CT code pairs it with the back-projection :math:`\tfrac{\pi}{2N_v}R^\top` on noiseless
+data, dossier §3.2). Per-operator values measured on invdiff's tasks (MRI, wide-band blur) live in
+:mod:`invdiff.solvers.defaults` with the result file each comes from (``invdiff solvers dds`` prints them); the
+sweeps behind them are ``benchmarks/results/dds.md``, ``dds_sweep.md`` and ``defaults.md``. :data:`ETA_PRESETS` are
+the paper's.
 
 **3D** (``dds3d``, Sec. 4.3 and the released ``solver_3d.py``): a volume prior (a 2D prior lifted slice by slice,
 :mod:`invdiff.priors.lift`, chunked network calls) and one ADMM iteration of z-TV per step with persistent
