@@ -213,6 +213,9 @@ def test_rules_that_follow_the_acceleration_and_the_number_of_views():
     # ... and on blur: 7 / 3
     blur = Blur(gaussian_kernel(9, 2.0), img_size=(1, 16, 16), sigma=0.01)
     assert measured("diffpir", blur, ct_prior, {})["options"] == {"lambda_": pytest.approx(7 / 3), "zeta": 0.6}
+    # DPS on blur: 900 at 1000 steps, capped at 3 / step (300 at 100 steps, the weight measured best there)
+    assert measured("dps", blur, ct_prior, {})["options"]["weight"] == 900.0
+    assert measured("dps", blur, ct_prior, {"num_steps": 100})["options"]["weight"] == 300.0
 
 
 def test_without_a_measured_row_the_solver_defaults_and_output_are_unchanged():
