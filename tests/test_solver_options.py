@@ -210,6 +210,11 @@ def test_rules_that_follow_the_acceleration_and_the_number_of_views():
     assert lam == {8: 1.0, 16: 1.0, 32: 3.0}
     limited = CT(32, n_views=32, angle_range=90.0, sigma=0.01)
     assert measured("diffpir", limited, ct_prior, {})["options"] == {"lambda_": 1.0, "zeta": 0.5}
+    # DPS's weight on CT at 1000 steps: 3000 above 12 views over 180 degrees, 1000 at 8 views and on limited angle
+    w = {n: measured("dps", CT(32, n_views=n, sigma=0.01), ct_prior, {})["options"]["weight"] for n in (8, 16, 32)}
+    assert w == {8: 1000.0, 16: 3000.0, 32: 3000.0}
+    assert measured("dps", limited, ct_prior, {})["options"]["weight"] == 1000.0
+    assert measured("dps", CT(32, n_views=16, sigma=0.01), ct_prior, {"num_steps": 200})["options"]["weight"] == 1000.0
     # ... and on blur: 7 / 3
     blur = Blur(gaussian_kernel(9, 2.0), img_size=(1, 16, 16), sigma=0.01)
     assert measured("diffpir", blur, ct_prior, {})["options"] == {"lambda_": pytest.approx(7 / 3), "zeta": 0.6}

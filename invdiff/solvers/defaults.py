@@ -168,6 +168,9 @@ TABLE: tuple[Measured, ...] = (
              "ct-limited90, lam 0.083 beat 0.25 by 1.2-3.8 dB (on 8 views it lost 0.9 dB)", CT_RANGE,
              unless=("preset",)),
     # ---- DPS: guidance weight, a rule of num_steps (dps_weight: the weight best at many steps, capped per step) ----
+    Measured("dps", ("ct",), {"weight": dps_weight(3000.0, 5.0)}, _TUNE + ": ct-16view / ct-32view at 1000 steps, "
+             "weight 3000 beat 1000 by 1.4 / 2.1 dB on the tuning image and 0.9 / 1.2 dB on the images (ct-8view and "
+             "ct-limited90: 1000 best, 3000 lost 1.4 / 9.2 dB); the cap 5 / step: " + _DPS, CT_RANGE, when=many_views),
     Measured("dps", ("ct", "ct-limited"), {"weight": dps_weight(1000.0, 5.0)},
              _TASKS + ": ct-8view at 1000 steps, weight in {30..3000}; the cap 5 / step: " + _DPS, CT_RANGE),
     Measured("dps", ("mri-singlecoil",), {"weight": dps_weight(1000.0 / 3, 5.0)}, _TUNE + ": mri-8x-singlecoil at "
