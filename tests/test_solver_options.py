@@ -221,6 +221,11 @@ def test_rules_that_follow_the_acceleration_and_the_number_of_views():
     # DPS on blur: 900 at 1000 steps, capped at 3 / step (300 at 100 steps, the weight measured best there)
     assert measured("dps", blur, ct_prior, {})["options"]["weight"] == 900.0
     assert measured("dps", blur, ct_prior, {"num_steps": 100})["options"]["weight"] == 300.0
+    from invdiff.bench.tasks import TASKS
+
+    shake = TASKS["deblur-motion"].physics(32, 4)                                  # wide band: 2700 at 1000 steps
+    assert measured("dps", shake, ct_prior, {})["options"]["weight"] == 2700.0
+    assert measured("dps", shake, ct_prior, {"num_steps": 100})["options"]["weight"] == 300.0
 
 
 def test_without_a_measured_row_the_solver_defaults_and_output_are_unchanged():
