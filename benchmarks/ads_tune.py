@@ -22,8 +22,10 @@ the 2-column centre (+1, +-2, +-3: the largest particle variance), where the Gau
 Two changes together do beat it: ``predictive="restart"`` (the particles' spread at t = 0, not the shrunken
 mid-chain estimates) and the ``"diag"`` score (sum of per-entry log variances: a column of many moderately
 uncertain entries is no longer outranked by the few huge low-frequency ones): 24.3 dB, 2 of 3 images; restart
-alone 22.8, diag alone 22.6. At 4x the same setting gives 30.2 dB vs 27.8 for the best fixed family (3 of 3).
-Hence the preset "restart" (``invdiff.solvers.ads``). CT: no setting beats uniform views (8 views: restart
+alone 22.8, diag alone 22.6. Its 8x picks on the 3 phantoms, columns from DC in acquisition order (printed from
+``invdiff.solve(..., preset="restart")``): [2, -7, 9, -4, 10, 5], [3, 9, -8, 5, -4, 2], [4, 8, -3, -11, -6, 2]:
+spread like the Gaussian mask's, no longer stacked next to the centre. At 4x the same setting gives 30.2 dB vs
+27.8 for the best fixed family (3 of 3). Hence the preset "restart" (``invdiff.solvers.ads``). CT: no setting beats uniform views (8 views: restart
 -0.12 +- 0.23 dB, diag-restart -0.15; 16 views: restart -0.14, variance -0.17; "fast" -0.47 / -0.64).
 
 CT extra rows (what uniform views are worth): ``jitter`` = the uniform views each moved by a random -1/0/+1
@@ -137,6 +139,9 @@ def run(args):
                     keep({"task": task, "setting": s, "image": i, "mask": c, "fixed": False,
                           **{k: v for k, v in sel.items() if not k.startswith("own_")},
                           "own_PSNR": sel["own_PSNR"], **reconstruct(op, x, prior, seed, args)})
+    for task in {r["task"] for r in rows}:                 # versions of every prior the cached rows used
+        pname = "mri-brainphantom-64" if task == "mri" else "ct-phantom-64"
+        priors[pname] = priors.get(pname) or load(pname)
     # summary: per (task, setting, mask) mean PSNR; ADS configs paired against the best fixed mask of each image
     summary = []
     keys = sorted({(r["task"], r["setting"]) for r in rows})
@@ -175,6 +180,8 @@ def run(args):
              "where it is positive. ``own_PSNR``: the ADS particle mean. ``sel_*``: cost of the choice (network "
              "calls, images denoised, seconds on a shared 2-core machine, 1 thread). "
              f"Configurations: {json.dumps({k: v for k, v in CONFIGS.items()})}. "
+             "Rows are cached per (task, setting, image, mask) in ads_tune_rows.json and were gathered over several "
+             "invocations (one per group of configurations); the command below rewrote the table. "
              f"This invocation: {time.perf_counter() - t0:.0f} s.")
     path = write_experiment(args, "ads_tune", summary, cols, title="ADS settings on tuning phantoms",
                             notes=notes, priors=prior_versions(priors))
