@@ -92,11 +92,21 @@ DEFAULTS = {
 
 
 def _preset_table() -> str:
-    from .solvers.ads import PRESETS
+    from .solvers.ads import PRESET_OPTIONS, PRESETS, _window_range
 
     rows = ["  preset     particles  steps  window          NFE   images denoised (share of official 1.6e5)"]
     for name, (n, steps, win) in PRESETS.items():
-        rows.append(f"  {name:<10} {n:>9}  {steps:>5}  ({win[0]:g}, {win[1]:g}){'':<{14 - len(f'({win[0]:g}, {win[1]:g})')}}"
+        w = f"({win[0]:g}, {win[1]:g})"
+        extra = PRESET_OPTIONS.get(name, {})
+        lo, hi = _window_range(steps, win)
+        if extra.get("predictive") == "restart":         # a new pass per event (ads module docstring)
+            rest = steps - int(extra["restart"] * steps)
+            nfe = f"{steps} + {rest} x E"
+            rows.append(f"  {name:<10} {n:>9}  {steps:>5}  {w}{'':<{14 - len(w)}}{nfe:>12}   {n} x NFE; E = events "
+                        f"(chosen, at most {hi - lo}); predictive=restart, score="
+                        f"{extra.get('score', 'gmm')}")
+            continue
+        rows.append(f"  {name:<10} {n:>9}  {steps:>5}  {w}{'':<{14 - len(w)}}"
                     f"{steps:>5}   {n * steps:>6} ({100 * n * steps / 1.6e5:.2g} %)")
     return "\n".join(rows)
 
@@ -398,7 +408,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="one of " + ", ".join(TASKS) + " (default auto: from the file type)")
     p.add_argument("--acceleration", type=float, help="candidates / acquired candidates (default 4)")
     p.add_argument("--budget", type=int, help="acquired candidates per slice (centre block included)")
-    p.add_argument("--preset", help="ADS preset: fast, default, quality, official (table above)")
+    p.add_argument("--preset", help="ADS preset: fast, default, quality, official, restart (table above)")
     p.add_argument("--prior", help="shipped prior name or checkpoint path (default auto: by task)")
     p.add_argument("--seed", type=int, help="global seed (per-file seeds derive from it)")
     jobs.add_job_flags(p, DEFAULTS, options="a sampler option as ads.OPTION=VALUE")

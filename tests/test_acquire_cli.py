@@ -69,6 +69,7 @@ def test_help_states_presets_and_cost(capsys):
 
     for name, (n, steps, _) in PRESETS.items():
         assert name in out and str(n * steps) in out
+    assert "50 + 15 x E" in out                        # preset restart: a new pass of 15 steps per event
     assert "examples:" in out and "NFE" in out and "resumable" in out.lower()
     assert main(["--help"]) == 0 and "acquire" in capsys.readouterr().out
 

@@ -233,9 +233,13 @@ def test_conditional_selection_is_the_exact_greedy_on_exact_moments():
 def test_predictive_scores_and_schedule():
     g = torch.Generator().manual_seed(0)
     pred = torch.randn(64, 3, 2, generator=g, dtype=F64) * torch.tensor([0.1, 1.0, 3.0], dtype=F64)[None, :, None]
-    for s in ("variance", "gmm", "gmm-lb", "gauss"):
+    for s in ("variance", "gmm", "gmm-lb", "gauss", "diag"):
         sc = predictive_score(pred, s, 0.5)
         assert sc.dtype == F64 and sc.argsort().tolist() == [0, 1, 2]
+    # "diag" is Hadamard's upper bound of "gauss": equal for one entry, above it for correlated entries
+    corr = torch.cat([pred[..., :1], pred[..., :1] + 0.1 * pred[..., 1:]], -1)
+    assert (predictive_score(corr, "diag", 0.05) > predictive_score(corr, "gauss", 0.05) + 0.1).all()
+    assert torch.allclose(predictive_score(pred[..., :1], "diag", 0.5), predictive_score(pred[..., :1], "gauss", 0.5))
     big = predictive_score(pred * 1e3, "gmm", 1e-3)                          # positive kernel: no overflow
     assert torch.isfinite(big).all()
     ev = acquisition_steps(10, 7, (0.0, 0.5))
@@ -294,3 +298,8 @@ def test_presets_set_particles_and_steps():
     assert rec.samples.shape == (4, 1, 4) and rec.nfe == 10
     with pytest.raises(ValueError, match="argument 'particles'"):
         invdiff.solve(y, op, prior, solver="ads", budget=2, n_samples=4, particles=8)
+    rec = invdiff.solve(y, op, prior, solver="ads", budget=3, preset="restart")      # 3 events, new pass of 15 each
+    assert (rec.info["predictive"], rec.info["score"], rec.info["restart"]) == ("restart", "diag", 0.7)
+    assert rec.nfe == 50 + 3 * 15 and len(rec.info["event_steps"]) == 3
+    rec = invdiff.solve(y, op, prior, solver="ads", budget=3, preset="restart", score="variance", predictive="tweedie")
+    assert (rec.info["predictive"], rec.info["score"], rec.nfe) == ("tweedie", "variance", 50)

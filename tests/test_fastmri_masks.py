@@ -103,7 +103,7 @@ def test_old_invdiff_families_are_unchanged():
     for (kind, W, acc, seed), crc in pinned.items():
         idx = make_mask(kind, (1, W), acc, seed=seed)[0].nonzero().flatten().numpy().astype(np.int64)
         assert zlib.crc32(idx.tobytes()) == crc, (kind, W, acc, seed)
-    assert MASK_KINDS == ("equispaced", "random", "gaussian", "poisson")
+    assert MASK_KINDS == ("equispaced", "random", "gaussian", "poisson", "poisson-1d")
     assert seed_for_file("file1000001.h5") == 2151663471
 
 

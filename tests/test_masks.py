@@ -5,13 +5,14 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from invdiff.operators import (MASK_KINDS, box_mask, brush_mask, default_center_fraction, equispaced_mask,
-                               gaussian_mask_1d, half_mask, make_mask, poisson_disc_mask, random_mask, random_mask_1d,
+                               gaussian_mask_1d, half_mask, make_mask, poisson_disc_mask, poisson_disc_mask_1d, random_mask,
+                               random_mask_1d,
                                realised_acceleration, seed_for_file)
 
 # INVDIFF_HYPOTHESIS_EXAMPLES=500 for a deeper search than the fast default
 HYP = settings(max_examples=int(os.environ.get("INVDIFF_HYPOTHESIS_EXAMPLES", "15")), deadline=None,
                suppress_health_check=[HealthCheck.too_slow])
-ONE_D = ["equispaced", "random", "gaussian"]
+ONE_D = ["equispaced", "random", "gaussian", "poisson-1d"]
 
 
 def _center_cols(W, cf):
@@ -78,6 +79,43 @@ def test_line_masks_properties(W, H, acc, kind, seed, cf_scale):
         assert n == max(int(W // acc), int(cf * W))
 
 
+@pytest.mark.parametrize("W,acc", [(64, 4), (64, 8), (320, 4), (368, 8), (96, 6), (64, 2.5)])
+def test_poisson_disc_lines(W, acc):
+    """1D Poisson disc: exact line count, the deepinv centre block, the minimum gap, deterministic per seed."""
+    cf = default_center_fraction(acc)
+    nc = int(cf * W)
+    centre = _center_cols(W, cf)
+    outer = torch.zeros(W)
+    for seed in range(6):
+        m = make_mask("poisson-1d", (3, W), acc, seed=seed)
+        assert torch.equal(m, poisson_disc_mask_1d((3, W), acc, seed=seed))           # deterministic
+        cols = m[0].nonzero().flatten().tolist()
+        assert len(cols) == int(W // acc) and m[0, centre].all()                      # count, centre block
+        out = [c for c in cols if c not in centre]
+        gap = 2 if acc >= 4 else 1                       # auto: 2 where it fits (4x and up here)
+        assert min(b - a for a, b in zip(out, out[1:])) >= gap                          # min gap
+        assert all(min(abs(c - k) for k in centre) >= gap for c in out)                # ... from the centre too
+        outer[out] += 1
+    # density falls from the centre: the inner half of the outside columns gets more lines than the outer half
+    d = (torch.arange(W) - W // 2).abs()
+    inner = d < W // 4
+    assert outer[inner].sum() > outer[~inner].sum()
+    a, b = (poisson_disc_mask_1d((1, W), acc, seed=s) for s in (0, 1))
+    assert not torch.equal(a, b)
+
+
+def test_poisson_disc_lines_min_gap():
+    m = poisson_disc_mask_1d((1, 96), 8, seed=3, min_gap=4)
+    cols = m[0].nonzero().flatten().tolist()
+    out = [c for c in cols if c not in _center_cols(96, 0.04)]
+    assert len(cols) == 12 and min(b - a for a, b in zip(out, out[1:])) >= 4
+    assert all(min(abs(c - k) for k in _center_cols(96, 0.04)) >= 4 for c in out)
+    with pytest.raises(ValueError, match="min_gap"):
+        poisson_disc_mask_1d((1, 64), 2, min_gap=3)                  # 27 columns 3 apart do not fit in 59
+    with pytest.raises(ValueError, match="min_gap"):
+        poisson_disc_mask_1d((1, 64), 4, min_gap=0)
+
+
 def test_center_fraction_defaults_are_fastmri():
     assert default_center_fraction(4) == 0.08 and default_center_fraction(7.9) == 0.08
     assert default_center_fraction(8) == 0.04 and default_center_fraction(12) == 0.04
@@ -96,7 +134,7 @@ def test_seed_for_file_is_stable_and_distinguishes_files():
 
 
 def test_different_seeds_give_different_masks():
-    for kind in ["random", "gaussian", "poisson"]:
+    for kind in ["random", "gaussian", "poisson", "poisson-1d"]:
         assert not torch.equal(make_mask(kind, (32, 64), 4, seed=0), make_mask(kind, (32, 64), 4, seed=1))
 
 

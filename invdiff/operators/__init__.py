@@ -28,7 +28,7 @@ from .ct import CT, CT3D
 from .fastmri_masks import FASTMRI_MASK_KINDS, fastmri_columns, fastmri_mask, fastmri_seed, zero_padding
 from .inpainting import Inpainting, box_mask, brush_mask, half_mask, random_mask
 from .masks import (MASK_KINDS, default_center_fraction, equispaced_mask, gaussian_mask_1d, make_mask,
-                    poisson_disc_mask, random_mask_1d, realised_acceleration, seed_for_file)
+                    poisson_disc_mask, poisson_disc_mask_1d, random_mask_1d, realised_acceleration, seed_for_file)
 from .matrix import MatrixOperator
 from .mri import MRI, MultiCoilMRI
 from .stack import SliceWise
@@ -39,7 +39,8 @@ __all__ = [
     "Inpainting", "box_mask", "half_mask", "random_mask", "brush_mask",
     "Blur", "CircularBlur", "gaussian_kernel", "motion_kernel", "uniform_kernel",
     "MRI", "MultiCoilMRI", "birdcage_maps", "espirit_maps", "acs_width",
-    "MASK_KINDS", "equispaced_mask", "random_mask_1d", "gaussian_mask_1d", "poisson_disc_mask", "make_mask",
+    "MASK_KINDS", "equispaced_mask", "random_mask_1d", "gaussian_mask_1d", "poisson_disc_mask", "poisson_disc_mask_1d",
+    "make_mask",
     "seed_for_file", "default_center_fraction", "realised_acceleration",
     "FASTMRI_MASK_KINDS", "fastmri_mask", "fastmri_columns", "fastmri_seed", "zero_padding",
     "CT", "CT3D",

@@ -1,9 +1,10 @@
-r"""Cartesian MRI sampling masks (fastMRI-style line masks and 2D Poisson-disc), deterministic per seed.
+r"""Cartesian MRI sampling masks (fastMRI-style line masks, 1D and 2D Poisson-disc), deterministic per seed.
 
 Conventions:
 
 - a mask is a float tensor of 0/1 (1 = sampled) of the requested ``shape = (..., H, W)``;
-- 1D masks (:func:`equispaced_mask`, :func:`random_mask_1d`, :func:`gaussian_mask_1d`) sample whole
+- 1D masks (:func:`equispaced_mask`, :func:`random_mask_1d`, :func:`gaussian_mask_1d`,
+  :func:`poisson_disc_mask_1d`) sample whole
   **columns** (the last axis W is the phase-encoding axis, as in fastMRI and deepinv), identical over
   all other axes;
 - :func:`poisson_disc_mask` samples points of the (H, W) plane (variable-density Poisson disc, sigpy),
@@ -35,7 +36,7 @@ import torch
 
 from .._validate import check_choice, fail
 
-MASK_KINDS = ("equispaced", "random", "gaussian", "poisson")
+MASK_KINDS = ("equispaced", "random", "gaussian", "poisson", "poisson-1d")
 
 
 def seed_for_file(name: str | os.PathLike) -> int:
@@ -146,6 +147,87 @@ def gaussian_mask_1d(shape, acceleration: float, center_fraction: float | None =
     return _columns("gaussian", shape, acceleration, center_fraction, seed)
 
 
+def poisson_disc_mask_1d(shape, acceleration: float, center_fraction: float | None = None, seed: int | None = 0,
+                         *, min_gap: int | None = None):
+    r"""1D variable-density Poisson-disc columns: ``W // acceleration`` lines, the centre block, a minimum gap.
+
+    The line analogue of :func:`poisson_disc_mask` (same density law), with the centre block and line count of
+    :func:`random_mask_1d` / :func:`gaussian_mask_1d`: ``n_center = int(center_fraction * W)`` columns from
+    ``W // 2 - n_center // 2``, and ``n = W // acceleration - n_center`` more. Each column :math:`k` outside the
+    centre has the exclusion radius
+
+    .. math:: r(k) = g\,(1 + s\,d(k)), \qquad d(k) = \frac{\mathrm{dist}(k, \text{centre block})}{\max_k \mathrm{dist}},
+
+    so the density falls like :math:`1/(1 + s\,d)` from the centre. Dart throwing: the outside columns are visited
+    in a seeded random order and a column is kept when it is at least :math:`\max(r(k), r(j))` away from every
+    kept column j and at least :math:`r(k)` from the centre block. The slope :math:`s \ge 0` is bisected until the
+    throw keeps exactly n columns (if a jump in the count skips n, the smallest count above n is trimmed by
+    dropping the last kept columns, which keeps every gap). Hence: exactly ``W // acceleration`` lines, any two
+    lines outside the centre (and each of them and the centre block) at least ``min_gap`` apart.
+
+    ``min_gap`` :math:`g` (int >= 1): None = 2 where a throw with :math:`s = 0` reaches n columns, else 1 (dense
+    masks, acceleration near 2 or below). An explicit ``min_gap`` the columns cannot reach is a ``ValueError``.
+
+    >>> m = poisson_disc_mask_1d((8, 64), 4, seed=1)
+    >>> cols = m[0].nonzero().flatten().tolist()
+    >>> len(cols), all(c in cols for c in range(30, 35))           # 16 lines, the 5 centre columns
+    (16, True)
+    """
+    shape, acc, cf = _check_args(shape, acceleration, center_fraction, seed)
+    if min_gap is not None and (isinstance(min_gap, bool) or not isinstance(min_gap, int) or min_gap < 1):
+        fail("min_gap", "an int >= 1 or None", min_gap, TypeError if not isinstance(min_gap, int) else ValueError)
+    H, W = shape[-2:]
+    n_total = int(W // acc)
+    n_center = int(cf * W)
+    if n_center > n_total:
+        fail("center_fraction", f"a centre of at most W // acceleration = {n_total} columns "
+                                f"(center_fraction * W = {n_center} columns at W = {W}, acceleration = {acc:g})",
+             center_fraction)
+    if n_center < 1:
+        fail("center_fraction", f"at least 1 centre column (center_fraction * W >= 1 at W = {W})", center_fraction)
+    c0 = W // 2 - n_center // 2                                          # centre block [c0, c1), deepinv's start
+    c1 = c0 + n_center
+    k = torch.arange(W)
+    dist = torch.clamp(torch.maximum(c0 - k, k - (c1 - 1)), min=0).double()   # 0 inside the block
+    outside = (dist > 0).nonzero().flatten()
+    order = outside[torch.randperm(outside.numel(), generator=_generator(seed))].tolist()
+    d_norm = dist / max(float(dist.max()), 1.0)
+    n = n_total - n_center
+
+    def throw(gap, slope):
+        r = (gap * (1 + slope * d_norm)).tolist()
+        kept = []
+        for c in order:
+            if dist[c] >= r[c] and all(abs(c - j) >= max(r[c], r[j]) for j in kept):
+                kept.append(c)
+        return kept
+
+    gaps = (min_gap,) if min_gap is not None else (2, 1)
+    for gap in gaps:
+        kept = throw(gap, 0.0)
+        if len(kept) >= n:
+            break
+    else:
+        fail("min_gap" if min_gap is not None else "acceleration",
+             f"a value for which {n} columns outside the {n_center}-column centre fit {gaps[-1]} apart "
+             f"(W = {W}: at most {len(kept)} found)", min_gap if min_gap is not None else acceleration)
+    lo, hi = 0.0, float(W)                                               # count(s) falls from >= n (s = 0)
+    best = kept
+    for _ in range(60):
+        if len(best) == n:
+            break
+        mid = (lo + hi) / 2
+        cand = throw(gap, mid)
+        if len(cand) >= n:
+            lo, best = mid, cand
+        else:
+            hi = mid
+    cols = torch.zeros(W)
+    cols[c0:c1] = 1
+    cols[best[:n]] = 1
+    return cols.reshape(*([1] * (len(shape) - 1)), W).expand(*shape).contiguous()
+
+
 def poisson_disc_mask(shape, acceleration: float, center_fraction: float | None = None, seed: int | None = 0,
                       *, crop_corner: bool = True):
     r"""2D variable-density Poisson-disc mask (sigpy ``poisson``, density :math:`\propto 1/(1 + s|k|)`).
@@ -216,7 +298,8 @@ def _poisson_bounded(img_shape, accel, calib, crop_corner, seed, max_attempts=30
 
 def make_mask(kind: str, shape, acceleration: float, center_fraction: float | None = None,
               seed: int | tuple[int, ...] | None = 0):
-    """Dispatch by name: ``kind`` in ``MASK_KINDS`` (equispaced, random, gaussian, poisson; invdiff's) or in
+    """Dispatch by name: ``kind`` in ``MASK_KINDS`` (equispaced, random, gaussian, poisson (2D points), poisson-1d
+    (lines); invdiff's) or in
     ``FASTMRI_MASK_KINDS`` (fastmri-random, fastmri-equispaced, fastmri-equispaced-fraction, fastmri-magic,
     fastmri-magic-fraction; fastMRI's columns bit for bit, :func:`~invdiff.operators.fastmri_masks.fastmri_mask`,
     which also takes a tuple ``seed`` such as :func:`~invdiff.operators.fastmri_masks.fastmri_seed` of a file).
@@ -230,7 +313,7 @@ def make_mask(kind: str, shape, acceleration: float, center_fraction: float | No
     if kind in FASTMRI_MASK_KINDS:
         return fastmri_mask(kind, shape, acceleration, center_fraction, seed)
     fn = {"equispaced": equispaced_mask, "random": random_mask_1d, "gaussian": gaussian_mask_1d,
-          "poisson": poisson_disc_mask}[kind]
+          "poisson": poisson_disc_mask, "poisson-1d": poisson_disc_mask_1d}[kind]
     return fn(shape, acceleration, center_fraction, seed)
 
 
@@ -250,4 +333,4 @@ def realised_acceleration(mask: torch.Tensor) -> float:
 
 
 __all__ = ["MASK_KINDS", "seed_for_file", "default_center_fraction", "equispaced_mask", "random_mask_1d",
-           "gaussian_mask_1d", "poisson_disc_mask", "make_mask", "realised_acceleration"]
+           "gaussian_mask_1d", "poisson_disc_mask", "poisson_disc_mask_1d", "make_mask", "realised_acceleration"]

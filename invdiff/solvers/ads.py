@@ -58,7 +58,11 @@ measurement noise std (the predictive of a noisy measurement *is* that mixture),
 for noiseless physics. ``"gauss"``: the Gaussian entropy of the particle predictive,
 :math:`\tfrac12\log\det(2\pi e(\hat C_c + \sigma_H^2 I))` with :math:`\hat C_c` the particle covariance of candidate
 :math:`c` (nats; for :math:`d = 1` it ranks like the variance, for MRI columns it weighs correlated entries as the
-exact entropy does). Never an already acquired candidate; the mask is shared by all particles.
+exact entropy does); ``"diag"``: the same with the diagonal of :math:`\hat C_c` only,
+:math:`\sum_{k\le d}\tfrac12\log(2\pi e(\hat C_{c,kk} + \sigma_H^2))` (Hadamard's upper bound of ``"gauss"``, exact for
+uncorrelated entries; needs only marginal variances, so few particles estimate it, and the logarithm compresses
+the few huge low-frequency variances that make ``"variance"`` pile lines at the k-space centre). Never an already
+acquired candidate; the mask is shared by all particles.
 
 *Several candidates per event* (``select``). ``"topk"`` (official): the best marginal scores, which for pixels
 are clusters of correlated neighbours. ``"conditional"`` (default): greedy, each pick conditions the particle
@@ -88,21 +92,35 @@ preset      particles  steps  window            rec.nfe      images denoised (sh
 "default"   16         100    (0.5, 1.0)        100          1 600 (1 %)
 "quality"   16         200    (0.5, 1.0)        200          3 200 (2 %)
 "official"  16         1000   (0.005, 0.25)     1 000        16 000 (10 %)
+"restart"   8          50     (0.5, 1.0)        50 + 15 E    8 x rec.nfe (MRI 64 columns: 4x 1 720, 1.1 %; 8x 1 120)
 ==========  =========  =====  ================  ===========  ====================================
+
+"restart" also sets ``predictive="restart"``, ``restart=0.7``, ``score="diag"`` (unless given): E events (one per
+chosen candidate, at most the 24 steps of the window), each followed by a new pass over the last 15 of the 50
+steps (4x on 64 columns: 11 chosen, 215 network calls; 8x: 6 chosen, 140; fastMRI width 368 at 4x: 24 events,
+410 calls, 3 280 images denoised, 2 %). Chosen on tuning phantoms
+(``benchmarks/results/ads_tune.md``) as the one setting whose masks beat the fixed line masks at 8x as well as 4x
+there (on the evaluation phantoms 8x is a tie: **Measured**).
 
 "official" keeps the official particle count and window; its 10 000 steps live on a continuous cosine schedule,
 while the shipped priors are trained on the 1000-step DDPM grid, so 1000 steps is the finest grid here. With
 ``guidance="dps"`` every step adds one VJP for all particles (about 2-3x the cost of the network call).
 
-**Measured** (``benchmarks/results/ads_images.md``; preset "fast" = 400 images denoised, 0.25 % of the official
-cost; 2 held-out phantoms per task, each mask reconstructed by DDS mean of 2 chains x 50 NFE): MRI single-coil
-lines, ADS vs the best fixed line mask (Gaussian): 4x 27.2 vs 26.4 dB, SSIM 0.80 vs 0.77; 8x 21.8 vs 21.7 dB,
-SSIM 0.69 vs 0.62 (equispaced and random lower still; 2D Poisson-disc points reach 30.4 / 26.1 dB with the same
-number of k-space samples, but they are points with a 5 x 5 calibration square, not lines with full centre
-columns: a 3D-acquisition reference, not a mask ADS chooses among). CT, 8 / 16 of 64 views: ADS 30.4 / 31.8 dB vs
-uniform 30.6 / 32.4 dB (no gain: ADS spreads the views nearly uniformly, with jitter). Inpainting 25 % of
-pixels, about 43 per event: ADS 32.7 dB, SSIM 0.905 (``select="conditional"``) vs random 31.1 dB, 0.892 and
-the official top-k 31.1 dB, 0.884 (top-k takes clusters of neighbouring pixels).
+**Measured** (``benchmarks/results/ads_images.md``: 6 held-out phantoms per task, each mask then reconstructed by
+DDS mean of 2 chains x 50 NFE, paired differences +- one standard error; settings chosen on 3 other phantoms,
+``ads_tune.md``). MRI single-coil lines, preset "restart" vs the best fixed line mask (Gaussian; equispaced, random
+and 1D Poisson-disc lines with the same centre block are lower): 4x 29.6 vs 27.8 dB, +1.8 +- 0.5, 6 of 6 images
+(1 720 images denoised, 1.1 % of the official cost); 8x 23.4 vs 23.1 dB, +0.3 +- 0.5, 3 of 6: a tie (1 120
+images). Preset "fast" (400 images): 28.3 / 23.0 dB. Tweedie-scored settings (any score, 16 particles, other
+windows) put 4 of the 6 free 8x lines next to the centre and lose to the Gaussian mask on the tuning phantoms.
+2D Poisson-disc points reach 31.0 / 26.9 dB with the same number of k-space samples, but they are points with a
+calibration square, not lines with full centre columns: a 3D-acquisition reference, not a mask ADS chooses
+among. CT, 8 / 16 of 64 views: ADS 28.7 / 31.1 dB vs uniform 29.1 / 31.4 (-0.34 +- 0.17, -0.37 +- 0.22): uniform
+views are near-optimal for parallel-beam CT of these roughly isotropic objects (greedy maximum entropy fills the
+largest angular gap and leaves gaps up to 31 degrees at 8 views where uniform has 22.5; moving uniform views by
+2.8 degrees costs nothing at 8 views, random views 3.2 dB). Inpainting 25 % of pixels, about 43 per event
+(preset "fast"): ADS 32.3 dB, SSIM 0.92 (``select="conditional"``) vs random 29.4 dB, 0.88 and the official
+top-k 29.0 dB (top-k takes clusters of neighbouring pixels).
 Exactness with a Gaussian prior (``benchmarks/results/ads_exactness.md``; 3 seeds x 8 acquisitions, each choice
 compared with the exact greedy one given the same acquired set; variance score; strict = an exact argmax, ties
 counted / within 0.01 nats): with ``predictive="tweedie"`` the particle predictive variance is 0.4-0.5x the exact
@@ -150,8 +168,12 @@ F64 = torch.float64
 
 #: particles, num_steps, window (fractions of the reverse steps) per preset (module docstring table)
 PRESETS = {"fast": (8, 50, (0.5, 1.0)), "default": (16, 100, (0.5, 1.0)), "quality": (16, 200, (0.5, 1.0)),
-           "official": (16, 1000, (0.005, 0.25))}
-SCORES = ("gmm", "gmm-lb", "variance", "gauss")
+           "official": (16, 1000, (0.005, 0.25)), "restart": (8, 50, (0.5, 1.0))}
+#: options a preset sets besides (particles, steps, window), unless given explicitly
+PRESET_OPTIONS = {"restart": {"predictive": "restart", "restart": 0.7, "score": "diag"}}
+#: resolved defaults of the options a preset may set
+_DEFAULTS = {"predictive": "tweedie", "restart": 0.5, "per_step": None, "score": "gmm"}
+SCORES = ("gmm", "gmm-lb", "variance", "gauss", "diag")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,6 +206,9 @@ def predictive_score(pred: torch.Tensor, score: str = "gmm", sigma: float = 1.0)
         return (p - p.mean(0, keepdim=True)).pow(2).mean(0).sum(-1)
     if score == "gauss":
         return _gauss_entropy(pred, sigma)
+    if score == "diag":                     # sum_k 1/2 log(2 pi e (Var_k + s^2)): Hadamard bound of "gauss"
+        v = pred.to(F64).var(0, unbiased=False)
+        return 0.5 * torch.log(2 * math.pi * math.e * (v + sigma ** 2)).sum(-1)
     # D is (n, N, N): chunk over candidates to hold at most ~2^23 float64 entries at a time
     step = max(1, (1 << 23) // (N * N))
     out = []
@@ -315,8 +340,10 @@ OPTIONS = (
     Option("num_steps", int, None, "reverse steps (None: the preset's)", lo=1, hi=VPSchedule().num_train_timesteps),
     Option("window", object, None, "(start, stop) fractions of the reverse steps in which to acquire (None: the "
            "preset's)", extra=("sequence",)),
-    Option("per_step", int, None, "at most this many candidates per acquisition event (None: as scheduled)", lo=1),
-    Option("score", str, "gmm", "candidate score: gmm (official), gmm-lb (entropy lower bound, nats), variance",
+    Option("per_step", int, None, "at most this many candidates per acquisition event (None: the preset's, else as "
+           "scheduled)", lo=1),
+    Option("score", str, None, "candidate score: gmm (official), gmm-lb (entropy lower bound, nats), variance, "
+           "gauss (Gaussian entropy), diag (its diagonal bound); None: the preset's (gmm except preset restart)",
            choices=SCORES),
     Option("entropy_sigma", float, None, "kernel width sigma_H of the mixture entropy (None: the noise level)",
            lo=0.0, lo_open=True),
@@ -334,10 +361,11 @@ OPTIONS = (
            choices=("dds", "dps")),
     Option("dps_weight", float, 1.0, "step weight of guidance=dps", lo=0.0, lo_open=True),
     Option("chunk", int, None, "at most this many particles per network call", lo=1),
-    Option("predictive", str, "tweedie", "particles scored at an event: tweedie (official: current estimates at the "
-           "scheduled steps) or restart (end of a reverse pass, then a new pass from `restart`)",
+    Option("predictive", str, None, "particles scored at an event: tweedie (official: current estimates at the "
+           "scheduled steps) or restart (end of a reverse pass, then a new pass from `restart`); None: the preset's",
            choices=("tweedie", "restart")),
-    Option("restart", float, 0.5, "predictive=restart: fraction of the reverse steps at which each new pass starts",
+    Option("restart", float, None, "predictive=restart: fraction of the reverse steps at which each new pass starts "
+           "(None: the preset's, else 0.5)",
            lo=0.0, hi=1.0, hi_open=True),
     Option("select", str, "conditional", "several candidates per event: conditional (greedy, re-scored on the "
            "conditioned particles) or topk (official)", choices=("conditional", "topk")),
@@ -354,7 +382,7 @@ def ads(y, physics, prior, *, generator, n_samples, progress, acceleration, budg
     elsewhere), or None with ``acquire``. Exactly one of ``acceleration`` (>= 1; budget = n // acceleration)
     and ``budget`` (candidates in total, fixed block included). ``preset`` sets ``particles``, ``num_steps``,
     ``window``; ``n_samples`` > 1 also sets the particle count. ``per_step`` caps candidates per event (default:
-    as the schedule spreads them). ``score`` in {"gmm", "gmm-lb", "variance", "gauss"}; ``entropy_sigma``
+    as the schedule spreads them). ``score`` in {"gmm", "gmm-lb", "variance", "gauss", "diag"}; ``entropy_sigma``
     :math:`\sigma_H`; ``select`` "conditional" (greedy, re-scored after each pick) or "topk" (official);
     ``predictive`` "tweedie" (official: the estimates at the scheduled steps) or "restart" (the particles at the end
     of a reverse pass, then a new pass from ``restart`` x ``num_steps``).
@@ -365,6 +393,11 @@ def ads(y, physics, prior, *, generator, n_samples, progress, acceleration, budg
     """
     # ---- what the spec cannot say: options that depend on each other, y (each option was checked by OPTIONS) ----
     p_particles, p_steps, p_window = PRESETS[preset]
+    p_opts = {**_DEFAULTS, **PRESET_OPTIONS.get(preset, {})}
+    predictive = p_opts["predictive"] if predictive is None else predictive
+    restart = p_opts["restart"] if restart is None else restart
+    per_step = p_opts["per_step"] if per_step is None else per_step
+    score = p_opts["score"] if score is None else score
     if particles is not None and n_samples > 1 and particles != n_samples:
         fail("particles", f"the same value as n_samples = {n_samples} (both give the particle count)", particles)
     particles = particles if particles is not None else (n_samples if n_samples > 1 else p_particles)
