@@ -7,7 +7,7 @@ method (noise seed per image). Every method is tuned on ``--tune-images`` other 
 per (size, views), then run on the evaluation slices:
 
 - FBP (deepinv's filtered back-projection);
-- TV (Chambolle-Pock, ``n_iter`` 300): lambda from ``TV_LAMS`` (a 1-2-5 grid over two decades);
+- TV (Chambolle-Pock, ``n_iter`` 300): lambda from ``TV_LAMS`` (a 1-2-5 grid from 1e-4 to 2e-2);
 - the diffusion solvers of ``--solvers`` with the prior: DDS (50 NFE) with ``gamma`` and DiffPIR (100 NFE) with
   ``lambda_`` from ``{1/3, 1, 3} x`` the value the solver would use (measured table / automatic), posterior mean of
   ``--chains`` chains;
@@ -40,7 +40,7 @@ from invdiff.operators import CT
 from invdiff.priors import load
 
 NOISE = 0.01
-TV_LAMS = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3)
+TV_LAMS = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2)
 #: per diffusion solver: the option tuned on the tuning slices, its factors around the solver's default, steps
 TUNED_OPTION = {"dds": "gamma", "diffpir": "lambda_"}
 FACTORS = {"dds": (1 / 3, 1.0, 3.0), "diffpir": (1 / 3, 1.0, 3.0)}
