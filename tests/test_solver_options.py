@@ -168,7 +168,7 @@ def test_measured_defaults_apply_only_where_measured_and_explicit_options_win():
     assert measured("red-diff", mri, Iso(), {}) == {}                                     # no value range: none
     noisy = MultiCoilMRI(mri.mask, birdcage_maps(4, (16, 16)), img_size=(2, 16, 16), sigma=0.1)
     assert measured("red-diff", noisy, mri_prior, {}) == {}                               # outside the sigma range
-    assert measured("dds", mri, mri_prior, {})["options"]["gamma"] == pytest.approx(10.0 * 3 ** 0.5)
+    assert measured("dds", mri, mri_prior, {})["options"]["gamma"] == pytest.approx(10.0)      # 4x: 1/4 sampled
     from invdiff.operators import CT
 
     ct_prior = Iso(value_range=(0.0, 1.0))
@@ -185,6 +185,47 @@ def test_measured_defaults_apply_only_where_measured_and_explicit_options_win():
     rec = invdiff.solve(y, mri, mri_prior, solver="red-diff", num_steps=3, preset="mri")
     assert rec.info["lr"] == pytest.approx(0.1) and rec.info["lam"] == pytest.approx(0.25)   # preset x c = 1
     assert "measured_defaults" not in rec.info
+
+
+def test_rules_that_follow_the_acceleration_and_the_number_of_views():
+    from invdiff.operators import CT, MRI, Blur, MultiCoilMRI, birdcage_maps, gaussian_kernel, make_mask
+
+    mri_prior, ct_prior = Iso(value_range=(-1.0, 1.0)), Iso(value_range=(0.0, 1.0))
+    coils = birdcage_maps(4, (32, 32))
+    m4, m8 = (make_mask("equispaced", (32, 32), acc, seed=0) for acc in (4, 8))
+    mc4, mc8 = (MultiCoilMRI(m, coils, img_size=(2, 32, 32), sigma=0.01) for m in (m4, m8))
+    # DDS on multi-coil MRI: gamma 10 at 4x, 17.3 at 8x (v / sigma^2 with v = 0.001 and 0.001 sqrt 3)
+    assert measured("dds", mc4, mri_prior, {})["options"]["gamma"] == pytest.approx(10.0)
+    assert measured("dds", mc8, mri_prior, {})["options"]["gamma"] == pytest.approx(10.0 * 3 ** 0.5)
+    sc4 = MRI(m4, img_size=(2, 32, 32), sigma=0.01)                                 # single-coil 4x keeps 17.3
+    assert measured("dds", sc4, mri_prior, {})["options"]["gamma"] == pytest.approx(10.0 * 3 ** 0.5)
+    noisier = MultiCoilMRI(m4, coils, img_size=(2, 32, 32), sigma=0.02)            # scales with 1 / sigma^2
+    assert measured("dds", noisier, mri_prior, {})["options"]["gamma"] == pytest.approx(2.5)
+    assert measured("dds", mc4, mri_prior, {"gamma": 3.0}) == {}                    # explicit wins
+    resolved, _ = resolve_options("dds", {}, mc4, mri_prior)
+    assert resolved["gamma"] == pytest.approx(10.0)
+    # DiffPIR's prior weight on CT: 3 above 24 views over 180 degrees, 1 at 8-16 views and on limited angle
+    lam = {n: measured("diffpir", CT(32, n_views=n, sigma=0.01), ct_prior, {})["options"]["lambda_"]
+           for n in (8, 16, 32)}
+    assert lam == {8: 1.0, 16: 1.0, 32: 3.0}
+    limited = CT(32, n_views=32, angle_range=90.0, sigma=0.01)
+    assert measured("diffpir", limited, ct_prior, {})["options"] == {"lambda_": 1.0, "zeta": 0.5}
+    # DPS's weight on CT at 1000 steps: 3000 above 12 views over 180 degrees, 1000 at 8 views and on limited angle
+    w = {n: measured("dps", CT(32, n_views=n, sigma=0.01), ct_prior, {})["options"]["weight"] for n in (8, 16, 32)}
+    assert w == {8: 1000.0, 16: 3000.0, 32: 3000.0}
+    assert measured("dps", limited, ct_prior, {})["options"]["weight"] == 1000.0
+    assert measured("dps", CT(32, n_views=16, sigma=0.01), ct_prior, {"num_steps": 200})["options"]["weight"] == 1000.0
+    # ... and on blur: 7 / 3
+    blur = Blur(gaussian_kernel(9, 2.0), img_size=(1, 16, 16), sigma=0.01)
+    assert measured("diffpir", blur, ct_prior, {})["options"] == {"lambda_": pytest.approx(7 / 3), "zeta": 0.6}
+    # DPS on blur: 900 at 1000 steps, capped at 3 / step (300 at 100 steps, the weight measured best there)
+    assert measured("dps", blur, ct_prior, {})["options"]["weight"] == 900.0
+    assert measured("dps", blur, ct_prior, {"num_steps": 100})["options"]["weight"] == 300.0
+    from invdiff.bench.tasks import TASKS
+
+    shake = TASKS["deblur-motion"].physics(32, 4)                                  # wide band: 2700 at 1000 steps
+    assert measured("dps", shake, ct_prior, {})["options"]["weight"] == 2700.0
+    assert measured("dps", shake, ct_prior, {"num_steps": 100})["options"]["weight"] == 300.0
 
 
 def test_without_a_measured_row_the_solver_defaults_and_output_are_unchanged():
