@@ -179,3 +179,26 @@ def test_size_guard_metadata_roundtrip_and_patch_rules(tmp_path):
     unknown = NeuralPrior(CompactUNet(in_channels=1, base_channels=8, channel_mult=(1, 2), emb_dim=16),
                           sigma_data=0.2, channels=1)                                # no size metadata: no check
     assert check_prior_fits(unknown, (1, 320, 320), strict=True) is None
+
+
+@pytest.mark.skipif("ct-anatomy-patch64" not in available(), reason="real-size CT prior not installed")
+def test_shipped_real_size_ct_prior_fits_256_and_denoises_heldout_slices(gen):
+    """The shipped patch prior: validated at 256x256 (no warning there, one at 64x64 and 320x320), and a real
+    denoiser of held-out 256x256 anatomy slices (seeds never seen in training)."""
+    from invdiff.datasets import split_seeds
+    from invdiff.datasets.anatomy import ct_anatomy
+    from invdiff.training import psnr
+
+    p = load("ct-anatomy-patch64")
+    assert p.patch_size == (64, 64) and (256, 256) in p.validated_sizes and p.pos_channels == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PriorSizeWarning)
+        assert check_prior_fits(p, (1, 256, 256), strict=True) is None
+    for size in (64, 320):
+        with pytest.raises(PriorSizeError, match=r"validated at 256x256"):
+            check_prior_fits(p, (1, size, size), strict=True)
+    x = ct_anatomy(split_seeds("heldout", 2, start=9000), 256)
+    y = x + 0.1 * torch.randn(x.shape, generator=gen)
+    with torch.no_grad():
+        gain = float((psnr(p(y, 0.1), x) - psnr(y, x)).mean())
+    assert gain > 12.0, f"only {gain:.2f} dB better than the noisy input at sigma=0.1"

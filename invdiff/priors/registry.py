@@ -17,6 +17,9 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED = {
     "ct-phantom-64": "1-channel CT-like ellipse phantoms in [0, 1], trained at 64x64 (fully convolutional)",
     "mri-brainphantom-64": "2-channel (complex) brain phantoms, max magnitude 1, trained at 64x64 (fully convolutional)",
+    "ct-anatomy-patch64": "1-channel CT slices (HU window -1000..3000 -> [0, 1]) at the pixel scale of 256x256 "
+                          "anatomy-like slices; trained on 64x64 patches with their coordinates (PaDIS), applied "
+                          "to whole images; validated at 256x256",
     "mri-brainphantom-64-cond": "conditional (solver 'conditional-dc'): brain phantoms given [zero-filled A^H y, mask] of "
                                 "single- / 8-coil Cartesian MRI at 2-10x, trained at 64x64",
 }

@@ -41,14 +41,17 @@ and fastMRI targets whose size disagrees with the header (--set check_target=fal
 that is not the image of the file's own fully sampled k-space is refused when the file is read). Exit codes:
 0 done, 1 some inputs failed (the others were done), 2 bad usage / configuration / input, 3 the disk is full.
 
-Size guard: the shipped priors (invdiff.priors.available()) were trained on whole 64x64 images; applied at
-another size they warn (PriorSizeWarning), and --strict makes that an error before any input is solved. At real
-sizes use a classical solver (the default, --solver auto) or a prior trained for that size (a checkpoint path).
+Size guard: every prior knows the sizes and pixel scale it was trained and validated for (its model card);
+applied to another size it warns (PriorSizeWarning), and --strict makes that an error before any input is solved.
+ct-phantom-64 and mri-brainphantom-64 were trained on whole 64x64 images; ct-anatomy-patch64 is a patch prior at
+the pixel scale of 256x256 CT slices (validated at 256x256). For other sizes use a classical solver (the default,
+--solver auto) or a prior trained for that size (a checkpoint path).
 
 examples:
   invdiff reconstruct knee_val/ --out recon/ --acceleration 8            # 320x320 knee: l1-wavelet (auto)
   invdiff reconstruct knee_val/ --solver dds --prior my_knee_prior.safetensors --strict --out recon/
   invdiff reconstruct phantoms64/ --task ct --views 16 --solver dds --prior ct-phantom-64 --out recon/
+  invdiff reconstruct slices256/ --task ct --views 16 --solver diffpir --prior ct-anatomy-patch64 --strict --out recon/
   invdiff reconstruct ct.nii.gz --task ct --views 16 --solver tv --out recon/ --set solver.lam=0.002
   torchrun --nproc_per_node=4 -m invdiff.cli reconstruct data/ --solver tv --out recon/
   invdiff reconstruct --list-solvers
