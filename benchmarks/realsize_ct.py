@@ -14,9 +14,10 @@ per (size, views), then run on the evaluation slices:
 - DDS with the shipped whole-image ``ct-phantom-64`` (defaults, same chains): what users got before.
 
 PSNR / SSIM with peak 1 on the [0, 1] image (reconstructions clipped to [0, 1]), per image and averaged; the
-paired difference best-diffusion - TV with its standard error over images; NFE, seconds per image (1 torch thread),
-peak memory growth. Rows are cached per (size, views, method, options, prior, image) in ``--cache`` so an
-interrupted run resumes and a newer prior only re-runs its own rows.
+paired difference best diffusion solver - TV with its standard error over images; NFE, seconds per image (1 torch
+thread; wall time on a shared 2-core machine: a row taken from the cache keeps the seconds of the invocation that
+measured it, under that invocation's load), peak memory growth. Rows are cached per (size, views, method, options,
+prior, image) in ``--cache`` so an interrupted run resumes and a newer prior only re-runs its own rows.
 
 Usage: python benchmarks/realsize_ct.py --prior ct-anatomy-patch64 [--sizes 256] [--views 8 16 32] [--images 4]
 """
