@@ -63,12 +63,20 @@ def _default(solver: str, op, prior) -> float:
 
 
 def _sha(path_or_name: str) -> str:
+    """First 12 hex digits of the SHA-256 of the prior's weights (tensor names and bytes, not the metadata): the
+    row cache follows the network, not its model-card text."""
+    from safetensors.torch import load_file
+
     p = Path(path_or_name)
     if not p.is_file():
         from invdiff.priors.registry import WEIGHTS_DIR
 
         p = WEIGHTS_DIR / f"{path_or_name}.safetensors"
-    return hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+    h = hashlib.sha256()
+    for k, v in sorted(load_file(str(p)).items()):
+        h.update(k.encode())
+        h.update(v.contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def one(x, i: int, size: int, views: int, solver: str, prior, options: dict) -> dict:
