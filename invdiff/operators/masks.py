@@ -90,23 +90,34 @@ def _generator(seed):
     return g
 
 
+def _center_columns(W: int, acc: float, cf: float, center_fraction) -> int:
+    """``n_center = int(cf * W)`` centre columns of a line mask, checked: at least 1, at most ``W // acc``."""
+    n_center = int(cf * W)
+    if n_center > W // acc:
+        fail("center_fraction", f"a centre of at most W // acceleration = {int(W // acc)} columns "
+                                f"(center_fraction * W = {n_center} columns at W = {W}, acceleration = {acc:g})",
+             center_fraction)
+    if n_center < 1:
+        fail("center_fraction", f"at least 1 centre column (center_fraction * W >= 1 at W = {W})", center_fraction)
+    return n_center
+
+
+def _as_mask(cols: torch.Tensor, shape) -> torch.Tensor:
+    """Columns (W,) -> the mask of ``shape`` (..., H, W), identical over every other axis."""
+    return cols.reshape(*([1] * (len(shape) - 1)), cols.numel()).expand(*shape).contiguous()
+
+
 def _columns(kind, shape, acceleration, center_fraction, seed) -> torch.Tensor:
     from deepinv.physics.generator import EquispacedMaskGenerator, GaussianMaskGenerator, RandomMaskGenerator
 
     shape, acc, cf = _check_args(shape, acceleration, center_fraction, seed)
     H, W = shape[-2:]
-    n_center = int(cf * W)
-    if n_center > W // acc:
-        fail("center_fraction", f"a centre of at most W / acceleration = {W // acc:g} columns "
-                                f"(center_fraction * W = {n_center} columns at W = {W}, acceleration = {acc:g})",
-             center_fraction)
-    if n_center < 1:
-        fail("center_fraction", f"at least 1 centre column (center_fraction * W >= 1 at W = {W})", center_fraction)
+    n_center = _center_columns(W, acc, cf, center_fraction)
     if kind == "equispaced" and n_center * acc >= W:  # only the centre fits (deepinv divides by zero here)
         cols = torch.zeros(W)
         pad = (W - n_center + 1) // 2
         cols[pad:pad + n_center] = 1
-        return cols.reshape(*([1] * (len(shape) - 1)), W).expand(*shape).contiguous()
+        return _as_mask(cols, shape)
     cls = {"equispaced": EquispacedMaskGenerator, "random": RandomMaskGenerator,
            "gaussian": GaussianMaskGenerator}[kind]
     import warnings
@@ -115,7 +126,7 @@ def _columns(kind, shape, acceleration, center_fraction, seed) -> torch.Tensor:
         warnings.simplefilter("ignore")
         gen = cls((1, 1, W), acceleration=acc, center_fraction=cf, rng=_generator(seed))
         cols = gen.step(batch_size=0)["mask"].reshape(-1)[-W:].float()
-    return cols.reshape(*([1] * (len(shape) - 1)), W).expand(*shape).contiguous()
+    return _as_mask(cols, shape)
 
 
 def equispaced_mask(shape, acceleration: float, center_fraction: float | None = None, seed: int | None = 0):
@@ -178,13 +189,7 @@ def poisson_disc_mask_1d(shape, acceleration: float, center_fraction: float | No
         fail("min_gap", "an int >= 1 or None", min_gap, TypeError if not isinstance(min_gap, int) else ValueError)
     H, W = shape[-2:]
     n_total = int(W // acc)
-    n_center = int(cf * W)
-    if n_center > n_total:
-        fail("center_fraction", f"a centre of at most W // acceleration = {n_total} columns "
-                                f"(center_fraction * W = {n_center} columns at W = {W}, acceleration = {acc:g})",
-             center_fraction)
-    if n_center < 1:
-        fail("center_fraction", f"at least 1 centre column (center_fraction * W >= 1 at W = {W})", center_fraction)
+    n_center = _center_columns(W, acc, cf, center_fraction)
     c0 = W // 2 - n_center // 2                                          # centre block [c0, c1), deepinv's start
     c1 = c0 + n_center
     k = torch.arange(W)
@@ -225,7 +230,7 @@ def poisson_disc_mask_1d(shape, acceleration: float, center_fraction: float | No
     cols = torch.zeros(W)
     cols[c0:c1] = 1
     cols[best[:n]] = 1
-    return cols.reshape(*([1] * (len(shape) - 1)), W).expand(*shape).contiguous()
+    return _as_mask(cols, shape)
 
 
 def poisson_disc_mask(shape, acceleration: float, center_fraction: float | None = None, seed: int | None = 0,
