@@ -24,7 +24,6 @@ Usage: python benchmarks/realsize_ct.py --prior ct-anatomy-patch64 [--sizes 256]
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
 import warnings
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 
 import invdiff
 from invdiff.bench import measure, write_results
-from invdiff.bench.harness import RowCache
+from invdiff.bench.harness import RowCache, option_default, weights_sha
 from invdiff.datasets.anatomy import ct_anatomy
 from invdiff.datasets.phantoms import split_seeds
 from invdiff.metrics import psnr, ssim
@@ -46,37 +45,6 @@ TV_LAMS = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2)
 TUNED_OPTION = {"dds": "gamma", "diffpir": "lambda_"}
 FACTORS = {"dds": (1 / 3, 1.0, 3.0), "diffpir": (1 / 3, 1.0, 3.0)}
 STEPS = {"dds": 50, "diffpir": 100}
-
-
-def _default(solver: str, op, prior) -> float:
-    """The value of the tuned option that ``solver`` would use on ``op`` with ``prior`` (measured table, else the
-    solver's own default; DDS's automatic gamma)."""
-    from invdiff.solvers.base import get, resolve_options
-
-    opt = TUNED_OPTION[solver]
-    v = resolve_options(solver, {}, op, prior)[0].get(opt)
-    if v is None and solver == "dds":
-        from invdiff.solvers.dds import default_gamma
-
-        v = default_gamma(op, prior)
-    return float(v if v is not None else get(solver).option(opt).default)
-
-
-def _sha(path_or_name: str) -> str:
-    """First 12 hex digits of the SHA-256 of the prior's weights (tensor names and bytes, not the metadata): the
-    row cache follows the network, not its model-card text."""
-    from safetensors.torch import load_file
-
-    p = Path(path_or_name)
-    if not p.is_file():
-        from invdiff.priors.registry import WEIGHTS_DIR
-
-        p = WEIGHTS_DIR / f"{path_or_name}.safetensors"
-    h = hashlib.sha256()
-    for k, v in sorted(load_file(str(p)).items()):
-        h.update(k.encode())
-        h.update(v.contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:12]
 
 
 def one(x, i: int, size: int, views: int, solver: str, prior, options: dict) -> dict:
@@ -113,7 +81,7 @@ def main(argv=None):
     if getattr(prior, "patch_size", None):
         prior = prior.set_inference(a.inference, seed=0)
     shipped = None if a.no_shipped else load("ct-phantom-64")
-    tags = {"patch": f"{Path(a.prior).stem}@{_sha(a.prior)}/{a.inference}", "shipped": f"ct-phantom-64@{_sha('ct-phantom-64')}"}
+    tags = {"patch": f"{Path(a.prior).stem}@{weights_sha(a.prior)}/{a.inference}", "shipped": f"ct-phantom-64@{weights_sha('ct-phantom-64')}"}
     step = (prior.info or {}).get("step")
     rows, per_image, t0 = [], [], time.time()
 
@@ -140,7 +108,7 @@ def main(argv=None):
             tuning = {"TV": tv_tune}
             op0 = CT(size, n_views=views, sigma=NOISE)
             for solver in a.solvers:
-                opt, g0 = TUNED_OPTION[solver], _default(solver, op0, prior)
+                opt, g0 = TUNED_OPTION[solver], option_default(solver, TUNED_OPTION[solver], op0, prior)
                 tune = {f * g0: mean(row(size, views, solver, "patch", solver,
                                          {opt: f * g0, "num_steps": STEPS[solver]}, xt, 0, "t"))
                         for f in FACTORS[solver]}

@@ -200,3 +200,20 @@ def test_roundtrip_synthetic_reconstruct_evaluate(tmp_path, capsys):
     vals = np.array([per_volume[n]["PSNR"] for n in sorted(per_volume)])
     assert summary["PSNR"][0] == pytest.approx(vals.mean()) and summary["PSNR"][2] == 2
     assert summary["PSNR"][1] == pytest.approx(2 * vals.std(ddof=1))           # fastMRI prints mean +/- 2 std
+
+
+def test_anatomy_files_hold_heldout_anatomy_slices_in_the_centre_of_the_field_of_view(tmp_path):
+    """``phantom="anatomy"``: the file's target is the held-out anatomy slice of its seed (never a training seed),
+    filling the centred min(H, W) square, cropped to ``recon_size``."""
+    from invdiff.datasets import split_seeds
+    from invdiff.datasets.anatomy import mri_anatomy_np
+
+    f = write_synthetic_fastmri(tmp_path / "file_anat.h5", n_slices=2, coils=3, shape=(80, 48), recon_size=(40, 40),
+                                seed=5, phantom="anatomy", acquisition="CORPD_FBK")
+    vol = read_fastmri(f)
+    seeds = split_seeds("heldout", 2, start=5000)
+    want = np.stack([np_crop(np.abs(mri_anatomy_np(s, 48)), 40, 40) for s in seeds])
+    np.testing.assert_allclose(vol.target / 1e-3, want, atol=1e-4)
+    assert min(seeds) >= 10 ** 9 and vol.attrs["acquisition"] == "CORPD_FBK"
+    with pytest.raises(ValueError, match="phantom"):
+        write_synthetic_fastmri(tmp_path / "bad.h5", phantom="knee")

@@ -13,7 +13,9 @@ A script composes:
   :class:`PinnedPriors` loads each shipped prior once from a private copy (re-exports during a run cannot mix
   versions), :func:`installed_versions` what is installed now;
 - :func:`mean_rows`: per-group means of numeric row fields; :class:`RowCache`: per-row JSON files, so a rerun
-  skips the rows already measured;
+  skips the rows already measured; :func:`weights_sha` tags cached rows by the prior's weights;
+- :func:`option_default`: the value of a solver option a user gets by default on an operator (tuning grids
+  centre on it);
 - :func:`write_experiment`: JSON + CSV + markdown (:func:`invdiff.bench.tables.write_results`) with a header naming
   the command and the prior versions.
 
@@ -181,6 +183,37 @@ class PinnedPriors:
 
     def versions(self) -> dict:
         return {k: v[1] for k, v in self._loaded.items()}
+
+
+def weights_sha(name_or_path: str) -> str:
+    """First 12 hex digits of the SHA-256 of a prior's weights (tensor names and bytes, not the metadata), for a
+    shipped name or a ``.safetensors`` file: cached rows follow the network, not its model-card text."""
+    from safetensors.torch import load_file
+
+    p = Path(name_or_path)
+    if not p.is_file():
+        from ..priors.registry import WEIGHTS_DIR
+
+        p = WEIGHTS_DIR / f"{name_or_path}.safetensors"
+    h = hashlib.sha256()
+    for k, v in sorted(load_file(str(p)).items()):
+        h.update(k.encode())
+        h.update(v.contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def option_default(solver: str, option: str, physics, prior) -> float:
+    """The value of ``option`` that ``solver`` uses on ``physics`` with ``prior`` when the user gives none: the
+    measured table (:mod:`invdiff.solvers.defaults`), else the solver's own default (DDS: its automatic gamma).
+    Experiments tune around it."""
+    from ..solvers.base import get, resolve_options
+
+    v = resolve_options(solver, {}, physics, prior)[0].get(option)
+    if v is None and solver == "dds" and option == "gamma":
+        from ..solvers.dds import default_gamma
+
+        v = default_gamma(physics, prior)
+    return float(v if v is not None else get(solver).option(option).default)
 
 
 class RowCache:

@@ -1,7 +1,8 @@
 r"""Synthetic fastMRI-format files, so every fastMRI workflow (read, mask, reconstruct, submit, evaluate) runs offline.
 
-Each slice :math:`s` is a complex image :math:`x_s` (an invdiff held-out brain phantom, or the Shepp-Logan
-phantom with a per-slice size and phase), placed in the centre of the ``shape = (H, W)`` field of view (like
+Each slice :math:`s` is a complex image :math:`x_s` (an invdiff held-out brain phantom, a held-out anatomy-like
+brain / knee slice of :func:`invdiff.datasets.anatomy.mri_anatomy_np`, or the Shepp-Logan phantom with a per-slice
+size and phase), placed in the centre of the ``shape = (H, W)`` field of view (like
 fastMRI's 2x readout oversampling when ``H > W``), then
 
 .. math::  k_{s,n} = F(c_n \odot x_s) \ \text{(multi-coil)}, \qquad k_s = F x_s \ \text{(single-coil)},
@@ -52,6 +53,11 @@ def _images(phantom: str, n_slices: int, size: int, seed: int) -> np.ndarray:
     if phantom == "brain":
         # held-out seeds (never seen by the shipped priors), one subject-like image per slice
         return np.stack([mri_phantom_np(s, size) for s in split_seeds("heldout", n_slices, start=1000 * seed)])
+    if phantom == "anatomy":
+        from .anatomy import mri_anatomy_np
+
+        # held-out seeds of the anatomy generator (the real-size priors train on the other split)
+        return np.stack([mri_anatomy_np(s, size) for s in split_seeds("heldout", n_slices, start=1000 * seed)])
     out = []
     for s in range(n_slices):
         t = s / max(n_slices - 1, 1)
@@ -89,7 +95,9 @@ def write_synthetic_fastmri(path, n_slices: int = 4, coils: int = 8, shape=(64, 
             k-space, ``mask``, no target).
         seed: picks the phantoms (held-out seeds) and the noise.
         recon_size: target size ``(h, w)`` (default the centred ``min(H, W)`` square).
-        phantom: ``"brain"`` (invdiff MRI phantoms) or ``"shepp-logan"`` (per-slice size and phase).
+        phantom: ``"brain"`` (invdiff MRI phantoms), ``"anatomy"`` (anatomy-like brain / knee slices at full
+            resolution: :func:`~invdiff.datasets.anatomy.mri_anatomy_np`) or ``"shepp-logan"`` (per-slice size and
+            phase).
         scale: k-space scale factor.
         noise: complex Gaussian k-space noise std, relative to ``scale``.
         mask_kind, acceleration, center_fraction: the test-file mask, seeded by the file name: a fastMRI family
@@ -105,7 +113,7 @@ def write_synthetic_fastmri(path, n_slices: int = 4, coils: int = 8, shape=(64, 
     check_positive("n_slices", n_slices, integer=True)
     check_positive("coils", coils, integer=True)
     check_choice("kind", kind, ("multicoil", "singlecoil", "test"))
-    check_choice("phantom", phantom, ("brain", "shepp-logan"))
+    check_choice("phantom", phantom, ("brain", "anatomy", "shepp-logan"))
     check_positive("scale", scale)
     check_positive("noise", noise, strict=False)
     if not (isinstance(shape, (tuple, list)) and len(shape) == 2 and all(isinstance(s, int) and s >= 8 for s in shape)):
