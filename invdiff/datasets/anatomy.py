@@ -371,8 +371,11 @@ def _bias_field(x, y, rng, size) -> np.ndarray:
     return f * np.exp(rng.uniform(0.05, 0.25) * _field(rng, size, 0.3))
 
 
-def mri_anatomy_np(seed: int, size: int = 256, family: str | None = None) -> np.ndarray:
-    """One complex MRI-like anatomical slice (size, size) complex64, max magnitude 1."""
+def mri_anatomy_np(seed: int, size: int = 256, family: str | None = None, thermal_noise: bool = True) -> np.ndarray:
+    """One complex MRI-like anatomical slice (size, size) complex64, max magnitude 1.
+
+    ``thermal_noise=False`` leaves out the image-domain complex Gaussian noise (std uniform in [0, 0.02]), the same
+    slice otherwise: for simulations that add thermal noise where a scanner has it, in each coil's k-space."""
     rng = np.random.default_rng([int(seed), 0xA7E1])
     family = family or MRI_FAMILIES[int(rng.integers(len(MRI_FAMILIES)))]
     table = BRAIN_CONTRASTS if family == "brain" else KNEE_CONTRASTS
@@ -388,7 +391,8 @@ def mri_anatomy_np(seed: int, size: int = 256, family: str | None = None) -> np.
     z = mag * np.exp(1j * phase)
     z = z / (np.abs(z).max() + 1e-12)
     sd = rng.uniform(0.0, 0.02)                                           # thermal noise, complex Gaussian
-    z = z + sd / np.sqrt(2) * (rng.standard_normal(z.shape) + 1j * rng.standard_normal(z.shape))
+    if thermal_noise:
+        z = z + sd / np.sqrt(2) * (rng.standard_normal(z.shape) + 1j * rng.standard_normal(z.shape))
     return (z / np.abs(z).max()).astype(np.complex64)
 
 

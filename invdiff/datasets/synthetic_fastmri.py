@@ -56,8 +56,10 @@ def _images(phantom: str, n_slices: int, size: int, seed: int) -> np.ndarray:
     if phantom == "anatomy":
         from .anatomy import mri_anatomy_np
 
-        # held-out seeds of the anatomy generator (the real-size priors train on the other split)
-        return np.stack([mri_anatomy_np(s, size) for s in split_seeds("heldout", n_slices, start=1000 * seed)])
+        # held-out seeds of the anatomy generator (the real-size priors train on the other split); thermal noise is
+        # added per coil in k-space (``noise``), where a scanner has it, not to the object
+        return np.stack([mri_anatomy_np(s, size, thermal_noise=False)
+                         for s in split_seeds("heldout", n_slices, start=1000 * seed)])
     out = []
     for s in range(n_slices):
         t = s / max(n_slices - 1, 1)
@@ -96,7 +98,8 @@ def write_synthetic_fastmri(path, n_slices: int = 4, coils: int = 8, shape=(64, 
         seed: picks the phantoms (held-out seeds) and the noise.
         recon_size: target size ``(h, w)`` (default the centred ``min(H, W)`` square).
         phantom: ``"brain"`` (invdiff MRI phantoms), ``"anatomy"`` (anatomy-like brain / knee slices at full
-            resolution: :func:`~invdiff.datasets.anatomy.mri_anatomy_np`) or ``"shepp-logan"`` (per-slice size and
+            resolution, without image-domain noise: :func:`~invdiff.datasets.anatomy.mri_anatomy_np`; use ``noise``
+            for thermal noise) or ``"shepp-logan"`` (per-slice size and
             phase).
         scale: k-space scale factor.
         noise: complex Gaussian k-space noise std, relative to ``scale``.

@@ -82,6 +82,7 @@ def _run_fastmri(item: Item, cfg, prior, solver, options, seed):
         fail("INPUT", "k-space with a non-zero measured part", f"{item.path} (all-zero measured k-space)")
     k = (k / scale).astype(np.complex64)
     mask2d = cols[None].expand(H, W).contiguous()
+    support = []                                   # per slice: where some ESPIRiT map is non-zero
 
     def build(lo, hi, gen, volume):
         y = kspace_to_tensor(k[lo:hi]).movedim(0, 1).contiguous()            # (b, 2, [N], H, W)
@@ -91,12 +92,19 @@ def _run_fastmri(item: Item, cfg, prior, solver, options, seed):
             return (y.movedim(0, 1)[None] if volume else y), MRI(mask2d, img_size=size, sigma=sigma, rng=gen)
         maps = espirit_maps(y, calib_width=int(cfg["espirit_calib"]), kernel_width=int(cfg["espirit_kernel"]),
                             mask=mask2d, cache_dir=cfg["espirit_cache"])     # (b, N, H, W), one set per slice
+        support.append(maps.abs().amax(1) > 0)                               # (b, H, W)
         if volume:                                                            # (1, 2, N, D, H, W), maps (N, D, H, W)
             return y.permute(1, 2, 0, 3, 4)[None].contiguous(), MultiCoilMRI(mask2d, maps.movedim(0, 1), size,
                                                                               sigma=sigma, rng=gen)
         return y, MultiCoilMRI(mask2d, maps, img_size=size, sigma=sigma, rng=gen)
 
     mean, std, nfe = _solve_chunks(k.shape[0], cfg, build, prior, solver, options, seed)
+    if support and cfg.get("coil_support", True):
+        # ESPIRiT zeroes the maps where no coil has signal (air): A is blind there, so the image there is only the
+        # solver's prior (a diffusion prior may paint anatomy); zero it, as SENSE images are (BART pics, sigpy)
+        sup = torch.cat(support)[:, None].to(mean.device)
+        mean = mean * sup
+        std = None if std is None else std * sup
     crop = vol.info.recon_size
     recon = center_crop(_magnitude(mean) * scale, crop).astype(np.float32)
     extra = {}
