@@ -19,8 +19,8 @@ dominates every method's error. ``--images`` evaluation files (file seeds 300..)
 Reconstruction: ``invdiff reconstruct FOLDER --acceleration R`` with its defaults: fastMRI's knee mask
 (``RandomMaskFunc``, centre fraction 0.08 at 4x and 0.04 at 8x, seeded by the file name, so every method sees the same
 k-space), ESPIRiT maps from the ACS lines (sigpy; cached, computed once per file and acceleration), the whole
-640 x 368 field of view solved, zeroed where no ESPIRiT map reaches (``coil_support``), and the magnitude
-centre-cropped to 320 x 320, scored by the fastMRI protocol
+640 x 368 field of view solved (zeroed where no ESPIRiT map reaches, ``coil_support``, where that was better on the
+tuning files: ``--coil-support tuned``) and the magnitude centre-cropped to 320 x 320, scored by the fastMRI protocol
 (PSNR with the target's maximum, SSIM 7x7) against the file's ``reconstruction_rss``. Methods, each tuned on the
 tuning files per acceleration, then run on the evaluation files:
 
@@ -30,7 +30,9 @@ tuning files per acceleration, then run on the evaluation files:
   ``gamma`` from ``{1/3, 1, 3} x`` the value the solver would use (measured table), posterior mean of ``--chains``
   chains (``--set n_samples``).
 
-Per method: PSNR / SSIM / NMSE averaged over the files, the paired difference best diffusion solver - l1-wavelet with
+Per method: PSNR / SSIM / NMSE averaged over the files (fastMRI protocol against the RSS target; ``PSNR_clean`` /
+``SSIM_clean``: the same protocol against the noise-free anatomy slice, a reference a scanner does not give but that
+separates the anatomy from the target's noise floor), the paired difference best diffusion solver - l1-wavelet with
 its standard error, NFE, seconds per slice (1 torch thread, ESPIRiT time included except where its cache had the
 maps; wall time on a shared 2-core machine) and peak memory growth, from ``reconstruct``'s per-file records.
 ``--cache`` keeps the files, the ESPIRiT maps and every reconstruction folder (one per method, options, prior and
@@ -50,6 +52,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from invdiff.bench import write_results
@@ -59,7 +62,7 @@ L1W_LAMS = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2)
 TUNED_OPTION = {"dds": "gamma", "diffpir": "lambda_"}
 FACTORS = (1 / 3, 1.0, 3.0)
 STEPS = {"dds": 50, "diffpir": 100}
-COILS, SHAPE, RECON = 15, (640, 368), (320, 320)
+COILS, SHAPE, RECON, SCALE = 15, (640, 368), (320, 320), 1e-3      # SCALE: write_synthetic_fastmri's default
 SEEDS = {"eval": 300, "tune": 400}
 
 
@@ -76,17 +79,29 @@ def files(cache: Path, split: str, n: int, noise: float) -> Path:
     return folder
 
 
+def clean_target(split: str, i: int) -> np.ndarray:
+    """(1, 320, 320) the noise-free magnitude of file ``i`` of ``split`` (the anatomy slice before coils and
+    noise), on the file's scale: a second reference that leaves out the thermal noise floor of the RSS target."""
+    from invdiff.datasets.anatomy import mri_anatomy_np
+    from invdiff.datasets.phantoms import split_seeds
+    from invdiff.metrics import center_crop
+
+    seed = split_seeds("heldout", 1, start=1000 * (SEEDS[split] + i))[0]
+    return center_crop(np.abs(mri_anatomy_np(seed, min(SHAPE), thermal_noise=False))[None] * SCALE, RECON)
+
+
 def reconstruct(cache: Path, split: str, n: int, noise: float, acc: int, solver: str, options: dict,
-                prior: str | None, tag: str, chains: int = 1) -> list[dict]:
+                prior: str | None, tag: str, chains: int = 1, support: bool = False) -> list[dict]:
     """``invdiff reconstruct`` of the ``split`` files; one record per file (name, metrics, NFE, seconds, memory)."""
     from invdiff.cli import main
 
     folder = files(cache, split, n, noise)
-    key = json.dumps([split, noise, acc, solver, sorted(options.items()), tag, chains, "coil_support"])
+    key = json.dumps([split, noise, acc, solver, sorted(options.items()), tag, chains]
+                     + (["coil_support"] if support else []))
     out = cache / "runs" / f"{acc}x_{split}_{solver}_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     argv = ["reconstruct", str(folder), "--out", str(out), "--solver", solver, "--acceleration", str(acc),
             "--set", "progress=false", "--set", f"espirit_cache={cache / 'espirit'}", "--set", f"n_samples={chains}",
-            "--set", f"noise={noise / 2 ** 0.5:.6g}", "--set", "coil_support=true"]
+            "--set", f"noise={noise / 2 ** 0.5:.6g}", "--set", f"coil_support={str(support).lower()}"]
     argv += ["--prior", prior] if prior else []
     for k, v in options.items():
         argv += ["--set", f"solver.{k}={v}"]
@@ -97,11 +112,21 @@ def reconstruct(cache: Path, split: str, n: int, noise: float, acc: int, solver:
         except SystemExit as e:
             if e.code not in (0, None):
                 raise RuntimeError(f"reconstruct failed ({e.code}): {' '.join(argv)}") from e
+    import h5py
+
+    from invdiff.metrics import fastmri_metrics
+
     recs = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
     if len(recs) < n:
         raise RuntimeError(f"{out}: {len(recs)} of {n} records")
-    return [{"file": Path(r["input"]).name, **r["metrics"], "nfe": r["nfe"], "seconds": r["seconds"],
-             "peak_mb": r["peak_mb"]} for r in recs[:n]]
+    rows = []
+    for i, r in enumerate(recs[:n]):
+        name = Path(r["input"]).name
+        with h5py.File(out / name) as f:
+            clean = fastmri_metrics(f["reconstruction"][()], clean_target(split, i))
+        rows.append({"file": name, **r["metrics"], "PSNR_clean": clean["PSNR"], "SSIM_clean": clean["SSIM"],
+                     "nfe": r["nfe"], "seconds": r["seconds"], "peak_mb": r["peak_mb"]})
+    return rows
 
 
 def _operator(folder: Path, acc: int, noise: float):
@@ -129,6 +154,8 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--tune-images", type=int, default=1)
     ap.add_argument("--chains", type=int, default=2)
+    ap.add_argument("--coil-support", choices=("off", "on", "tuned"), default="tuned",
+                    help="reconstruct's coil_support: off, on, or tuned per method on the tuning files")
     ap.add_argument("--noise", type=float, default=0.005, help="complex k-space noise std per coil")
     ap.add_argument("--solvers", type=lambda v: v.split(","), default=["diffpir", "dds"])
     ap.add_argument("--out", default="benchmarks/results")
@@ -143,33 +170,42 @@ def main(argv=None):
     step = (prior.info or {}).get("step")
     tune_folder = files(cache, "tune", a.tune_images, a.noise)
     rows, per_image, t0 = [], [], time.time()
+    supports = {"off": (False,), "on": (True,), "tuned": (False, True)}[a.coil_support]
+
+    def label(v, sup):
+        return f"{v:.3g}" + (", coil support" if sup else "")
     for acc in a.accelerations:
-        def run(split, solver, options, with_prior=False, chains=1):
+        def run(split, solver, options, with_prior=False, chains=1, support=False):
             n = a.images if split == "eval" else a.tune_images
             return reconstruct(cache, split, n, a.noise, acc, solver, options, a.prior if with_prior else None,
-                               tag if with_prior else "-", chains)
+                               tag if with_prior else "-", chains, support)
 
-        tuning = {"l1-wavelet": {lam: _mean(run("tune", "l1-wavelet", {"lam": lam})) for lam in L1W_LAMS}}
-        lam = max(tuning["l1-wavelet"], key=tuning["l1-wavelet"].get)
-        methods = [("zero-filled", "-", "adjoint", {}, False, 1),
-                   (f"l1-wavelet (lam {lam:g}, tuned)", "-", "l1-wavelet", {"lam": lam}, False, 1)]
+        tuning = {"l1-wavelet": {(lam, sup): _mean(run("tune", "l1-wavelet", {"lam": lam}, support=sup))
+                                 for lam in L1W_LAMS for sup in supports}}
+        lam, sup = max(tuning["l1-wavelet"], key=tuning["l1-wavelet"].get)
+        methods = [("zero-filled", "-", "adjoint", {}, False, 1, False),
+                   (f"l1-wavelet (lam {label(lam, sup)}, tuned)", "-", "l1-wavelet", {"lam": lam}, False, 1, sup)]
         op = _operator(tune_folder, acc, a.noise)
         for solver in a.solvers:
             opt = TUNED_OPTION[solver]
             g0 = option_default(solver, opt, op, prior)
-            tune = {f * g0: _mean(run("tune", solver, {opt: round(f * g0, 4), "num_steps": STEPS[solver]}, True))
-                    for f in FACTORS}
-            best = max(tune, key=tune.get)
+            tune = {(f * g0, sup): _mean(run("tune", solver, {opt: round(f * g0, 4), "num_steps": STEPS[solver]},
+                                             True, support=sup))
+                    for f in FACTORS for sup in supports}
+            best, sup = max(tune, key=tune.get)
             tuning[solver] = tune
-            methods.append((f"{solver} ({opt} {best:.3g}, tuned; {STEPS[solver]} steps, mean of {a.chains})", tag,
-                            solver, {opt: round(best, 4), "num_steps": STEPS[solver]}, True, a.chains))
+            methods.append((f"{solver} ({opt} {label(best, sup)}, tuned; {STEPS[solver]} steps, mean of "
+                            f"{a.chains})", tag, solver, {opt: round(best, 4), "num_steps": STEPS[solver]}, True,
+                            a.chains, sup))
         results = {}
-        for method, ptag, solver, options, with_prior, chains in methods:
-            rs = run("eval", solver, options, with_prior, chains)
+        for method, ptag, solver, options, with_prior, chains, sup in methods:
+            rs = run("eval", solver, options, with_prior, chains, sup)
             results[method] = rs
             per_image += [{"acceleration": acc, "method": method, **r} for r in rs]
             rows.append({"acceleration": acc, "method": method, "prior": ptag, "PSNR": _mean(rs),
-                         "SSIM": _mean(rs, "SSIM"), "NMSE": _mean(rs, "NMSE"), "nfe": rs[0]["nfe"],
+                         "SSIM": _mean(rs, "SSIM"), "NMSE": _mean(rs, "NMSE"),
+                         "PSNR_clean": _mean(rs, "PSNR_clean"), "SSIM_clean": _mean(rs, "SSIM_clean"),
+                         "nfe": rs[0]["nfe"],
                          "seconds": _mean(rs, "seconds"), "peak_mb": max(r["peak_mb"] or 0 for r in rs),
                          "n": len(rs)})
         l1w = results[methods[1][0]]
@@ -178,23 +214,26 @@ def main(argv=None):
             best_method = max(diff, key=lambda m: _mean(results[m]))
             dd = results[best_method]
             d = [b["PSNR"] - t["PSNR"] for b, t in zip(dd, l1w)]
+            dc = sum(b["PSNR_clean"] - t["PSNR_clean"] for b, t in zip(dd, l1w)) / len(d)
             mu = sum(d) / len(d)
             se = (sum((v - mu) ** 2 for v in d) / max(len(d) - 1, 1) / len(d)) ** 0.5
             wins = sum(v > 0 for v in d)
             rows.append({"acceleration": acc, "method": f"best diffusion - l1-wavelet, paired ({best_method})",
                          "prior": "", "PSNR": mu, "SSIM": _mean(dd, "SSIM") - _mean(l1w, "SSIM"), "NMSE": None,
+                         "PSNR_clean": dc, "SSIM_clean": _mean(dd, "SSIM_clean") - _mean(l1w, "SSIM_clean"),
                          "nfe": None, "seconds": se, "peak_mb": None, "n": len(d),
                          "note": f"PSNR +- {se:.2f} (standard error), higher on {wins} of {len(d)} files; tuning-file "
-                                 "PSNR: " + "; ".join(f"{k} {{" + ", ".join(f"{g:.3g}: {v:.2f}" for g, v in t.items())
-                                                      + "}" for k, t in tuning.items())})
+                                 "PSNR: " + "; ".join(k + " {" + ", ".join(f"{label(*g)}: {v:.2f}"
+                                                                           for g, v in t.items()) + "}"
+                                                      for k, t in tuning.items())})
         print(json.dumps(rows[-len(methods) - 1:], indent=1), flush=True)
         notes = (__doc__.split("\n\n", 1)[1].rsplit("Usage:", 1)[0] +
                  f"\nPrior: `{tag}` (training step {step}); k-space noise {a.noise:.4g}; {a.images} evaluation and "
                  f"{a.tune_images} tuning files; "
                  f"wall {time.time() - t0:.0f} s in this invocation (reconstructions from the cache cost nothing). "
                  "In the paired row, `seconds` holds the standard error of the PSNR difference.\n")
-        write_results(a.out, a.name, rows, ["acceleration", "method", "prior", "PSNR", "SSIM", "NMSE", "nfe",
-                                            "seconds", "peak_mb", "n", "note"],
+        write_results(a.out, a.name, rows, ["acceleration", "method", "prior", "PSNR", "SSIM", "NMSE",
+                                            "PSNR_clean", "SSIM_clean", "nfe", "seconds", "peak_mb", "n", "note"],
                       title="Real-size MRI: diffusion with a patch prior vs tuned l1-wavelet (320x320, 15 coils, "
                             "fastMRI-format files)",
                       notes=notes, meta={"prior": tag, "step": step, "per_image": per_image})

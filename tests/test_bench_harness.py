@@ -125,3 +125,28 @@ def test_row_cache_skips_rows_already_measured(tmp_path):
     assert [p.name for p in (tmp_path / "rows").iterdir()] == ["ct-8view__tv___lam_0.001___0.json"]
     assert RowCache(None).get(key, compute) and len(calls) == 2                              # no folder: no cache
     assert RowCache(None).path(key) is None
+
+
+def test_weights_sha_follows_the_tensors_not_the_file_and_option_default_reads_the_measured_table(tmp_path):
+    """Cached benchmark rows are keyed by the prior's weights: a copy with other metadata has the same tag; the
+    tuning grids of the real-size benchmarks centre on what the solver uses by default on that operator."""
+    import torch
+
+    from invdiff.bench.harness import option_default, weights_sha
+    from invdiff.operators import CT, MultiCoilMRI
+    from invdiff.priors import load
+    from invdiff.priors.registry import WEIGHTS_DIR
+
+    p = load("ct-phantom-64")
+    tag = weights_sha("ct-phantom-64")
+    assert len(tag) == 12 and tag == weights_sha(str(WEIGHTS_DIR / "ct-phantom-64.safetensors"))
+    p.info = {"note": "other metadata"}
+    p.save(tmp_path / "copy.safetensors", dtype=torch.float16)
+    assert weights_sha(str(tmp_path / "copy.safetensors")) == tag
+    assert option_default("diffpir", "lambda_", CT(64, n_views=32, sigma=0.01), p) == 3.0       # > 24 views
+    assert option_default("diffpir", "num_steps", CT(64, n_views=8, sigma=0.01), p) == 100.0   # solver default
+    maps = torch.ones(4, 64, 64, dtype=torch.complex64) / 2
+    mask = torch.zeros(64, 64)
+    mask[:, ::8] = 1
+    op = MultiCoilMRI(mask, maps, (2, 64, 64), sigma=0.01)
+    assert option_default("dds", "gamma", op, load("mri-brainphantom-64")) == pytest.approx(17.3, rel=0.01)

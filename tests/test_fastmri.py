@@ -220,8 +220,8 @@ def test_anatomy_files_hold_heldout_anatomy_slices_in_the_centre_of_the_field_of
 
 
 def test_multicoil_reconstruction_is_zero_where_no_coil_map_reaches(tmp_path, capsys):
-    """``coil_support`` (default on): where every ESPIRiT map is zero the data say nothing, so the image is zeroed
-    there (SENSE convention) instead of showing what the solver's regulariser painted; elsewhere it is unchanged."""
+    """``coil_support=true``: where every ESPIRiT map is zero the data say nothing, so the image is zeroed there
+    (SENSE convention) instead of showing what the solver's regulariser painted; elsewhere it is unchanged."""
     from invdiff.cli import main
     from invdiff.datasets.fastmri import column_mask, kspace_to_tensor
     from invdiff.operators import espirit_maps

@@ -4,8 +4,8 @@ Inputs (files, or folders searched recursively) and what is reconstructed:
 
   fastMRI .h5 (k-space)      MRI from the measured k-space, undersampled with fastMRI's own per-file mask (knee:
                              RandomMaskFunc, brain: EquispacedMaskFractionFunc, bit for bit; test files: their
-                             own mask); multi-coil with ESPIRiT coil maps, the image zeroed where no
-                             map reaches (no coil sees it; --set coil_support=false keeps it). Output: an h5
+                             own mask); multi-coil with ESPIRiT coil maps (--set coil_support=true zeroes
+                             the image where no map reaches: no coil sees it). Output: an h5
                              file of the same name with dataset 'reconstruction' (slices, h, w) cropped like the
                              target: the fastMRI submission format, scored by 'fastmri/evaluate.py'.
   .h5 with 'sinogram'        CT from the measured sinograms (attributes 'angles' in degrees, 'image_size').

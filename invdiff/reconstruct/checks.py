@@ -24,7 +24,7 @@ DEFAULTS = {
     "espirit_calib": 24,         # ESPIRiT calibration width (lines) and kernel width
     "espirit_kernel": 6,
     "espirit_cache": None,       # folder to cache ESPIRiT maps in (None: no cache)
-    "coil_support": True,        # multi-coil: zero the image where every ESPIRiT map is zero (no coil sees it)
+    "coil_support": False,       # multi-coil: zero the image where every ESPIRiT map is zero (no coil sees it)
     # CT
     "views": 32,
     "angle_range": 180.0,

@@ -99,9 +99,11 @@ def _run_fastmri(item: Item, cfg, prior, solver, options, seed):
         return y, MultiCoilMRI(mask2d, maps, img_size=size, sigma=sigma, rng=gen)
 
     mean, std, nfe = _solve_chunks(k.shape[0], cfg, build, prior, solver, options, seed)
-    if support and cfg.get("coil_support", True):
+    if support and cfg.get("coil_support", False):
         # ESPIRiT zeroes the maps where no coil has signal (air): A is blind there, so the image there is only the
-        # solver's prior (a diffusion prior may paint anatomy); zero it, as SENSE images are (BART pics, sigpy)
+        # solver's regulariser; zero it, as SENSE images are. Off by default: scored against fastMRI's
+        # root-sum-of-squares target, whose air holds the noise floor, zeroing cost l1-wavelet 1.2 dB and DiffPIR
+        # 0.5 dB at 4x (benchmarks/results/realsize_mri.md)
         sup = torch.cat(support)[:, None].to(mean.device)
         mean = mean * sup
         std = None if std is None else std * sup
