@@ -106,3 +106,27 @@ def test_warm_start_adds_zero_positional_inputs(tmp_path):
     w_old, w_new = t["ema.conv_in.weight"], st.ema.net.conv_in.weight
     assert w_new.shape[1] == w_old.shape[1] + 2
     assert torch.allclose(w_new[:, :1], w_old, atol=1e-6) and float(w_new[:, 1:].abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("size", [(24, 16), (16, 16)])
+def test_square_coordinate_frame_gives_a_non_square_image_the_coordinates_of_its_central_square(size, tmp_path):
+    """coord_frame="square": the centred min(H, W) square of a 640x368-like image gets exactly the coordinates a
+    square image of that side has (conv and tiled); square images are unchanged; the choice survives a save/load."""
+    H, W = size
+    s = min(size)
+    sq = coordinate_channels(size, frame=(s, s))
+    top = (H - s) // 2
+    assert torch.allclose(sq[0, :, top:top + s, :], coordinate_channels((s, s))[0])
+    p = _pointwise_prior(coord_frame="square")
+    x = torch.randn(2, 1, *size)
+    want = p.precond(x, torch.full((2,), 0.2), None, sq)              # the network given these coordinates
+    assert torch.allclose(p.denoise(x, 0.2), want, atol=1e-5)
+    plain = _pointwise_prior().denoise(x, 0.2)
+    assert torch.allclose(plain, want, atol=1e-5) == (H == W)
+    p.set_inference("tiled", seed=3)
+    assert torch.allclose(p.denoise(x, 0.2), want, atol=1e-5)
+    net = CompactUNet(1, base_channels=8, channel_mult=(1, 2), emb_dim=16, pos_channels=2)
+    NeuralPrior(net, sigma_data=0.3, channels=1, patch_size=(8, 8), coord_frame="square").save(tmp_path / "p.st")
+    assert NeuralPrior.load(tmp_path / "p.st").coord_frame == "square"
+    with pytest.raises(ValueError, match="coord_frame"):
+        _pointwise_prior(coord_frame="fov")

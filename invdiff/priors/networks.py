@@ -51,13 +51,16 @@ def _conv(dims: int):
 
 
 def coordinate_channels(full, offsets=None, patch=None, *, batch: int = 1, dtype=torch.float32,
-                        device=None) -> torch.Tensor:
+                        device=None, frame=None) -> torch.Tensor:
     r"""Normalised pixel-centre coordinates of crops within a whole image (PaDIS positional channels).
 
     For a whole image of spatial size ``full`` = (N_1, ..., N_d), pixel index :math:`i_a` on axis :math:`a` has the
     coordinate :math:`u_a = 2 (i_a + 1/2) / N_a - 1 \in (-1, 1)`. A crop of size ``patch`` at ``offsets`` (one
     row of d start indices per batch element, (B, d)) gets the coordinates of the pixels it covers. Without
-    ``offsets`` / ``patch``: the whole image, repeated ``batch`` times. Returns (B, d, *patch).
+    ``offsets`` / ``patch``: the whole image, repeated ``batch`` times. ``frame`` (one size per axis, default
+    ``full``): coordinates relative to the centred ``frame`` of the image, :math:`u_a = 2 (i_a + 1/2 - (N_a -
+    F_a)/2) / F_a - 1` (beyond +-1 outside it), e.g. the square field of view of an image with readout
+    oversampling. Returns (B, d, *patch).
 
     >>> coordinate_channels((4, 4))[0, 0, :, 0].tolist()     # axis 0 (rows) varies down the image
     [-0.75, -0.25, 0.25, 0.75]
@@ -67,11 +70,12 @@ def coordinate_channels(full, offsets=None, patch=None, *, batch: int = 1, dtype
     full = tuple(int(n) for n in full)
     d = len(full)
     patch = full if patch is None else tuple(int(n) for n in patch)
+    frame = full if frame is None else tuple(int(n) for n in frame)
     offs = torch.zeros(batch, d, dtype=torch.long) if offsets is None else torch.as_tensor(offsets).long().reshape(-1, d)
     axes = []
     for a in range(d):
         i = offs[:, a:a + 1].to(torch.float64) + torch.arange(patch[a], dtype=torch.float64)[None]   # (B, P_a)
-        u = (2 * (i + 0.5) / full[a] - 1).to(dtype)
+        u = (2 * (i + 0.5 - (full[a] - frame[a]) / 2) / frame[a] - 1).to(dtype)
         shape = [u.shape[0]] + [patch[b] if b == a else 1 for b in range(d)]
         axes.append(u.reshape(shape).expand(u.shape[0], *patch))
     return torch.stack(axes, 1).to(device) if device is not None else torch.stack(axes, 1)

@@ -25,6 +25,11 @@ chosen by :attr:`NeuralPrior.inference` (stored as ``inference`` in the header, 
 
 - ``"conv"``: the network runs fully convolutionally on the whole image; positional networks get the
   coordinate channels of the whole image (:func:`~invdiff.priors.networks.coordinate_channels`).
+
+Positional networks place the coordinates by :attr:`NeuralPrior.coord_frame` (header ``coord_frame``): ``"image"``
+(default) spans the whole image, ``"square"`` the centred square of side min(H, W), so that a non-square image
+whose object fills its central square (fastMRI's 2x readout oversampling: 640 x 368 k-space of a 368 x 368 field
+of view) gets the coordinates the prior learnt on square images. Square images are the same in both.
 - ``"tiled"``: the image is cut into cells of a ``tile`` grid (default ``patch_size``) whose origin is shifted by
   a random offset in ``[0, tile)`` per axis at every call (PaDIS Sec. 3.3: no seam stays fixed); each cell is
   denoised by the tile-sized window that contains it (windows at the border slide inwards, so no padding is
@@ -73,6 +78,10 @@ def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
     return c_skip, c_out, c_in, c_noise
 
 
+#: where positional networks place their coordinate channels (:attr:`NeuralPrior.coord_frame`)
+COORD_FRAMES = ("image", "square")
+
+
 class NeuralPrior(Prior):
     """A trained network ``F`` wrapped as an invdiff :class:`Prior` with EDM preconditioning.
 
@@ -101,7 +110,8 @@ class NeuralPrior(Prior):
                  resolution: tuple[int, int] | None = None, value_range=(0.0, 1.0), name: str | None = None,
                  arch: str | None = None, net_config: dict | None = None, trained_resolution=None,
                  info: dict | None = None, spatial_dims: int | None = None, patch_size=None,
-                 validated_sizes=None, pixel_spacing=None, inference: str = "conv", tile=None, tile_seed: int = 0):
+                 validated_sizes=None, pixel_spacing=None, inference: str = "conv", tile=None, tile_seed: int = 0,
+                 coord_frame: str = "image"):
         super().__init__()
         check_positive("sigma_data", float(sigma_data))
         check_positive("channels", channels, integer=True)
@@ -133,6 +143,8 @@ class NeuralPrior(Prior):
         self.cond_channels = int(self.net_config.get("cond_channels", 0))
         self.pos_channels = int(self.net_config.get("pos_channels", 0))
         self.info = dict(info or {})
+        check_choice("coord_frame", coord_frame, COORD_FRAMES)
+        self.coord_frame = coord_frame
         if name:
             self._name = name
         self.set_inference(inference, tile=tile, seed=tile_seed)
@@ -183,7 +195,8 @@ class NeuralPrior(Prior):
             pos = None
             if self.pos_channels:
                 offs = torch.tensor([[c[2] for c in w] for w in group]).repeat_interleave(B, 0)
-                pos = coordinate_channels(spatial, offs, tile, dtype=x.dtype, device=x.device)
+                pos = coordinate_channels(spatial, offs, tile, dtype=x.dtype, device=x.device,
+                                          frame=self._frame(spatial))
             d = self.precond(xs, sigma.repeat(len(group)), cs, pos)
             for j, w in enumerate(group):
                 keep = tuple(slice(c[0] - c[2], c[1] - c[2]) for c in w)
@@ -198,7 +211,17 @@ class NeuralPrior(Prior):
         sig = as_sigma_tensor(sigma, x)
         if self.inference == "tiled" and all(n >= t for n, t in zip(x.shape[2:], self.tile)):
             return self._tiled(x, sig, cond)
-        return self.precond(x, sig, cond)
+        pos = None
+        spatial = tuple(x.shape[2:])
+        if self.pos_channels and self._frame(spatial) != spatial:
+            from .networks import coordinate_channels
+
+            pos = coordinate_channels(spatial, dtype=x.dtype, device=x.device, frame=self._frame(spatial))
+        return self.precond(x, sig, cond, pos)
+
+    def _frame(self, spatial: tuple) -> tuple:
+        """The frame the coordinate channels span for an image of size ``spatial`` (:attr:`coord_frame`)."""
+        return (min(spatial),) * len(spatial) if self.coord_frame == "square" else tuple(spatial)
 
     #: network precision: "fp32" (default), or autocast to "bf16" / "fp16" for the network only (the EDM
     #: preconditioning, skip connection and everything outside the prior stay in the input's dtype); set with
@@ -245,6 +268,7 @@ class NeuralPrior(Prior):
             "validated_sizes": [list(v) for v in self.validated_sizes] if self.validated_sizes else None,
             "pixel_spacing": list(self.pixel_spacing) if self.pixel_spacing else None,
             "inference": self.inference, "tile": list(self.tile) if self.tile else None, "tile_seed": self.tile_seed,
+            "coord_frame": self.coord_frame,
             "value_range": list(self.value_range) if self.value_range else None,
             "info": self.info,
         }
@@ -303,7 +327,7 @@ class NeuralPrior(Prior):
                         patch_size=meta.get("patch_size"), validated_sizes=meta.get("validated_sizes"),
                         pixel_spacing=meta.get("pixel_spacing"), inference=meta.get("inference", "conv"),
                         tile=meta.get("tile") if meta.get("inference") == "tiled" else None,
-                        tile_seed=int(meta.get("tile_seed", 0)))
+                        tile_seed=int(meta.get("tile_seed", 0)), coord_frame=meta.get("coord_frame", "image"))
         except (ValueError, TypeError) as e:
             bad(f"inconsistent header ({e})")
         return prior.to(device).eval()
