@@ -166,7 +166,8 @@ def main(argv=None):
 
     cache = Path(a.cache)
     prior = load(a.prior)
-    tag = f"{Path(a.prior).stem}@{weights_sha(a.prior)}"
+    sha = weights_sha(a.prior)                     # reconstructions are keyed by the weights, not the file name
+    tag = f"{Path(a.prior).stem}@{sha}"
     step = (prior.info or {}).get("step")
     tune_folder = files(cache, "tune", a.tune_images, a.noise)
     rows, per_image, t0 = [], [], time.time()
@@ -178,7 +179,7 @@ def main(argv=None):
         def run(split, solver, options, with_prior=False, chains=1, support=False):
             n = a.images if split == "eval" else a.tune_images
             return reconstruct(cache, split, n, a.noise, acc, solver, options, a.prior if with_prior else None,
-                               tag if with_prior else "-", chains, support)
+                               sha if with_prior else "-", chains, support)
 
         tuning = {"l1-wavelet": {(lam, sup): _mean(run("tune", "l1-wavelet", {"lam": lam}, support=sup))
                                  for lam in L1W_LAMS for sup in supports}}

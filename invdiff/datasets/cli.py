@@ -83,7 +83,8 @@ def synth_fastmri_main(argv=None) -> int:
     p.add_argument("--coils", type=int, default=8, help="receiver coils (multicoil and test files, default 8)")
     p.add_argument("--shape", type=int, nargs=2, default=(64, 64), metavar=("H", "W"),
                    help="k-space size (default 64 64); the object fills the centred min(H, W) square")
-    p.add_argument("--phantom", default="brain", help="brain (default) or shepp-logan")
+    p.add_argument("--phantom", default="brain", help="brain (default), anatomy (anatomy-like brain / knee slices "
+                   "without image noise: add per-coil thermal noise with --noise) or shepp-logan")
     p.add_argument("--noise", type=float, default=0.0, help="complex k-space noise std relative to the scale")
     p.add_argument("--mask", default="fastmri-equispaced-fraction",
                    help="test files: mask family, one of " + ", ".join(FASTMRI_MASK_KINDS + MASK_KINDS)
@@ -98,7 +99,7 @@ def synth_fastmri_main(argv=None) -> int:
     check_int("--coils", a.coils, lo=1)
     for s in a.shape:
         check_int("--shape", s, lo=8)
-    check_choice("--phantom", a.phantom, ("brain", "shepp-logan"))
+    check_choice("--phantom", a.phantom, ("brain", "anatomy", "shepp-logan"))
     check_number("--noise", a.noise, lo=0)
     check_choice("--mask", a.mask, FASTMRI_MASK_KINDS + MASK_KINDS)
     check_number("--acceleration", a.acceleration, lo=1)

@@ -20,6 +20,10 @@ SHIPPED = {
     "ct-anatomy-patch64": "1-channel CT slices (HU window -1000..3000 -> [0, 1]) at the pixel scale of 256x256 "
                           "anatomy-like slices; trained on 64x64 patches with their coordinates (PaDIS), applied "
                           "to whole images; validated at 256x256",
+    "mri-anatomy-patch64": "2-channel (complex) MRI slices, max magnitude 1, at the pixel scale of 320x320 "
+                           "anatomy-like brain / knee slices; trained on 64x64 patches with their coordinates (PaDIS), "
+                           "applied to whole images; validated on the 640x368 field of view of 15-coil fastMRI knee "
+                           "files (DDS with coil_support)",
     "mri-brainphantom-64-cond": "conditional (solver 'conditional-dc'): brain phantoms given [zero-filled A^H y, mask] of "
                                 "single- / 8-coil Cartesian MRI at 2-10x, trained at 64x64",
 }

@@ -45,12 +45,13 @@ that is not the image of the file's own fully sampled k-space is refused when th
 Size guard: every prior knows the sizes and pixel scale it was trained and validated for (its model card);
 applied to another size it warns (PriorSizeWarning), and --strict makes that an error before any input is solved.
 ct-phantom-64 and mri-brainphantom-64 were trained on whole 64x64 images; ct-anatomy-patch64 is a patch prior at
-the pixel scale of 256x256 CT slices (validated at 256x256). For other sizes use a classical solver (the default,
---solver auto) or a prior trained for that size (a checkpoint path).
+the pixel scale of 256x256 CT slices (validated at 256x256 and 512x512), mri-anatomy-patch64 one at the scale of
+320x320 MRI slices (validated on 640x368 multi-coil fastMRI knee files, with --set coil_support=true). For other
+sizes use a classical solver (the default, --solver auto) or a prior trained for that size (a checkpoint path).
 
 examples:
   invdiff reconstruct knee_val/ --out recon/ --acceleration 8            # 320x320 knee: l1-wavelet (auto)
-  invdiff reconstruct knee_val/ --solver dds --prior my_knee_prior.safetensors --strict --out recon/
+  invdiff reconstruct knee_val/ --solver dds --prior mri-anatomy-patch64 --set coil_support=true --out recon/
   invdiff reconstruct phantoms64/ --task ct --views 16 --solver dds --prior ct-phantom-64 --out recon/
   invdiff reconstruct slices256/ --task ct --views 16 --solver diffpir --prior ct-anatomy-patch64 --strict --out recon/
   invdiff reconstruct ct.nii.gz --task ct --views 16 --solver tv --out recon/ --set solver.lam=0.002
