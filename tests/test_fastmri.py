@@ -219,9 +219,11 @@ def test_anatomy_files_hold_heldout_anatomy_slices_in_the_centre_of_the_field_of
         write_synthetic_fastmri(tmp_path / "bad.h5", phantom="knee")
 
 
+@pytest.mark.filterwarnings("ignore:prior 'mri-brainphantom-64' was trained")
 def test_multicoil_reconstruction_is_zero_where_no_coil_map_reaches(tmp_path, capsys):
-    """``coil_support=true``: where every ESPIRiT map is zero the data say nothing, so the image is zeroed there
-    (SENSE convention) instead of showing what the solver's regulariser painted; elsewhere it is unchanged."""
+    """``coil_support``: where every ESPIRiT map is zero the data say nothing, so the image is zeroed there (SENSE
+    convention) instead of showing what the solver's regulariser painted; elsewhere it is unchanged. "auto" (the
+    default): on for solvers with a prior, off for classical ones."""
     from invdiff.cli import main
     from invdiff.datasets.fastmri import column_mask, kspace_to_tensor
     from invdiff.operators import espirit_maps
@@ -230,18 +232,23 @@ def test_multicoil_reconstruction_is_zero_where_no_coil_map_reaches(tmp_path, ca
     f = write_synthetic_fastmri(data / "file_s.h5", n_slices=1, coils=4, shape=(48, 48), seed=3,
                                 phantom="anatomy", noise=0.01)
     outs = {}
-    for flag in ("true", "false"):
-        out = tmp_path / f"out_{flag}"
-        rc = main(["reconstruct", str(data), "--solver", "tv", "--out", str(out), "--center-fraction", "0.25",
-                   "--set", "solver.n_iter=20", "--set", f"coil_support={flag}", "--no-progress"])
+    for name, solver, flag in (("tv", "tv", "true"), ("tv-off", "tv", "false"), ("tv-auto", "tv", "auto"),
+                               ("dds-auto", "dds", "auto")):
+        out = tmp_path / f"out_{name}"
+        extra = ["--prior", "mri-brainphantom-64", "--set", "solver.num_steps=2"] if solver == "dds" else \
+            ["--set", "solver.n_iter=20"]
+        rc = main(["reconstruct", str(data), "--solver", solver, "--out", str(out), "--center-fraction", "0.25",
+                   "--set", f"coil_support={flag}", "--no-progress"] + extra)
         assert rc == 0, capsys.readouterr().err
         with h5py.File(out / "file_s.h5") as h:
-            outs[flag] = h["reconstruction"][0]
+            outs[name] = h["reconstruction"][0]
     vol = read_fastmri(f)
     cols = column_mask(vol.info, "auto", 4, 0.25)
     k = vol.kspace * cols.numpy()
     y = kspace_to_tensor(k / np.abs(k).max()).movedim(0, 1)
     support = (espirit_maps(y, mask=cols[None].expand(48, 48)).abs().amax(1) > 0)[0].numpy()
     assert 0 < support.mean() < 1
-    assert np.all(outs["true"][~support] == 0) and np.abs(outs["false"][~support]).max() > 0
-    np.testing.assert_allclose(outs["true"][support], outs["false"][support], rtol=1e-6)
+    assert np.all(outs["tv"][~support] == 0) and np.abs(outs["tv-off"][~support]).max() > 0
+    np.testing.assert_allclose(outs["tv"][support], outs["tv-off"][support], rtol=1e-6)
+    np.testing.assert_array_equal(outs["tv-auto"], outs["tv-off"])                  # classical: off
+    assert np.all(outs["dds-auto"][~support] == 0) and np.abs(outs["dds-auto"][support]).max() > 0

@@ -4,8 +4,9 @@ Inputs (files, or folders searched recursively) and what is reconstructed:
 
   fastMRI .h5 (k-space)      MRI from the measured k-space, undersampled with fastMRI's own per-file mask (knee:
                              RandomMaskFunc, brain: EquispacedMaskFractionFunc, bit for bit; test files: their
-                             own mask); multi-coil with ESPIRiT coil maps (--set coil_support=true zeroes
-                             the image where no map reaches: no coil sees it). Output: an h5
+                             own mask); multi-coil with ESPIRiT coil maps; diffusion solvers' images are
+                             zeroed where no map reaches (no coil sees it; --set coil_support=true|false
+                             for every solver). Output: an h5
                              file of the same name with dataset 'reconstruction' (slices, h, w) cropped like the
                              target: the fastMRI submission format, scored by 'fastmri/evaluate.py'.
   .h5 with 'sinogram'        CT from the measured sinograms (attributes 'angles' in degrees, 'image_size').
@@ -46,12 +47,12 @@ Size guard: every prior knows the sizes and pixel scale it was trained and valid
 applied to another size it warns (PriorSizeWarning), and --strict makes that an error before any input is solved.
 ct-phantom-64 and mri-brainphantom-64 were trained on whole 64x64 images; ct-anatomy-patch64 is a patch prior at
 the pixel scale of 256x256 CT slices (validated at 256x256 and 512x512), mri-anatomy-patch64 one at the scale of
-320x320 MRI slices (validated on 640x368 multi-coil fastMRI knee files, with --set coil_support=true). For other
+320x320 MRI slices (validated on 640x368 multi-coil fastMRI knee files). For other
 sizes use a classical solver (the default, --solver auto) or a prior trained for that size (a checkpoint path).
 
 examples:
   invdiff reconstruct knee_val/ --out recon/ --acceleration 8            # 320x320 knee: l1-wavelet (auto)
-  invdiff reconstruct knee_val/ --solver dds --prior mri-anatomy-patch64 --set coil_support=true --out recon/
+  invdiff reconstruct knee_val/ --solver dds --prior mri-anatomy-patch64 --out recon/
   invdiff reconstruct phantoms64/ --task ct --views 16 --solver dds --prior ct-phantom-64 --out recon/
   invdiff reconstruct slices256/ --task ct --views 16 --solver diffpir --prior ct-anatomy-patch64 --strict --out recon/
   invdiff reconstruct ct.nii.gz --task ct --views 16 --solver tv --out recon/ --set solver.lam=0.002

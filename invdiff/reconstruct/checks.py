@@ -24,7 +24,8 @@ DEFAULTS = {
     "espirit_calib": 24,         # ESPIRiT calibration width (lines) and kernel width
     "espirit_kernel": 6,
     "espirit_cache": None,       # folder to cache ESPIRiT maps in (None: no cache)
-    "coil_support": False,       # multi-coil: zero the image where every ESPIRiT map is zero (no coil sees it)
+    "coil_support": "auto",      # multi-coil: zero the image where every ESPIRiT map is zero (no coil sees it);
+                                 # auto: for solvers with a prior (a diffusion prior paints there), not classical ones
     # CT
     "views": 32,
     "angle_range": 180.0,
@@ -93,9 +94,10 @@ def check_config(cfg: dict) -> dict:
     check_int("batch_slices", cfg["batch_slices"], lo=1)
     check_int("n_samples", cfg["n_samples"], lo=1)
     check_common_config(cfg, FLAG_OF)   # prior, views, angle_range, coils, espirit_*, noise, seed, threads, device, ...
-    for k in ("write_dicom", "overwrite", "progress", "strict", "ct_pad_square", "check_target", "calibration",
-              "coil_support"):
+    for k in ("write_dicom", "overwrite", "progress", "strict", "ct_pad_square", "check_target", "calibration"):
         check_bool(n(k), cfg[k])
+    if cfg["coil_support"] != "auto":
+        check_bool(n("coil_support"), cfg["coil_support"])
     if cfg["max_memory_gb"] is not None:
         check_number(n("max_memory_gb"), cfg["max_memory_gb"], lo=0, lo_open=True)
     for k in ("acceleration", "seed", "views", "coils", "batch_slices", "n_samples", "threads", "blur_size"):

@@ -61,6 +61,17 @@ def _magnitude(x: torch.Tensor) -> np.ndarray:
     return m.cpu().numpy()
 
 
+def coil_support(cfg, solver: str) -> bool:
+    """Whether a multi-coil image is zeroed where no ESPIRiT map reaches: ``cfg["coil_support"]``, and for "auto"
+    when ``solver`` uses a prior. Measured (benchmarks/results/realsize_mri.md, knee tuning file, fastMRI RSS
+    target): DDS with ``mri-anatomy-patch64`` paints structure there (26.5 -> 37.6 dB at 4x, 25.2 -> 31.0 at 8x
+    with zeroing); l1-wavelet is 1.2 / 0.1 dB better without (the target's air holds the RSS noise floor)."""
+    from ..solvers import get
+
+    v = cfg.get("coil_support", "auto")
+    return get(solver).needs_prior if v == "auto" else bool(v)
+
+
 def _run_fastmri(item: Item, cfg, prior, solver, options, seed):
     from ..datasets.fastmri import (apply_mask, column_mask, default_mask_kind, kspace_scale, kspace_to_tensor,
                                    read_fastmri)
@@ -99,11 +110,9 @@ def _run_fastmri(item: Item, cfg, prior, solver, options, seed):
         return y, MultiCoilMRI(mask2d, maps, img_size=size, sigma=sigma, rng=gen)
 
     mean, std, nfe = _solve_chunks(k.shape[0], cfg, build, prior, solver, options, seed)
-    if support and cfg.get("coil_support", False):
+    if support and coil_support(cfg, solver):
         # ESPIRiT zeroes the maps where no coil has signal (air): A is blind there, so the image there is only the
-        # solver's regulariser; zero it, as SENSE images are. Off by default: scored against fastMRI's
-        # root-sum-of-squares target, whose air holds the noise floor, zeroing cost l1-wavelet 1.2 dB and DiffPIR
-        # 0.5 dB at 4x (benchmarks/results/realsize_mri.md)
+        # solver's regulariser; zero it, as SENSE images are (coil_support)
         sup = torch.cat(support)[:, None].to(mean.device)
         mean = mean * sup
         std = None if std is None else std * sup
