@@ -96,8 +96,8 @@ def check_config(cfg: dict) -> dict:
     check_common_config(cfg, FLAG_OF)   # prior, views, angle_range, coils, espirit_*, noise, seed, threads, device, ...
     for k in ("write_dicom", "overwrite", "progress", "strict", "ct_pad_square", "check_target", "calibration"):
         check_bool(n(k), cfg[k])
-    if cfg["coil_support"] != "auto":
-        check_bool(n("coil_support"), cfg["coil_support"])
+    if cfg["coil_support"] != "auto" and not isinstance(cfg["coil_support"], bool):
+        fail(n("coil_support"), "auto, true or false", cfg["coil_support"], TypeError)
     if cfg["max_memory_gb"] is not None:
         check_number(n("max_memory_gb"), cfg["max_memory_gb"], lo=0, lo_open=True)
     for k in ("acceleration", "seed", "views", "coils", "batch_slices", "n_samples", "threads", "blur_size"):
