@@ -93,7 +93,10 @@ def clean_target(split: str, i: int) -> np.ndarray:
 def reconstruct(cache: Path, split: str, n: int, noise: float, acc: int, solver: str, options: dict,
                 prior: str | None, tag: str, chains: int = 1, support: bool = False) -> list[dict]:
     """``invdiff reconstruct`` of the ``split`` files; one record per file (name, metrics, NFE, seconds, memory)."""
+    import h5py
+
     from invdiff.cli import main
+    from invdiff.metrics import fastmri_metrics
 
     folder = files(cache, split, n, noise)
     key = json.dumps([split, noise, acc, solver, sorted(options.items()), tag, chains]
@@ -112,18 +115,14 @@ def reconstruct(cache: Path, split: str, n: int, noise: float, acc: int, solver:
         except SystemExit as e:
             if e.code not in (0, None):
                 raise RuntimeError(f"reconstruct failed ({e.code}): {' '.join(argv)}") from e
-    import h5py
-
-    from invdiff.metrics import fastmri_metrics
-
     recs = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
     if len(recs) < n:
         raise RuntimeError(f"{out}: {len(recs)} of {n} records")
     rows = []
-    for i, r in enumerate(recs[:n]):
-        name = Path(r["input"]).name
+    for r in recs[:n]:
+        name = Path(r["input"]).name                                  # file_rsm_<split>_<index>.h5
         with h5py.File(out / name) as f:
-            clean = fastmri_metrics(f["reconstruction"][()], clean_target(split, i))
+            clean = fastmri_metrics(f["reconstruction"][()], clean_target(split, int(Path(name).stem[-3:])))
         rows.append({"file": name, **r["metrics"], "PSNR_clean": clean["PSNR"], "SSIM_clean": clean["SSIM"],
                      "nfe": r["nfe"], "seconds": r["seconds"], "peak_mb": r["peak_mb"]})
     return rows
