@@ -20,9 +20,11 @@ Reconstruction: ``invdiff reconstruct FOLDER --acceleration R`` with its default
 (``RandomMaskFunc``, centre fraction 0.08 at 4x and 0.04 at 8x, seeded by the file name, so every method sees the same
 k-space), ESPIRiT maps from the ACS lines (sigpy; cached, computed once per file and acceleration), the whole
 640 x 368 field of view solved (zeroed where no ESPIRiT map reaches, ``coil_support``, where that was better on the
-tuning files: ``--coil-support tuned``) and the magnitude centre-cropped to 320 x 320, scored by the fastMRI protocol
-(PSNR with the target's maximum, SSIM 7x7) against the file's ``reconstruction_rss``. Methods, each tuned on the
-tuning files per acceleration, then run on the evaluation files:
+tuning files: ``--coil-support tuned``), the magnitude centre-cropped to 320 x 320 and, as ``reconstruct`` writes it
+by default (``noise_floor``), returned as the estimate of the noisy target sqrt(|x|^2 + F^2), F the mean
+root-sum-of-squares floor of the coils' thermal noise estimated from the k-space (the same for every method), scored
+by the fastMRI protocol (PSNR with the target's maximum, SSIM 7x7) against the file's ``reconstruction_rss``. Methods,
+each tuned on the tuning files per acceleration, then run on the evaluation files:
 
 - zero-filled (the adjoint: ESPIRiT coil combination of the zero-filled coil images);
 - l1-wavelet (sigpy, 100 FISTA iterations): ``lam`` from ``L1W_LAMS``;
@@ -32,14 +34,16 @@ tuning files per acceleration, then run on the evaluation files:
 
 Per method: PSNR / SSIM / NMSE averaged over the files (fastMRI protocol against the RSS target; ``PSNR_clean`` /
 ``SSIM_clean``: the same protocol against the noise-free anatomy slice, a reference a scanner does not give but that
-separates the anatomy from the target's noise floor), the paired difference best diffusion solver - l1-wavelet with
-its standard error, NFE, seconds per slice (1 torch thread, ESPIRiT time included except where its cache had the
-maps; wall time on a shared 2-core machine) and peak memory growth, from ``reconstruct``'s per-file records.
+separates the anatomy from the target's noise floor; ``PSNR_nofloor`` / ``SSIM_nofloor``: |x| without the noise
+floor, against the RSS target; both from the written image with F taken out exactly), the paired difference best
+diffusion solver - l1-wavelet with its standard error, NFE, seconds per slice (1 torch thread, ESPIRiT time included
+except where its cache had the maps; wall time on a shared 2-core machine) and peak memory growth, from ``reconstruct``'s per-file records.
 ``--cache`` keeps the files, the ESPIRiT maps and every reconstruction folder (one per method, options, prior and
 acceleration), so an interrupted run resumes (``reconstruct`` skips finished files) and a newer prior only re-runs
 its own rows.
 
-Usage: python benchmarks/realsize_mri.py --prior mri-anatomy-patch64 --cache CACHE [--accelerations 4 8]
+Usage: python benchmarks/realsize_mri.py --prior mri-anatomy-patch64 --cache CACHE --images 8 --solvers dds
+       [--accelerations 4 8] [--noise-floor on|off]
 """
 from __future__ import annotations
 
@@ -91,8 +95,10 @@ def clean_target(split: str, i: int) -> np.ndarray:
 
 
 def reconstruct(cache: Path, split: str, n: int, noise: float, acc: int, solver: str, options: dict,
-                prior: str | None, tag: str, chains: int = 1, support: bool = False) -> list[dict]:
-    """``invdiff reconstruct`` of the ``split`` files; one record per file (name, metrics, NFE, seconds, memory)."""
+                prior: str | None, tag: str, chains: int = 1, support: bool = False, floor: bool = True) -> list[dict]:
+    """``invdiff reconstruct`` of the ``split`` files; one record per file (name, metrics, NFE, seconds, memory;
+    ``*_nofloor`` / ``*_clean``: the written image with its noise floor taken out, against the RSS target / the
+    noise-free slice)."""
     import h5py
 
     from invdiff.cli import main
@@ -100,11 +106,12 @@ def reconstruct(cache: Path, split: str, n: int, noise: float, acc: int, solver:
 
     folder = files(cache, split, n, noise)
     key = json.dumps([split, noise, acc, solver, sorted(options.items()), tag, chains]
-                     + (["coil_support"] if support else []))
+                     + (["coil_support"] if support else []) + (["noise_floor"] if floor else []))
     out = cache / "runs" / f"{acc}x_{split}_{solver}_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     argv = ["reconstruct", str(folder), "--out", str(out), "--solver", solver, "--acceleration", str(acc),
             "--set", "progress=false", "--set", f"espirit_cache={cache / 'espirit'}", "--set", f"n_samples={chains}",
-            "--set", f"noise={noise / 2 ** 0.5:.6g}", "--set", f"coil_support={str(support).lower()}"]
+            "--set", f"noise={noise / 2 ** 0.5:.6g}", "--set", f"coil_support={str(support).lower()}",
+            "--set", f"noise_floor={str(floor).lower()}"]
     argv += ["--prior", prior] if prior else []
     for k, v in options.items():
         argv += ["--set", f"solver.{k}={v}"]
@@ -121,9 +128,14 @@ def reconstruct(cache: Path, split: str, n: int, noise: float, acc: int, solver:
     rows = []
     for r in recs[:n]:
         name = Path(r["input"]).name                                  # file_rsm_<split>_<index>.h5
-        with h5py.File(out / name) as f:
-            clean = fastmri_metrics(f["reconstruction"][()], clean_target(split, int(Path(name).stem[-3:])))
+        with h5py.File(out / name) as f:                              # |x| = sqrt(written^2 - F^2), exactly
+            img = np.sqrt(np.maximum(f["reconstruction"][()].astype(np.float64) ** 2
+                                     - float(f.attrs.get("noise_floor", 0.0)) ** 2, 0.0))
+        clean = fastmri_metrics(img, clean_target(split, int(Path(name).stem[-3:])))
+        with h5py.File(folder / name) as f:
+            raw = fastmri_metrics(img, f["reconstruction_rss"][()])
         rows.append({"file": name, **r["metrics"], "PSNR_clean": clean["PSNR"], "SSIM_clean": clean["SSIM"],
+                     "PSNR_nofloor": raw["PSNR"], "SSIM_nofloor": raw["SSIM"],
                      "nfe": r["nfe"], "seconds": r["seconds"], "peak_mb": r["peak_mb"]})
     return rows
 
@@ -156,6 +168,8 @@ def main(argv=None):
     ap.add_argument("--coil-support", choices=("off", "on", "tuned"), default="tuned",
                     help="reconstruct's coil_support: off, on, or tuned per method on the tuning files")
     ap.add_argument("--noise", type=float, default=0.005, help="complex k-space noise std per coil")
+    ap.add_argument("--noise-floor", choices=("on", "off"), default="on",
+                    help="reconstruct's noise_floor (on: its default) for every method")
     ap.add_argument("--solvers", type=lambda v: v.split(","), default=["diffpir", "dds"])
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--name", default="realsize_mri")
@@ -178,7 +192,7 @@ def main(argv=None):
         def run(split, solver, options, with_prior=False, chains=1, support=False):
             n = a.images if split == "eval" else a.tune_images
             return reconstruct(cache, split, n, a.noise, acc, solver, options, a.prior if with_prior else None,
-                               sha if with_prior else "-", chains, support)
+                               sha if with_prior else "-", chains, support, a.noise_floor == "on")
 
         tuning = {"l1-wavelet": {(lam, sup): _mean(run("tune", "l1-wavelet", {"lam": lam}, support=sup))
                                  for lam in L1W_LAMS for sup in supports}}
@@ -205,6 +219,7 @@ def main(argv=None):
             rows.append({"acceleration": acc, "method": method, "prior": ptag, "PSNR": _mean(rs),
                          "SSIM": _mean(rs, "SSIM"), "NMSE": _mean(rs, "NMSE"),
                          "PSNR_clean": _mean(rs, "PSNR_clean"), "SSIM_clean": _mean(rs, "SSIM_clean"),
+                         "PSNR_nofloor": _mean(rs, "PSNR_nofloor"), "SSIM_nofloor": _mean(rs, "SSIM_nofloor"),
                          "nfe": rs[0]["nfe"],
                          "seconds": _mean(rs, "seconds"), "peak_mb": max(r["peak_mb"] or 0 for r in rs),
                          "n": len(rs)})
@@ -221,6 +236,8 @@ def main(argv=None):
             rows.append({"acceleration": acc, "method": f"best diffusion - l1-wavelet, paired ({best_method})",
                          "prior": "", "PSNR": mu, "SSIM": _mean(dd, "SSIM") - _mean(l1w, "SSIM"), "NMSE": None,
                          "PSNR_clean": dc, "SSIM_clean": _mean(dd, "SSIM_clean") - _mean(l1w, "SSIM_clean"),
+                         "PSNR_nofloor": _mean(dd, "PSNR_nofloor") - _mean(l1w, "PSNR_nofloor"),
+                         "SSIM_nofloor": _mean(dd, "SSIM_nofloor") - _mean(l1w, "SSIM_nofloor"),
                          "nfe": None, "seconds": se, "peak_mb": None, "n": len(d),
                          "note": f"PSNR +- {se:.2f} (standard error), higher on {wins} of {len(d)} files; tuning-file "
                                  "PSNR: " + "; ".join(k + " {" + ", ".join(f"{label(*g)}: {v:.2f}"
@@ -233,7 +250,7 @@ def main(argv=None):
                  f"wall {time.time() - t0:.0f} s in this invocation (reconstructions from the cache cost nothing). "
                  "In the paired row, `seconds` holds the standard error of the PSNR difference.\n")
         write_results(a.out, a.name, rows, ["acceleration", "method", "prior", "PSNR", "SSIM", "NMSE",
-                                            "PSNR_clean", "SSIM_clean", "nfe", "seconds", "peak_mb", "n", "note"],
+                                            "PSNR_clean", "SSIM_clean", "PSNR_nofloor", "SSIM_nofloor", "nfe", "seconds", "peak_mb", "n", "note"],
                       title="Real-size MRI: diffusion with a patch prior vs tuned l1-wavelet (320x320, 15 coils, "
                             "fastMRI-format files)",
                       notes=notes, meta={"prior": tag, "step": step, "per_image": per_image})

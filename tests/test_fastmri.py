@@ -238,7 +238,7 @@ def test_multicoil_reconstruction_is_zero_where_no_coil_map_reaches(tmp_path, ca
         extra = ["--prior", "mri-brainphantom-64", "--set", "solver.num_steps=2"] if solver == "dds" else \
             ["--set", "solver.n_iter=20"]
         rc = main(["reconstruct", str(data), "--solver", solver, "--out", str(out), "--center-fraction", "0.25",
-                   "--set", f"coil_support={flag}", "--no-progress"] + extra)
+                   "--set", f"coil_support={flag}", "--set", "noise_floor=false", "--no-progress"] + extra)
         assert rc == 0, capsys.readouterr().err
         with h5py.File(out / "file_s.h5") as h:
             outs[name] = h["reconstruction"][0]
@@ -252,3 +252,51 @@ def test_multicoil_reconstruction_is_zero_where_no_coil_map_reaches(tmp_path, ca
     np.testing.assert_allclose(outs["tv"][support], outs["tv-off"][support], rtol=1e-6)
     np.testing.assert_array_equal(outs["tv-auto"], outs["tv-off"])                  # classical: off
     assert np.all(outs["dds-auto"][~support] == 0) and np.abs(outs["dds-auto"][support]).max() > 0
+
+
+def test_kspace_noise_estimate_and_rss_noise_floor_match_monte_carlo():
+    """The robust noise std recovers the thermal noise of k-space that also holds an object (and zeros where
+    unmeasured), at 0.25 % to 2.5 % of the image's maximum; the RSS floor formula is the chi mean (Monte Carlo, 15
+    coils and 1 coil)."""
+    from invdiff.datasets.anatomy import mri_anatomy_np
+    from invdiff.datasets.fastmri import fft2c, kspace_noise_std, rss_noise_floor
+
+    rng = np.random.default_rng(0)
+    obj = np.pad(np.abs(mri_anatomy_np(5, 96, thermal_noise=False)), ((48, 48), (0, 0)))  # 2x readout oversampling
+    img = np.stack([obj] * 6)[None]                                                          # (1, 6, H, W)
+    img = img * np.exp(1j * np.linspace(0, 3, 6))[None, :, None, None]
+    for sigma in (0.0025, 0.025):
+        k = fft2c(img) + sigma * (rng.standard_normal(img.shape) + 1j * rng.standard_normal(img.shape))
+        k[..., ::3] = 0                                                  # unmeasured columns are exact zeros
+        assert abs(kspace_noise_std(k) / sigma - 1) < 0.05
+    assert np.isnan(kspace_noise_std(np.zeros((1, 2, 16, 16), complex)))
+    for C in (15, 1):
+        n = rng.standard_normal((200000, C)) + 1j * rng.standard_normal((200000, C))
+        assert abs(np.sqrt((np.abs(n) ** 2).sum(1)).mean() / rss_noise_floor(1.0, C) - 1) < 0.005
+
+
+def test_fastmri_output_estimates_the_noisy_target_with_its_noise_floor(tmp_path, capsys):
+    """``noise_floor`` (default true): the written image is sqrt(|x|^2 + F^2), F the mean RSS noise floor of the
+    file's thermal noise (estimated from the k-space corners, written as attributes): where no coil sees anything it
+    equals F, which matches the target's background; ``noise_floor=false`` writes |x|."""
+    from invdiff.cli import main
+
+    data = tmp_path / "data"
+    write_synthetic_fastmri(data / "file_n.h5", n_slices=1, coils=8, shape=(96, 64), seed=4, phantom="anatomy",
+                            noise=0.02)
+    outs, attrs = {}, {}
+    for flag in ("true", "false"):
+        out = tmp_path / f"out_{flag}"
+        rc = main(["reconstruct", str(data), "--solver", "tv", "--out", str(out), "--set", "solver.n_iter=20",
+                   "--center-fraction", "0.25",
+                   "--set", "coil_support=true", "--set", f"noise_floor={flag}", "--no-progress"])
+        assert rc == 0, capsys.readouterr().err
+        with h5py.File(out / "file_n.h5") as h:
+            outs[flag], attrs[flag] = h["reconstruction"][0], dict(h.attrs)
+    F = attrs["true"]["noise_floor"]
+    assert attrs["false"]["noise_floor"] == 0 and attrs["true"]["kspace_noise_std"] > 0
+    np.testing.assert_allclose(outs["true"], np.sqrt(outs["false"].astype(np.float64) ** 2 + F ** 2), rtol=1e-5)
+    target = read_fastmri(data / "file_n.h5").target[0]
+    air = outs["false"] == 0                                              # outside every coil map
+    assert air.sum() > 50
+    assert abs(np.median(target[air]) / F - 1) < 0.1

@@ -8,7 +8,10 @@ Inputs (files, or folders searched recursively) and what is reconstructed:
                              zeroed where no map reaches (no coil sees it; --set coil_support=true|false
                              for every solver). Output: an h5
                              file of the same name with dataset 'reconstruction' (slices, h, w) cropped like the
-                             target: the fastMRI submission format, scored by 'fastmri/evaluate.py'.
+                             target: the fastMRI submission format, scored by 'fastmri/evaluate.py'. It estimates
+                             the target, whose background is the noise floor F of the coils' thermal noise:
+                             sqrt(|x|^2 + F^2), F from the noise std of the k-space corners (attributes
+                             'noise_floor', 'kspace_noise_std'; --set noise_floor=false: |x|).
   .h5 with 'sinogram'        CT from the measured sinograms (attributes 'angles' in degrees, 'image_size').
                              Output: NAME.nii.gz.
   NIfTI .nii/.nii.gz,        a clean volume: measurements are simulated (--task, default ct: sparse-view

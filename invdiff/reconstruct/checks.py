@@ -26,6 +26,8 @@ DEFAULTS = {
     "espirit_cache": None,       # folder to cache ESPIRiT maps in (None: no cache)
     "coil_support": "auto",      # multi-coil: zero the image where every ESPIRiT map is zero (no coil sees it);
                                  # auto: for solvers with a prior (a diffusion prior paints there), not classical ones
+    "noise_floor": True,         # fastMRI: write the estimate of the noisy RSS / ESC target, sqrt(|x|^2 + F^2), F the
+                                 # mean noise floor of the coils' thermal noise estimated from the k-space corners
     # CT
     "views": 32,
     "angle_range": 180.0,
@@ -94,7 +96,8 @@ def check_config(cfg: dict) -> dict:
     check_int("batch_slices", cfg["batch_slices"], lo=1)
     check_int("n_samples", cfg["n_samples"], lo=1)
     check_common_config(cfg, FLAG_OF)   # prior, views, angle_range, coils, espirit_*, noise, seed, threads, device, ...
-    for k in ("write_dicom", "overwrite", "progress", "strict", "ct_pad_square", "check_target", "calibration"):
+    for k in ("write_dicom", "overwrite", "progress", "strict", "ct_pad_square", "check_target", "calibration",
+              "noise_floor"):
         check_bool(n(k), cfg[k])
     if cfg["coil_support"] != "auto" and not isinstance(cfg["coil_support"], bool):
         fail(n("coil_support"), "auto, true or false", cfg["coil_support"], TypeError)

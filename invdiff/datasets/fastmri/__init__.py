@@ -55,11 +55,12 @@ Example:
 from .files import (ISMRMRD_NS, MASK_CHOICES, TARGET_KEYS, DataFileError, FastMRIInfo, FastMRIVolume,  # noqa: F401
                     _attrs, _open_h5, inspect_fastmri, parse_ismrmrd_header, read_fastmri)
 from .kspace import (COMBINE_CHOICES, KNEE_ACQUISITIONS, FastMRISliceDataset, anatomy, apply_mask,  # noqa: F401
-                     coil_combine, column_mask, default_mask_kind, fft2c, find_h5, ifft2c, kspace_scale,
-                     kspace_to_tensor, training_image, volume_scale, zero_filled)
+                     coil_combine, column_mask, default_mask_kind, fft2c, find_h5, ifft2c, kspace_noise_std,
+                     kspace_scale, kspace_to_tensor, rss_noise_floor, training_image, volume_scale, zero_filled)
 from .submission import evaluate, read_reconstruction, save_reconstructions, write_reconstruction  # noqa: F401
 
 __all__ = ["DataFileError", "FastMRIInfo", "FastMRIVolume", "FastMRISliceDataset", "inspect_fastmri",
            "read_fastmri", "parse_ismrmrd_header", "column_mask", "default_mask_kind", "anatomy", "MASK_CHOICES",
            "KNEE_ACQUISITIONS", "apply_mask", "kspace_to_tensor", "fft2c", "ifft2c", "zero_filled", "find_h5",
-           "write_reconstruction", "save_reconstructions", "read_reconstruction", "evaluate", "TARGET_KEYS"]
+           "kspace_noise_std", "rss_noise_floor", "write_reconstruction", "save_reconstructions",
+           "read_reconstruction", "evaluate", "TARGET_KEYS"]
