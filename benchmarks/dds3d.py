@@ -1,9 +1,9 @@
 """DDS with 3D augmentation (z-TV ADMM) vs slice-independent DDS on volumes; memory vs chunk size and depth.
 
 Volumes (64 x 64 in-plane, D slices, isotropic voxels; never seen in training):
-- CT: a random-ellipsoid phantom generated here, the 3D analogue of ``ct_phantoms`` (body, overlapping ellipsoids
-  with additive intensities, bright inserts, smooth 3D texture, partial-volume blur), so every axial slice looks
-  like a 2D training phantom while structures start and end along z; 8-view parallel-beam CT per slice
+- CT: a random-ellipsoid slab (``invdiff.datasets.phantoms3d.ct_slab``), the 3D analogue of ``ct_phantoms`` (body,
+  overlapping ellipsoids with additive intensities, bright inserts, smooth 3D texture, partial-volume blur), so
+  every axial slice looks like a 2D training phantom while structures start and end along z; 8-view parallel-beam CT per slice
   (``CT3D``), noise 0.01; prior ``ct-phantom-64`` lifted slice by slice.
 - MRI: a held-out brain phantom deformed smoothly along z (rotation, scaling, shift and a phase ramp that vary
   with z); multi-coil MRI with slice-wise 2D k-space (``MultiCoilMRI`` with a 4-entry img_size), 8 birdcage coils,
@@ -43,12 +43,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 import invdiff
 from invdiff.bench import measure
 from invdiff.bench.harness import PinnedPriors, experiment_args, measured, start, write_experiment
 from invdiff.datasets import mri_phantoms, split_seeds
+from invdiff.datasets.phantoms3d import ct_slab as ct_volume
 from invdiff.metrics import psnr, ssim
 from invdiff.operators import CT3D, MultiCoilMRI, birdcage_maps, make_mask
 from invdiff.priors import available, load
@@ -66,42 +66,6 @@ PRIORS = PinnedPriors()   # one version of each shipped prior per run, recorded 
 # ------------------------------------------------------------------------------------------------
 # volumes
 # ------------------------------------------------------------------------------------------------
-def ct_volume(seed: int, depth: int, size: int = N) -> torch.Tensor:
-    """(1, 1, D, size, size) random-ellipsoid CT-like volume in [0, 1], isotropic voxels (z spans D/size of x)."""
-    rng = np.random.default_rng([int(seed), 0x3D])
-    c = (np.arange(size) + 0.5) / size * 2 - 1
-    zc = (np.arange(depth) + 0.5 - depth / 2) * (2 / size)
-    z, y, x = np.meshgrid(zc, c, c, indexing="ij")
-
-    def ellipsoid(cx, cy, cz, a, b, h, th):
-        xr = (x - cx) * np.cos(th) + (y - cy) * np.sin(th)
-        yr = -(x - cx) * np.sin(th) + (y - cy) * np.cos(th)
-        return (xr / a) ** 2 + (yr / b) ** 2 + ((z - cz) / h) ** 2 <= 1
-
-    a, b, th0 = rng.uniform(0.7, 0.9), rng.uniform(0.55, 0.8), rng.uniform(-0.3, 0.3)
-    vol = np.zeros(z.shape)
-    body = ellipsoid(0, 0, 0, a, b, 3.0, th0)
-    vol[body] = rng.uniform(0.15, 0.35)
-    inner = ellipsoid(0, 0, 0, a - 0.04, b - 0.04, 3.0, th0)
-    vol[body & ~inner] += rng.uniform(-0.1, 0.15)
-    zmax = depth / size
-    for _ in range(rng.integers(20, 40)):
-        r, phi = np.sqrt(rng.uniform()) * 0.8, rng.uniform(0, 2 * np.pi)
-        m = ellipsoid(r * a * np.cos(phi), r * b * np.sin(phi), rng.uniform(-zmax, zmax), rng.uniform(0.05, 0.35),
-                      rng.uniform(0.05, 0.35), rng.uniform(0.05, 0.6), rng.uniform(0, np.pi)) & inner
-        vol[m] += rng.uniform(-0.15, 0.3)
-    for _ in range(rng.integers(2, 6)):
-        r, phi = np.sqrt(rng.uniform()) * 0.75, rng.uniform(0, 2 * np.pi)
-        m = ellipsoid(r * a * np.cos(phi), r * b * np.sin(phi), rng.uniform(-zmax, zmax), rng.uniform(0.03, 0.1),
-                      rng.uniform(0.03, 0.1), rng.uniform(0.05, 0.3), rng.uniform(0, np.pi)) & inner
-        vol[m] += rng.uniform(0.3, 0.6)
-    vol = np.clip(vol, 0, None)
-    tex = ndimage.gaussian_filter(rng.standard_normal(vol.shape), sigma=0.06 * size, mode="wrap")
-    vol = vol * np.where(body, 1 + 0.06 * tex / (tex.std() + 1e-12), 1.0)
-    vol = ndimage.gaussian_filter(vol, sigma=0.5 * size / 64, mode="nearest")
-    return torch.from_numpy(np.clip(vol, 0, 1).astype(np.float32))[None, None]
-
-
 def mri_volume(seed: int, depth: int, size: int = N) -> torch.Tensor:
     """(1, 2, D, size, size): a held-out brain phantom rotated, scaled, shifted and phase-ramped smoothly along z."""
     img = mri_phantoms([seed], size)                                           # (1, 2, H, W)

@@ -3,8 +3,8 @@
 Volumes: 64 x 64 in-plane, D = 32 slices, isotropic voxels, in [0, 1]; two families, never seen in training:
 - ``ct3d``: held-out seeds of the native prior's own generator (``invdiff.datasets.phantoms3d.ct_volumes`` at
   64^3, the central 32 slices): randomly rotated ellipsoids, so structures cross slices at every angle;
-- ``ellipsoid-z``: the random-ellipsoid volumes of ``benchmarks/dds3d.py`` (a different generator, ellipsoids
-  axis-aligned in z, more and smaller inserts): neither prior was trained on it.
+- ``ellipsoid-z``: ``invdiff.datasets.phantoms3d.ct_slab``, the volumes of ``benchmarks/dds3d.py`` (a different
+  generator: ellipsoids aligned with z, more and smaller inserts): neither prior was trained on it.
 Measurements: parallel-beam CT of every slice (``CT3D``), 8 or 16 views over 180 degrees, noise 0.01.
 
 Methods (diffusion: 50 NFE, one chain, seed 0):
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,16 +37,13 @@ import invdiff
 from invdiff.bench.harness import (PinnedPriors, RowCache, experiment_args, mean_rows, measured, option_default,
                                    start, weights_sha, write_experiment)
 from invdiff.datasets import split_seeds
-from invdiff.datasets.phantoms3d import ct_volume_np
+from invdiff.datasets.phantoms3d import ct_slab, ct_volume_np
 from invdiff.metrics import psnr, ssim
 from invdiff.operators import CT3D
 from invdiff.priors import load
 from invdiff.priors.lift import lift
 from invdiff.solvers.primitives import finite_diff
 from invdiff.solvers.ztv import ZTVADMM, default_preset
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dds3d import ct_volume as ellipsoid_z_volume  # noqa: E402
 
 N, DEPTH, NOISE, STEPS = 64, 32, 0.01, 50
 FAMILIES = ("ct3d", "ellipsoid-z")
@@ -63,7 +59,7 @@ def volume(family: str, seed: int, depth: int = DEPTH) -> torch.Tensor:
         v = ct_volume_np(seed, N)
         z0 = (N - depth) // 2
         return torch.from_numpy(np.ascontiguousarray(v[z0:z0 + depth]))[None, None]
-    return ellipsoid_z_volume(seed, depth)
+    return ct_slab(seed, depth, N)
 
 
 def metrics(est: torch.Tensor, x: torch.Tensor) -> dict:

@@ -36,8 +36,9 @@ Per method: PSNR / SSIM / NMSE averaged over the files (fastMRI protocol against
 ``SSIM_clean``: the same protocol against the noise-free anatomy slice, a reference a scanner does not give but that
 separates the anatomy from the target's noise floor; ``PSNR_nofloor`` / ``SSIM_nofloor``: |x| without the noise
 floor, against the RSS target; both from the written image with F taken out exactly), the paired difference best
-diffusion solver - l1-wavelet with its standard error, NFE, seconds per slice (1 torch thread, ESPIRiT time included
-except where its cache had the maps; wall time on a shared 2-core machine) and peak memory growth, from ``reconstruct``'s per-file records.
+diffusion solver - l1-wavelet with its standard error, NFE, seconds per slice (1 torch thread, ESPIRiT time
+included except where its cache had the maps; wall time on a shared 2-core machine) and peak memory growth, from
+``reconstruct``'s per-file records.
 ``--cache`` keeps the files, the ESPIRiT maps and every reconstruction folder (one per method, options, prior and
 acceleration), so an interrupted run resumes (``reconstruct`` skips finished files) and a newer prior only re-runs
 its own rows.

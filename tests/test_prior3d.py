@@ -186,3 +186,15 @@ def test_cli_3d_flags_and_errors(tmp_path, capsys):
             "--channel-mult", "1,2", "--emb-dim", "16", "--batch-size", "2", "--progress", "false"] + base
     assert train_prior_main(argv) == 0
     assert json.loads((tmp_path / "c3" / "config.json").read_text())["dims"] == 3
+
+
+def test_ct_slab_family_deterministic_any_depth_and_z_extended():
+    """The second 3D CT family (evaluation only): a pure function of (seed, depth, size), in [0, 1], any depth, and
+    not constant along z (structures start and end between slices)."""
+    from invdiff.datasets.phantoms3d import ct_slab
+
+    a, b = ct_slab(1000000300, 12, 32), ct_slab(1000000300, 12, 32)
+    assert a.shape == (1, 1, 12, 32, 32) and torch.equal(a, b)
+    assert float(a.min()) >= 0 and float(a.max()) <= 1 and float(a.mean()) > 0.05
+    assert not torch.equal(a, ct_slab(1000000301, 12, 32))
+    assert float((a[:, :, 1:] - a[:, :, :-1]).abs().max()) > 0.05

@@ -6,6 +6,8 @@ r"""Synthetic CT-like volumes, deterministic given a seed (no files, no download
   rotated ellipsoids with random additive intensities (the 3D Shepp & Logan 1974 construction), a few
   small bright "bone/contrast" inserts, smooth multiplicative texture and a partial-volume blur;
   1 channel in [0, 1], shape (N, 1, D, H, W) with D = H = W = ``size``.
+- :func:`ct_slab`: a second CT-like family (z-aligned ellipsoids in a slab of any depth), for evaluation: no
+  shipped prior was trained on it.
 - :func:`shepp_logan_3d`: the 3D Shepp-Logan phantom (sigpy) at any size, out of distribution.
 - :class:`VolumeStream`: the deterministic training stream (batch ``k`` holds seeds ``k*B .. k*B+B-1``),
   with :meth:`VolumeStream.part` so that data-parallel ranks generate only their rows of a batch.
@@ -24,11 +26,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter
 
 from .._validate import check_choice, check_positive, fail
 from .phantoms import HELDOUT_SEED_START, _seeds, _texture_and_blur, split_seeds
 
-__all__: Sequence[str] = ["ct_volume_np", "ct_volumes", "shepp_logan_3d", "VolumeStream", "GENERATORS3D",
+__all__: Sequence[str] = ["ct_volume_np", "ct_volumes", "ct_slab", "shepp_logan_3d", "VolumeStream", "GENERATORS3D",
                           "HELDOUT_SEED_START", "split_seeds"]
 
 
@@ -121,6 +124,46 @@ def ct_volumes(seeds: int | Iterable[int], size: int = 32) -> torch.Tensor:
     """CT-like volumes for the given seeds (or seeds 0..n-1 for an int): tensor (N, 1, size, size, size) in [0, 1]."""
     check_positive("size", size, integer=True)
     return torch.from_numpy(np.stack([ct_volume_np(s, size) for s in _seeds(seeds)])[:, None])
+
+
+def ct_slab(seed: int, depth: int, size: int = 64) -> torch.Tensor:
+    """(1, 1, depth, size, size) CT-like slab in [0, 1], isotropic voxels (z spans depth/size of x), a second family
+    next to :func:`ct_volumes` that no shipped prior was trained on: an elliptic cylinder body (turned in the axial
+    plane) with a fat layer, 20-40 ellipsoids whose axes are aligned with z (only turned in the axial plane, so
+    every axial slice looks like a 2D ``ct_phantoms`` image while structures start and end along z), 2-6 small bright
+    inserts, smooth texture and a partial-volume blur."""
+    rng = np.random.default_rng([int(seed), 0x3D])
+    c = (np.arange(size) + 0.5) / size * 2 - 1
+    zc = (np.arange(depth) + 0.5 - depth / 2) * (2 / size)
+    z, y, x = np.meshgrid(zc, c, c, indexing="ij")
+
+    def ellipsoid(cx, cy, cz, a, b, h, th):
+        xr = (x - cx) * np.cos(th) + (y - cy) * np.sin(th)
+        yr = -(x - cx) * np.sin(th) + (y - cy) * np.cos(th)
+        return (xr / a) ** 2 + (yr / b) ** 2 + ((z - cz) / h) ** 2 <= 1
+
+    a, b, th0 = rng.uniform(0.7, 0.9), rng.uniform(0.55, 0.8), rng.uniform(-0.3, 0.3)
+    vol = np.zeros(z.shape)
+    body = ellipsoid(0, 0, 0, a, b, 3.0, th0)
+    vol[body] = rng.uniform(0.15, 0.35)
+    inner = ellipsoid(0, 0, 0, a - 0.04, b - 0.04, 3.0, th0)
+    vol[body & ~inner] += rng.uniform(-0.1, 0.15)
+    zmax = depth / size
+    for _ in range(rng.integers(20, 40)):
+        r, phi = np.sqrt(rng.uniform()) * 0.8, rng.uniform(0, 2 * np.pi)
+        m = ellipsoid(r * a * np.cos(phi), r * b * np.sin(phi), rng.uniform(-zmax, zmax), rng.uniform(0.05, 0.35),
+                      rng.uniform(0.05, 0.35), rng.uniform(0.05, 0.6), rng.uniform(0, np.pi)) & inner
+        vol[m] += rng.uniform(-0.15, 0.3)
+    for _ in range(rng.integers(2, 6)):
+        r, phi = np.sqrt(rng.uniform()) * 0.75, rng.uniform(0, 2 * np.pi)
+        m = ellipsoid(r * a * np.cos(phi), r * b * np.sin(phi), rng.uniform(-zmax, zmax), rng.uniform(0.03, 0.1),
+                      rng.uniform(0.03, 0.1), rng.uniform(0.05, 0.3), rng.uniform(0, np.pi)) & inner
+        vol[m] += rng.uniform(0.3, 0.6)
+    vol = np.clip(vol, 0, None)
+    tex = gaussian_filter(rng.standard_normal(vol.shape), sigma=0.06 * size, mode="wrap")
+    vol = vol * np.where(body, 1 + 0.06 * tex / (tex.std() + 1e-12), 1.0)
+    vol = gaussian_filter(vol, sigma=0.5 * size / 64, mode="nearest")
+    return torch.from_numpy(np.clip(vol, 0, 1).astype(np.float32))[None, None]
 
 
 def shepp_logan_3d(size: int = 32) -> torch.Tensor:

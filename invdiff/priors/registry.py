@@ -24,6 +24,9 @@ SHIPPED = {
                            "anatomy-like brain / knee slices; trained on 64x64 patches with their coordinates (PaDIS), "
                            "applied to whole images; validated on the 640x368 field of view of 15-coil fastMRI knee "
                            "files (DDS with coil_support)",
+    "ct-ellipsoid3d-patch32": "native 3D (Conv3d): 1-channel CT-like random-ellipsoid volumes in [0, 1] at the voxel "
+                              "scale of 64^3 volumes (that of ct-phantom-64's slices); trained on 32^3 patches, "
+                              "applied to whole volumes (dds, dds3d, diffusion-mbir, ...); validated at 32x64x64",
     "mri-brainphantom-64-cond": "conditional (solver 'conditional-dc'): brain phantoms given [zero-filled A^H y, mask] of "
                                 "single- / 8-coil Cartesian MRI at 2-10x, trained at 64x64",
 }
