@@ -250,7 +250,7 @@ def test_multicoil_reconstruction_is_zero_where_no_coil_map_reaches(tmp_path, ca
     assert 0 < support.mean() < 1
     assert np.all(outs["tv"][~support] == 0) and np.abs(outs["tv-off"][~support]).max() > 0
     np.testing.assert_allclose(outs["tv"][support], outs["tv-off"][support], rtol=1e-6)
-    np.testing.assert_array_equal(outs["tv-auto"], outs["tv-off"])                  # classical: off
+    np.testing.assert_array_equal(outs["tv-auto"], outs["tv-off"])                  # classical: off (no floor)
     assert np.all(outs["dds-auto"][~support] == 0) and np.abs(outs["dds-auto"][support]).max() > 0
 
 
@@ -294,6 +294,11 @@ def test_fastmri_output_estimates_the_noisy_target_with_its_noise_floor(tmp_path
         with h5py.File(out / "file_n.h5") as h:
             outs[flag], attrs[flag] = h["reconstruction"][0], dict(h.attrs)
     F = attrs["true"]["noise_floor"]
+    rc = main(["reconstruct", str(data), "--solver", "tv", "--out", str(tmp_path / "auto"), "--set", "solver.n_iter=20",
+               "--center-fraction", "0.25", "--no-progress"])                   # defaults: floor, so coil_support
+    assert rc == 0, capsys.readouterr().err
+    with h5py.File(tmp_path / "auto" / "file_n.h5") as h:
+        np.testing.assert_array_equal(h["reconstruction"][0], outs["true"])
     assert attrs["false"]["noise_floor"] == 0 and attrs["true"]["kspace_noise_std"] > 0
     np.testing.assert_allclose(outs["true"], np.sqrt(outs["false"].astype(np.float64) ** 2 + F ** 2), rtol=1e-5)
     target = read_fastmri(data / "file_n.h5").target[0]

@@ -4,9 +4,9 @@ Inputs (files, or folders searched recursively) and what is reconstructed:
 
   fastMRI .h5 (k-space)      MRI from the measured k-space, undersampled with fastMRI's own per-file mask (knee:
                              RandomMaskFunc, brain: EquispacedMaskFractionFunc, bit for bit; test files: their
-                             own mask); multi-coil with ESPIRiT coil maps; diffusion solvers' images are
-                             zeroed where no map reaches (no coil sees it; --set coil_support=true|false
-                             for every solver). Output: an h5
+                             own mask); multi-coil with ESPIRiT coil maps; images are zeroed where no
+                             map reaches (no coil sees it; --set coil_support=true|false|auto: auto = with
+                             a prior or the noise floor). Output: an h5
                              file of the same name with dataset 'reconstruction' (slices, h, w) cropped like the
                              target: the fastMRI submission format, scored by 'fastmri/evaluate.py'. It estimates
                              the target, whose background is the noise floor F of the coils' thermal noise:

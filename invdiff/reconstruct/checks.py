@@ -25,7 +25,8 @@ DEFAULTS = {
     "espirit_kernel": 6,
     "espirit_cache": None,       # folder to cache ESPIRiT maps in (None: no cache)
     "coil_support": "auto",      # multi-coil: zero the image where every ESPIRiT map is zero (no coil sees it);
-                                 # auto: for solvers with a prior (a diffusion prior paints there), not classical ones
+                                 # auto: for solvers with a prior (a diffusion prior paints there) and, with
+                                 # noise_floor, for every solver (the floor fills that air)
     "noise_floor": True,         # fastMRI: write the estimate of the noisy RSS / ESC target, sqrt(|x|^2 + F^2), F the
                                  # mean noise floor of the coils' thermal noise estimated from the k-space corners
     # CT

@@ -62,14 +62,16 @@ def _magnitude(x: torch.Tensor) -> np.ndarray:
 
 
 def coil_support(cfg, solver: str) -> bool:
-    """Whether a multi-coil image is zeroed where no ESPIRiT map reaches: ``cfg["coil_support"]``, and for "auto"
-    when ``solver`` uses a prior. Measured (benchmarks/results/realsize_mri.md, knee tuning file, fastMRI RSS
-    target): DDS with ``mri-anatomy-patch64`` paints structure there (26.5 -> 37.6 dB at 4x, 25.2 -> 31.0 at 8x
-    with zeroing); l1-wavelet is 1.2 / 0.1 dB better without (the target's air holds the RSS noise floor)."""
+    """Whether a multi-coil image is zeroed where no ESPIRiT map reaches: ``cfg["coil_support"]``; "auto": when
+    ``solver`` uses a prior or the output gets the noise floor (``noise_floor``, which then fills that air). Measured
+    (benchmarks/results/realsize_mri.md, knee tuning file, fastMRI RSS target): DDS with ``mri-anatomy-patch64``
+    paints structure there (26.6 -> 39.9 dB at 4x, 25.2 -> 31.4 at 8x with zeroing); l1-wavelet gains 0.2 / 0.03 dB
+    from zeroing with the noise floor and loses 1.2 / 0.1 dB without it (its own residual noise is then closer to
+    the target's air than zero is)."""
     from ..solvers import get
 
     v = cfg.get("coil_support", "auto")
-    return get(solver).needs_prior if v == "auto" else bool(v)
+    return (get(solver).needs_prior or bool(cfg.get("noise_floor", True))) if v == "auto" else bool(v)
 
 
 def noise_floor(k: np.ndarray) -> tuple[float, float]:
@@ -77,8 +79,8 @@ def noise_floor(k: np.ndarray) -> tuple[float, float]:
     component of its corners (:func:`invdiff.datasets.fastmri.kspace_noise_std`; 0 where it cannot be estimated)
     and the fastMRI target's mean noise floor, the RSS of the coils' noise (multi-coil ``reconstruction_rss``) or
     its magnitude (single-coil ``reconstruction_esc``): :func:`invdiff.datasets.fastmri.rss_noise_floor`. Measured
-    (benchmarks/results/realsize_mri.md): on 15-coil knee files F is within 0.5 % of the target's background
-    median."""
+    on the 8 evaluation files of benchmarks/realsize_mri.py (15 coils, k-space masked at 8x): F within 0.7 % of the
+    target's background median."""
     from ..datasets.fastmri import kspace_noise_std, rss_noise_floor
 
     sigma = kspace_noise_std(k)
