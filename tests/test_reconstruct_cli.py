@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from invdiff.cli import main
 from invdiff.datasets import ct_phantoms
@@ -130,6 +131,25 @@ def test_volume_solver_reconstructs_whole_volumes(tmp_path, capsys):
     rec = json.loads((out / "records" / "vol.nii.gz.json").read_text())
     assert rec["nfe"] == 3 and rec["metrics"]["PSNR"] > 12                  # one solve for the whole volume
     assert read_nifti(out / "vol.nii.gz").data.shape == (3, 32, 32)
+
+
+def test_native_3d_prior_makes_a_2d_solver_solve_the_whole_volume(tmp_path, capsys):
+    """A native 3D prior (``spatial_dims == 3``) with a 2D solver: the input is solved as one volume (the solver's
+    volume path), not in batches of 2D slices the 3D network could not take."""
+    from invdiff.priors.networks import CompactUNet
+    from invdiff.priors.neural import NeuralPrior
+
+    torch.manual_seed(0)
+    p = NeuralPrior(CompactUNet(base_channels=8, channel_mult=(1, 2), emb_dim=16, dims=3), sigma_data=0.2, channels=1)
+    ckpt = p.save(tmp_path / "p3d.safetensors")
+    src = write_nifti(tmp_path / "in" / "vol.nii.gz", images(4), AFFINE)
+    out = tmp_path / "out"
+    rc, _, err = run_cli([src, "--solver", "dds", "--prior", ckpt, "--views", "16", "--out", out, "--no-progress",
+                          "--set", "solver.num_steps=2", "--set", "batch_slices=2"], capsys)
+    assert rc == 0, err
+    rec = json.loads((out / "records" / "vol.nii.gz.json").read_text())
+    assert rec["nfe"] == 2                                                  # one solve, not one per batch of 2
+    assert read_nifti(out / "vol.nii.gz").data.shape == (4, 32, 32)
 
 
 def test_images_and_sinogram_inputs(tmp_path, capsys):

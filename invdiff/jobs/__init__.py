@@ -66,7 +66,7 @@ from typing import Callable, NamedTuple
 from .._validate import fail
 from .options import (add_job_flags, check_common_config, check_device, check_solver_options,  # noqa: F401
                       is_volume_solver, load_prior_checked, prior_for_volumes, resolve_config,
-                      resolve_with_solver_options, to_device)
+                      resolve_with_solver_options, solves_whole_volumes, to_device)
 
 
 # ================================================================================================

@@ -129,6 +129,13 @@ def is_volume_solver(solver: str) -> bool:
     return bool(spec is not None and spec.volume)
 
 
+def solves_whole_volumes(solver: str, prior=None) -> bool:
+    """True when an input's slices are solved as one volume: a volume solver (:func:`is_volume_solver`), or any
+    solver with a native 3D prior (``spatial_dims == 3``: its network sees the whole volume, through the solver's
+    volume path)."""
+    return is_volume_solver(solver) or getattr(prior, "spatial_dims", 2) == 3
+
+
 def check_device(device, name: str = "--device") -> torch.device:
     """``cpu``, ``cuda`` or ``cuda:N`` as a torch.device, refused with one clear message when CUDA is missing."""
     import torch

@@ -72,7 +72,7 @@ import torch
 from .._validate import fail
 from ..datasets.fastmri import MASK_CHOICES
 from ..jobs import (DistContext, Item, add_job_flags, barrier, check_device, check_distinct_outputs,
-                    check_solver_options, finish, is_volume_solver, load_prior_checked, prior_for_volumes,
+                    check_solver_options, finish, load_prior_checked, prior_for_volumes, solves_whole_volumes,
                     resolve_config, run_items)
 from ..jobs import join as dist_context
 from .checks import (AUTO_SOLVER, DEFAULTS, FLAG_OF, MIN_SIDE, TARGET_TOLERANCE, TASKS,  # noqa: F401
@@ -213,9 +213,9 @@ def main(argv=None) -> int:
         _check_calibration(cfg, solver)
     device = check_device(cfg["device"])
     prior = load_prior_checked(solver, cfg["prior"], device=device, precision=str(cfg["precision"]))
-    if is_volume_solver(solver):
-        for it in usable:  # volume solvers take a whole input at once
-            it.error = _check_sizes(it, cfg)
+    if solves_whole_volumes(solver, prior):
+        for it in usable:  # volume solvers and native 3D priors take a whole input at once
+            it.error = _check_sizes(it, cfg, volume=True)
         if not any(it.error is None for it in items):
             fail("INPUT", "at least one input that fits in memory", next(it.error for it in items))
         prior = prior_for_volumes(prior, int(cfg["batch_slices"]))

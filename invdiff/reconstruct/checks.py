@@ -269,8 +269,9 @@ def estimate_gb(task: str, info: dict, cfg, volume: bool = False) -> tuple[float
     return need / 2 ** 30, grid
 
 
-def _check_sizes(item: Item, cfg) -> str | None:
-    """The per-input checks that need only the header: an error message, or None."""
+def _check_sizes(item: Item, cfg, volume: bool | None = None) -> str | None:
+    """The per-input checks that need only the header: an error message, or None. ``volume``: whether the input is
+    solved as one volume (None: when the solver is a volume solver)."""
     info = item.info
     if "shape" in info:
         H, W = info["shape"]
@@ -283,8 +284,9 @@ def _check_sizes(item: Item, cfg) -> str | None:
                 return (f"{item.path}: CT needs a square image; this {H}x{W} image would be padded to {N}x{N} "
                         f"({N * N / (H * W):.0f}x the pixels). Expected a (nearly) square image, or "
                         "--set ct_pad_square=true to pad anyway")
-    est, grid = estimate_gb(item.task, info, cfg, volume=is_volume_solver(cfg["solver"])
-                            if cfg["solver"] not in (None, "auto") else False)
+    if volume is None:
+        volume = is_volume_solver(cfg["solver"]) if cfg["solver"] not in (None, "auto") else False
+    est, grid = estimate_gb(item.task, info, cfg, volume=volume)
     limit = memory_limit_gb(cfg)
     if est > limit:
         return (f"{item.path}: its {item.task} operator ({grid}) needs about {est:.3g} GiB, more than the limit "

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .._validate import fail
-from ..jobs import Item, is_volume_solver, to_device
+from ..jobs import Item, solves_whole_volumes, to_device
 from .checks import _acs_error, _check_target_content
 
 
@@ -24,14 +24,15 @@ def _solve_chunks(n: int, cfg, build, prior, solver, options, seed: int):
     """Solve the n slices of an input: ``build(lo, hi, gen, volume) -> (y, physics)``; returns (means, stds, nfe)
     with means/stds ``(n, C, H, W)``.
 
-    2D solvers: chunks of ``batch_slices`` slices in the batch axis. Volume solvers (``register(..., volume=True)``):
-    the whole stack as one volume ``(1, C, n, H, W)`` under a volume operator (slice stack), with a 2D prior lifted
-    slice by slice (``invdiff.priors.lift``, ``batch_slices`` slices per network call).
+    2D solvers: chunks of ``batch_slices`` slices in the batch axis. Volume solvers (``register(..., volume=True)``)
+    and native 3D priors (any solver, through its volume path): the whole stack as one volume ``(1, C, n, H, W)``
+    under a volume operator (slice stack), with a 2D prior lifted slice by slice (``invdiff.priors.lift``,
+    ``batch_slices`` slices per network call).
     """
     import invdiff
 
     device = cfg.get("device", "cpu")
-    if is_volume_solver(solver):
+    if solves_whole_volumes(solver, prior):
         gen = torch.Generator().manual_seed(seed)
         y, op = to_device(*build(0, n, gen, True), device)
         rec = invdiff.solve(y, op, prior, solver=solver, seed=seed, n_samples=int(cfg["n_samples"]), progress=False,
