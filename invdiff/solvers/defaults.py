@@ -94,6 +94,17 @@ def _dds_ct_gamma_many_views(physics, prior, sigma: float) -> float:
     return 0.005 / 3 * max(abs(float(lo)), abs(float(hi))) ** 2 / sigma ** 2
 
 
+def _dds_ct3d_gamma(physics, prior, sigma: float) -> float:
+    """DDS prox weight on volume CT: v = 0.005 / 3 for a native 3D prior (``spatial_dims == 3`` network), the
+    automatic v = 0.005 (:func:`invdiff.solvers.dds.default_gamma`) for a lifted 2D prior."""
+    from .dds import default_gamma
+
+    if getattr(prior, "prior2d", None) is not None or getattr(prior, "spatial_dims", 3) != 3:
+        return default_gamma(physics, prior)
+    lo, hi = prior.value_range
+    return 0.005 / 3 * max(abs(float(lo)), abs(float(hi))) ** 2 / sigma ** 2
+
+
 def sparse_kspace(physics) -> bool:
     """at most 1/6 of k-space measured (8x and beyond)"""
     m = getattr(physics, "mask", None)
@@ -237,6 +248,10 @@ TABLE: tuple[Measured, ...] = (
              when=wide_band),
     Measured("dds", ("ct",), {"gamma": _dds_ct_gamma_many_views}, _TUNE + ": ct-16view / ct-32view, gamma 17 beat "
              "50 by 0.4 / 2.1 dB (8 views and limited angle: 50 best)", CT_RANGE, unless=("dc",), when=many_views),
+    Measured("dds", ("ct3d",), {"gamma": _dds_ct3d_gamma}, "benchmarks/results/native3d_tuning.md: native 3D prior "
+             "ct-ellipsoid3d-patch32, 32x64x64 volumes, 8 / 16 views, two families: gamma x 1/3 of the automatic 50 "
+             "best in 3 of 4 cells (x 1/9 in the fourth, 0.08 dB better), x 1 lost 0.2-2.5 dB", CT_RANGE,
+             unless=("dc",)),
     # ---- conditional DC: prox weight in the network's units and re-noising (the conditional MRI prior) ----
     Measured("conditional-dc", ("mri-multicoil",), {"gamma": 3.0, "eta": 1.0}, _COND + ": 8-coil 4x / 8x / "
              "Poisson-disc 6x at the default sigma_max (trained range), gamma 3 with eta 1 beat gamma 10 by 1.4 / -0.7 / "

@@ -293,9 +293,9 @@ def model_card(name, meta, prior, ev, loss_rows, *, dtype, fp_dev, sample_steps,
         f"{2 ** (len(cfg['channel_mult']) - 1)} natively, others are padded)",
         *(["- native 3D prior (`spatial_dims = 3`): denoises volumes (B, C, D, H, W) with 3x3x3 convolutions"]
           if dims == 3 else []),
-        *([f"- patch prior (PaDIS, Hu et al. 2024): trained on random {cfg['patch_size']}x{cfg['patch_size']} crops "
-           f"of {shape_str} images (training cost set by the patch size; the pixel scale is that of the {shape_str} "
-           f"images); coordinate channels of the crop in its image: {'yes' if cfg.get('positional') else 'no'}; "
+        *([f"- patch prior (PaDIS, Hu et al. 2024): trained on random {'x'.join([str(cfg['patch_size'])] * dims)} "
+           f"crops of {shape_str} {'volumes' if dims == 3 else 'images'} (training cost set by the patch size; the "
+           f"pixel scale is that of the {shape_str} {'volumes' if dims == 3 else 'images'}); coordinate channels of the crop in its image: {'yes' if cfg.get('positional') else 'no'}; "
            f"whole-image inference: `{prior.inference}` (`prior.set_inference('conv' | 'tiled')`); patch_size "
            f"{list(prior.patch_size)}, validated_sizes {prior.validated_sizes and [list(v) for v in prior.validated_sizes]}, "
            f"pixel_spacing {prior.pixel_spacing} (None: synthetic data)"] if cfg.get("patch_size") else []),
@@ -312,7 +312,7 @@ def model_card(name, meta, prior, ev, loss_rows, *, dtype, fp_dev, sample_steps,
         f"{meta['step'] * cfg['batch_size']} distinct {items}"
         + (f" (this run: steps {cfg['init_step'] + 1}-{meta['step']}; the earlier steps are the warm start's own data)"
            if cfg.get("init_from") else "")
-        + (f", one random {cfg['patch_size']}x{cfg['patch_size']} crop of each" if cfg.get("patch_size") else "")
+        + (f", one random {'x'.join([str(cfg['patch_size'])] * dims)} crop of each" if cfg.get("patch_size") else "")
         + "; every training seed is below 1e9 "
         "(`invdiff.datasets.HELDOUT_SEED_START`) and evaluation uses seeds >= 1e9, never seen in training.", "",
         "## Training", "",
