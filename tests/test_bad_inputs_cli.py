@@ -103,6 +103,7 @@ RECON_CONFIG = [
     (["--set", "write_dicom=maybe"], ["'write_dicom'", "true or false"]),
     (["--set", "strict=1"], ["'--strict'", "true or false"]),
     (["--set", "coil_support=maybe"], ["'coil_support'", "auto, true or false", "maybe"]),
+    (["--set", "noise_floor=maybe"], ["'noise_floor'", "true or false", "maybe"]),
     (["--max-memory", "0"], ["'--max-memory'", "> 0"]),
     (["--max-memory", "-1"], ["'--max-memory'", "> 0"]),
     (["--task", "bogus"], ["'--task'", "inpainting"]),
