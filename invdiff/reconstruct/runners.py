@@ -77,7 +77,8 @@ def coil_support(cfg, solver: str) -> bool:
 
 def noise_floor(k: np.ndarray) -> tuple[float, float]:
     """``(sigma, F)`` of a volume's measured k-space ``k`` (slices, [coils,] H, W): the thermal noise std per real
-    component of its corners (:func:`invdiff.datasets.fastmri.kspace_noise_std`; 0 where it cannot be estimated)
+    component (:func:`invdiff.datasets.fastmri.kspace_noise_std`: k-space corners and the readout ends of the coil
+    images; 0 where it cannot be estimated)
     and the fastMRI target's mean noise floor, the RSS of the coils' noise (multi-coil ``reconstruction_rss``) or
     its magnitude (single-coil ``reconstruction_esc``): :func:`invdiff.datasets.fastmri.rss_noise_floor`. Measured
     on the 8 evaluation files of benchmarks/realsize_mri.py (15 coils, k-space masked at 8x): F within 0.7 % of the
