@@ -230,5 +230,6 @@ def test_shipped_native_3d_prior_denoises_heldout_volumes_and_serves_the_volume_
         rec = invdiff.solve(y, op, p, solver=solver, num_steps=10, seed=0)
         got = float(psnr(rec.mean, x[:1]))
         assert got > fbp + margin, f"{solver}: {got:.2f} dB vs FBP {fbp:.2f}"
-    rec = invdiff.solve(y, op, p, solver="diffusion-mbir", num_steps=2, seed=0)   # takes the native prior as is
+    with pytest.warns(RuntimeWarning, match="diverged"):                        # CT below the 'fast' preset
+        rec = invdiff.solve(y, op, p, solver="diffusion-mbir", num_steps=2, seed=0)   # takes the native prior
     assert rec.mean.shape == x[:1].shape and rec.nfe == 4
