@@ -226,6 +226,11 @@ def test_shipped_native_3d_prior_denoises_heldout_volumes_and_serves_the_volume_
     op = CT3D((1, 32, 64, 64), n_views=16, sigma=0.01, rng=gen)
     y = op(x[:1])
     fbp = float(psnr(op.fbp(y), x[:1]))
+    from invdiff.bench.harness import option_default
+    from invdiff.priors.lift import lift
+
+    lifted = option_default("dds", "gamma", op, lift(load("ct-phantom-64")))   # the automatic 0.005 / sigma^2
+    assert option_default("dds", "gamma", op, p) == pytest.approx(lifted / 3)  # measured row for native 3D priors
     for solver, margin in (("dds", 4.0), ("dds3d", 6.0)):                  # measured: +7.0 / +9.7 dB
         rec = invdiff.solve(y, op, p, solver=solver, num_steps=10, seed=0)
         got = float(psnr(rec.mean, x[:1]))

@@ -101,8 +101,7 @@ def _dds_ct3d_gamma(physics, prior, sigma: float) -> float:
 
     if getattr(prior, "prior2d", None) is not None or getattr(prior, "spatial_dims", 3) != 3:
         return default_gamma(physics, prior)
-    lo, hi = prior.value_range
-    return 0.005 / 3 * max(abs(float(lo)), abs(float(hi))) ** 2 / sigma ** 2
+    return _dds_ct_gamma_many_views(physics, prior, sigma)
 
 
 def sparse_kspace(physics) -> bool:
