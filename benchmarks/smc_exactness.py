@@ -143,8 +143,12 @@ def solver_grid(counts, scale: float = 1.0, sweep: bool = True):
     rows += [("smc corrector_steps=3 N=64", "smc", {"corrector_steps": 3}, 64),
              ("smc 800 levels N=64", "smc", {"num_steps": 800}, 64),
              ("smc 100 levels x 3 correctors N=64", "smc", {"num_steps": 100, "corrector_steps": 3}, 64)]
-    # the fall toward the floor with particles at 800 levels
-    rows += [(f"smc 800 levels N={n}", "smc", {"num_steps": 800}, n) for n in ((128, 256) if sweep else ())]
+    # the fall toward the floor with particles at 800 levels (every problem at N = 256)
+    rows += [(f"smc 800 levels N={n}", "smc", {"num_steps": 800}, n) for n in ((128, 256) if sweep else (256,))]
+    # islands: independent runs of 16 particles pooled with equal / evidence weights (the image setting)
+    rows += [("smc islands=4 N=64", "smc", {"island_size": 16}, 64),
+             ("smc islands=4 evidence N=64", "smc", {"island_size": 16, "island_weights": "evidence"}, 64),
+             ("smc 800 levels islands=4 N=64", "smc", {"num_steps": 800, "island_size": 16}, 64)]
     # adaptive levels (conditional ESS >= 0.9) and the Metropolis-adjusted corrector
     rows += [("smc cess_target=0.9 N=64", "smc", {"cess_target": 0.9}, 64),
              ("smc corrector=mala N=64", "smc", {"corrector": "mala"}, 64)]
@@ -307,10 +311,13 @@ def run(out: str, quick: bool, only: list[str] | None, solvers: list[str] | None
              "Metropolis-adjusted corrector (exact invariance, step adapted to 57 % acceptance); "
              "'smc tempering=none' is the canonical alpha = 1 AFDPS target; "
              "'smc sde' = variant 'sde' (exact-likelihood integrator) with 400 levels; mcgdiff with 400 levels "
-             "(NFE-matched); DPS = deepinv DPS, 500 steps, weight 1.\n\nGoals for smc N=64:\n" + goals(rows)
+             "(NFE-matched); DPS = deepinv DPS, 500 steps, weight 1; 'islands=4' = 4 independent runs of 16 "
+             "particles pooled with equal weights ('evidence': weighted by their evidence estimates).\n\nGoals for smc N=64:\n" + goals(rows)
              + "".join(f"\n\nThe same for '{v}':\n" + goals(rows, v) for v in
                        ("smc sigma_min=0.004tau N=64", "smc corrector_steps=3 N=64", "smc 800 levels N=64",
-                        "smc 800 levels N=128", "smc 800 levels N=256", "smc 100 levels x 3 correctors N=64",
+                        "smc 800 levels N=128", "smc 800 levels N=256", "smc islands=4 N=64",
+                        "smc islands=4 evidence N=64", "smc 800 levels islands=4 N=64",
+                        "smc 100 levels x 3 correctors N=64",
                         "smc cess_target=0.9 N=64", "smc corrector=mala N=64"))
              + f"\n\nTotal time {time.perf_counter() - t0:.0f} s"
              + (f" (this run: problems {only or 'all'}, rows {solvers}; the other rows are kept from earlier runs "

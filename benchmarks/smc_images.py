@@ -14,14 +14,18 @@ For each image the weighted ensemble of ``smc`` gives the posterior mean and the
   pixels, ``cov90`` = fraction of pixels with |error| <= z * std where z gives 90 % for a calibrated Gaussian
   posterior (1.645 for real pixels; sqrt(ln 10) = 1.517 for complex ones, whose |error|^2 / std^2 is chi^2_2 / 2),
   and ``err/std`` = RMS error / RMS std (1 when calibrated);
-- ESS/N at the end and its minimum along the path, resampling events, unique time-0 ancestors (path degeneracy),
-  NFE per particle, seconds, peak memory growth (1 thread).
+- ESS/N at the end and its minimum along the path, resampling events, ``resample_frac`` (fraction of levels that
+  resampled), ``low_ess_run`` (the longest run of consecutive levels whose ESS/N fell below the resampling
+  threshold, per island), unique time-0 ancestors summed over islands (path degeneracy), ``island_ess`` (ESS/K of
+  the island weights), NFE per particle, seconds, peak memory growth (1 thread).
+
+Variants (``--variants``, labels of ``VARIANTS``): ``smc`` is the solver's defaults with 16 particles (one run);
+``islands=K`` rows pool K independent runs of 64 / K particles (``island_size``), with the tempering named.
 
 Context rows with the same data: ``cg`` (Tikhonov least squares) and ``fbp`` (CT) and ``dds`` (one sample).
 
-Usage: python benchmarks/smc_images.py [--images 3] [--particles 16] [--num-steps 200] [--cess-target 0.9]
-       [--out benchmarks/results]
-       [--threads 1] [--smoke]
+Usage: python benchmarks/smc_images.py [--images 3] [--variants smc "islands=16 noise"] [--num-steps 200]
+       [--cess-target 0.9] [--cache DIR] [--out benchmarks/results] [--threads 1] [--smoke]
 """
 from __future__ import annotations
 
@@ -32,8 +36,8 @@ import time
 import torch
 
 import invdiff
-from invdiff.bench.harness import (experiment_args, heldout, mean_rows, measured, prior_versions, quality, start,
-                                   write_experiment)
+from invdiff.bench.harness import (RowCache, experiment_args, heldout, mean_rows, measured, prior_versions, quality,
+                                   start, weights_sha, write_experiment)
 from invdiff.metrics import psnr
 from invdiff.operators import CT, MultiCoilMRI, random_mask_1d
 from invdiff.priors import available, load
@@ -56,6 +60,26 @@ def task_ct(n):
 
 TASKS = {"mri4x-mc8": task_mri, "ct8": task_ct}
 
+# label -> (particles, smc options); the solver's measured defaults fill in everything not named
+VARIANTS = {
+    "smc": (16, {}),
+    "islands=4 linear": (64, {"island_size": 16, "tempering": "linear"}),
+    "islands=4 noise": (64, {"island_size": 16, "tempering": "noise"}),
+    "islands=16 linear": (64, {"island_size": 4, "tempering": "linear"}),
+    "islands=16 noise": (64, {"island_size": 4, "tempering": "noise"}),
+    "islands=64 linear": (64, {"island_size": 1, "tempering": "linear"}),
+}
+
+
+def low_ess_run(ess: torch.Tensor, threshold: float) -> int:
+    """Longest run of consecutive levels with ESS/N < threshold in any column of ``ess`` (levels, ...)."""
+    below = (ess.reshape(ess.shape[0], -1) < threshold).long()
+    run = best = torch.zeros(below.shape[1], dtype=torch.long)
+    for row in below:
+        run = (run + 1) * row
+        best = torch.maximum(best, run)
+    return int(best.max()) if best.numel() else 0
+
 
 def magnitude(t: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, H, W): |value| over the channels (complex magnitude for 2 channels)."""
@@ -71,8 +95,25 @@ def calibration(mean, std, x) -> dict:
             "err/std": float(err.pow(2).mean().sqrt() / s.pow(2).mean().sqrt().clamp_min(1e-30))}
 
 
+def smc_row(tname, i, label, n_part, opts, y, op, prior, x) -> dict:
+    rec, cost = measured(invdiff.solve, y, op, prior, solver="smc", seed=i, n_samples=n_part, **opts)
+    info = rec.info
+    return {"task": tname, "image": i, "solver": label, "N": n_part, "islands": info["islands"],
+            "tempering": info["tempering"], **quality(rec.mean, x),
+            "PSNR_one_draw": float(psnr(rec.samples[0], x, 1.0, complex=x.shape[1] == 2).mean()),
+            **calibration(rec.mean, info["std"], x),
+            "ess_end": float(info["ess"][-1].mean()), "ess_min": float(info["ess"].min()),
+            "n_resample": int(info["n_resample"].sum()), "resample_frac": float(info["resampled"].double().mean()),
+            "low_ess_run": low_ess_run(info.get("ess_islands", info["ess"]), info["ess_threshold"]),
+            "unique_ancestors": int(info["unique_ancestors"][0]),
+            "island_ess": float(info["island_ess"][0]) if "island_ess" in info else 1.0,
+            "n_levels": info["n_levels"], "sigma_min": info["sigma_min"],
+            "nfe_per_particle": info["nfe_per_particle"], "seconds": cost["seconds"], "peak_mb": cost["peak_mb"]}
+
+
 def run(args):
     rows, t_all, priors = [], time.perf_counter(), {}
+    cache = RowCache(args.cache)
     installed = available()
     for tname, make in TASKS.items():
         if args.tasks and tname not in args.tasks:
@@ -91,32 +132,30 @@ def run(args):
                                      **opts)
                 rows.append({"task": tname, "image": i, "solver": name, "N": 1, **quality(rec.mean, x),
                              "nfe_per_particle": cost["nfe"], "seconds": cost["seconds"], "peak_mb": cost["peak_mb"]})
-            rec, cost = measured(invdiff.solve, y, op, prior, solver="smc", seed=i, n_samples=args.particles,
-                                 num_steps=args.num_steps, chunk=args.chunk, cess_target=args.cess_target)
-            info = rec.info
-            row = {"task": tname, "image": i, "solver": "smc", "N": args.particles, **quality(rec.mean, x),
-                   "PSNR_one_draw": float(psnr(rec.samples[0], x, 1.0, complex=x.shape[1] == 2).mean()),
-                   **calibration(rec.mean, info["std"], x),
-                   "ess_end": float(info["ess"][-1].mean()), "ess_min": float(info["ess"].min()),
-                   "n_resample": int(info["n_resample"].sum()), "unique_ancestors": int(info["unique_ancestors"][0]),
-                   "n_levels": info["n_levels"], "sigma_min": info["sigma_min"],
-                   "nfe_per_particle": info["nfe_per_particle"], "seconds": cost["seconds"],
-                   "peak_mb": cost["peak_mb"]}
-            rows.append(row)
-            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, file=sys.stderr,
-                  flush=True)
-    order = {s: k for k, s in enumerate(("smc", "dds", "cg", "fbp"))}
+            for label in args.variants:
+                n_part, opts = VARIANTS[label]
+                if args.smoke:
+                    n_part = 2 * (64 // opts.get("island_size", 64))
+                opts = {**opts, "num_steps": args.num_steps, "chunk": args.chunk, "cess_target": args.cess_target}
+                key = f"{tname}-{i}-{label}-{n_part}-{sorted(opts.items())}-{weights_sha(prior_name)}"
+                row = cache.get(key, lambda: smc_row(tname, i, label, n_part, opts, y, op, prior, x))
+                rows.append(row)
+                print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, file=sys.stderr,
+                      flush=True)
+    order = {s: k for k, s in enumerate((*VARIANTS, "dds", "cg", "fbp"))}
     measured_rows = sorted((r for r in rows if "PSNR" in r), key=lambda r: (list(TASKS).index(r["task"]),
                                                                            order[r["solver"]]))
     summary = mean_rows(measured_rows, ["task", "solver", "N"], label={"image": "mean"})
-    cols = ["task", "image", "solver", "N", "PSNR", "SSIM", "PSNR_one_draw", "std_err_corr", "cov90", "err/std",
-            "ess_end", "ess_min", "n_resample", "unique_ancestors", "n_levels", "sigma_min", "nfe_per_particle",
-            "seconds", "peak_mb", "note"]
+    cols = ["task", "image", "solver", "N", "islands", "tempering", "PSNR", "SSIM", "PSNR_one_draw", "std_err_corr",
+            "cov90", "err/std", "ess_end", "ess_min", "n_resample", "resample_frac", "low_ess_run",
+            "unique_ancestors", "island_ess", "n_levels", "sigma_min", "nfe_per_particle", "seconds", "peak_mb", "note"]
     versions = prior_versions(priors)
-    notes = (__doc__.split("Usage:")[0] + f"\nSettings: {args.particles} particles, {args.num_steps} noise levels "
-             f"(smc defaults otherwise, the measured per-operator ones included: variant 'ode', tempering 'linear' on multi-coil MRI and 'noise' on CT (invdiff.solvers.defaults), ULA corrector, sigma_min = min(0.004 tau, "
-             f"0.1 sigma_y / sqrt(m))), cess_target={args.cess_target}, {args.images} held-out images per task, "
-             f"chunk={args.chunk}. Total {time.perf_counter() - t_all:.0f} s.")
+    notes = (__doc__.split("Usage:")[0] + f"\nSettings: variants {args.variants} "
+             f"({ {v: VARIANTS[v] for v in args.variants} }), {args.num_steps} noise levels "
+             "(smc defaults otherwise, the measured per-operator ones included (invdiff.solvers.defaults): variant "
+             "'ode', ULA corrector, sigma_min = min(0.004 tau, 0.1 sigma_y / sqrt(m))), "
+             f"cess_target={args.cess_target}, {args.images} held-out images per task, chunk={args.chunk}. "
+             f"Total {time.perf_counter() - t_all:.0f} s (rows from the row cache cost nothing here).")
     path = write_experiment(args, "smc_images", summary + rows, cols, title="SMC (AFDPS) on phantom images",
                             notes=notes, priors=versions,
                             meta={"prior_steps": {k: v["step"] for k, v in versions.items()}})
@@ -125,12 +164,14 @@ def run(args):
 
 if __name__ == "__main__":
     ap = experiment_args(__doc__, images=3)
-    ap.add_argument("--particles", type=int, default=16)
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="smc settings to run (labels of VARIANTS)")
+    ap.add_argument("--cache", default=None, help="row cache folder (rows measured before are reused)")
     ap.add_argument("--num-steps", type=int, default=200)
     ap.add_argument("--chunk", type=int, default=None, help="max particles per network call")
     ap.add_argument("--cess-target", type=float, default=None, help="smc adaptive levels (None: the EDM grid)")
     ap.add_argument("--tasks", nargs="*", default=None, choices=list(TASKS))
     a = start(ap.parse_args())
     if a.smoke:
-        a.images, a.particles, a.num_steps = 1, 2, 5
+        a.images, a.num_steps = 1, 5
     run(a)

@@ -284,3 +284,47 @@ def test_mala_corrector_needs_a_density_and_reports_acceptance():
     with pytest.raises(ValueError, match="argument 'cess_target'"):
         invdiff.solve(y, op, prior, solver="smc", n_samples=4, variant="sde", cess_target=0.5)
 
+
+
+def test_islands_are_independent_runs_pooled_with_their_weights():
+    prior, op = gauss2d()
+    y = torch.tensor([[0.8], [-0.4]])
+    K, n = 4, 16
+    rec = invdiff.solve(y, op, prior, solver="smc", n_samples=K * n, num_steps=30, seed=3, island_size=n)
+    one = invdiff.solve(y.repeat_interleave(K, 0), op, prior, solver="smc", n_samples=n, num_steps=30, seed=3)
+    i = rec.info
+    assert i["islands"] == K and i["particles"].shape == (K * n, 2, 2) and i["weights"].shape == (K * n, 2)
+    assert rec.samples.shape == (K * n, 2, 2) and i["ess"].shape == (30, 2) and i["ess_islands"].shape == (30, 2, K)
+    # the pooled ensemble is the K runs' particles, each island weighted 1/K ("equal")
+    runs = one.info["particles"].reshape(n, 2, K, 2)
+    for b in range(2):
+        for k in range(K):
+            assert torch.equal(i["particles"][k * n:(k + 1) * n, b], runs[:, b, k])
+            assert float(i["weights"][k * n:(k + 1) * n, b].sum()) == pytest.approx(1 / K, abs=1e-12)
+    # pooled evidence = log mean of the islands' evidence; its standard error from their spread
+    ev = one.info["log_evidence"].reshape(2, K)
+    assert torch.allclose(i["log_evidence"], torch.logsumexp(ev, 1) - math.log(K))
+    assert bool((i["log_evidence_se"] > 0).all())
+    exact = torch.stack([prior.log_evidence(y[b:b + 1], op).reshape(()) for b in range(2)])
+    assert bool(((i["log_evidence"] - exact).abs() < 0.1).all())
+    ev_rec = invdiff.solve(y, op, prior, solver="smc", n_samples=K * n, num_steps=30, seed=3, island_size=n,
+                           island_weights="evidence")
+    assert torch.allclose(ev_rec.info["island_weights"], torch.softmax(one.info["log_evidence_ratio"].reshape(2, K), 1))
+
+
+def test_islands_posterior_moments_and_bad_input():
+    prior, op = gauss2d()
+    y = torch.tensor([[0.8]])
+    rec = invdiff.solve(y, op, prior, solver="smc", n_samples=1024, num_steps=60, seed=0, island_size=128)
+    assert rec.info["islands"] == 8
+    m, v = weighted_moments(rec)
+    assert m[0] == pytest.approx(0.64, abs=0.06) and v[0] == pytest.approx(0.2, abs=0.05)
+    assert v[1] == pytest.approx(1.0, abs=0.2)
+    # island_size is lowered to a divisor of n_samples: 10 particles in islands of at most 4 -> 5 islands of 2
+    small = invdiff.solve(y, op, prior, solver="smc", n_samples=10, num_steps=5, island_size=4)
+    assert small.info["islands"] == 5 and small.info["particles"].shape == (10, 1, 2)
+    assert invdiff.solve(y, op, prior, solver="smc", n_samples=10, num_steps=5, island_size=64).info["islands"] == 1
+    with pytest.raises(ValueError, match="'reduce'"):
+        invdiff.solve(y, op, prior, solver="smc", n_samples=8, island_size=2, reduce="best")
+    with pytest.raises(ValueError, match="'island_size'"):
+        invdiff.solve(y, op, prior, solver="smc", n_samples=8, island_size=0)

@@ -75,6 +75,13 @@ alone that one step left ESS/N = 0.06 on the 2048-D MRI mixture (``benchmarks/re
 "sde" keeps :math:`0.004\tau`: with the smaller level its exact-kernel run failed on that problem (SW/floor 535; cause not
 investigated).
 
+**Islands** (``island_size`` n < ``n_samples``): the particles run as K = ``n_samples / n`` independent SMC samplers
+of n particles each (one batched network call; the island particle model of Verge, Dubarry, Del Moral & Moulines 2015
+without island-level interaction), pooled at the end by :func:`pool_islands` with island weights 1/K ("equal") or
+:math:`\hat Z_k / \sum_j \hat Z_j` ("evidence"). An island whose particles descend from one ancestor still adds one
+independent lineage, so the pooled ensemble keeps at least K. ``info["log_evidence"]`` is then
+:math:`\log\frac1K\sum_k \hat Z_k` and ``info["log_evidence_se"]`` its standard error from the islands' spread.
+
 Outputs: ``samples`` are equally weighted (systematically resampled) draws from the final weighted ensemble,
 ``mean`` is the weighted mean (``reduce="best"``: the highest-weight particle, a MAP-like statistic, not a
 posterior mean). ``info``: the weighted ensemble (``particles`` (N, B, ...), ``weights`` (N, B)), the weighted
@@ -270,6 +277,10 @@ OPTIONS = (
     Option("chunk", int, None, "at most this many particles per network call (None: all)", lo=1),
     Option("reduce", str, "mean", "point estimate: weighted mean, or best (highest-weight particle)",
            choices=("mean", "best")),
+    Option("island_size", int, None, "particles per island: n_samples / island_size independent SMC runs pooled at "
+           "the end (the largest divisor of n_samples not above it); None: one run of n_samples", lo=1),
+    Option("island_weights", str, "equal", "pooling of the islands: equal, or evidence (each island's estimate "
+           "of p(y))", choices=("equal", "evidence")),
 )
 
 
@@ -277,7 +288,7 @@ OPTIONS = (
 def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps, sigma_max, sigma_min, rho,
         ess_threshold, resample, cess_target, max_levels, corrector_steps, corrector, corrector_step,
         corrector_substeps, integrator, tempering, stability, max_substeps, hutchinson_probes, hutchinson_eps,
-        sigma_y, cg_iters, chunk, reduce):
+        sigma_y, cg_iters, chunk, reduce, island_size, island_weights):
     r"""AFDPS weighted-particle posterior sampler (see module docstring); ``n_samples`` = particles per measurement.
 
     Options:
@@ -298,9 +309,30 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
       nonlinear A; the only choice for nonlinear A);
     - ``tempering``: "noise" (default) | "none" | "linear";
     - ``sigma_y`` (default: the physics' Gaussian noise level; must be > 0); ``cg_iters`` (Gaussian draws without an
-      SVD); ``chunk`` (max particles per network call); ``reduce``: "mean" | "best".
+      SVD); ``chunk`` (max particles per network call); ``reduce``: "mean" | "best";
+    - ``island_size`` n: ``n_samples / n`` independent runs of n particles each (one batched network call; n is
+      lowered to the largest divisor of ``n_samples`` not above it), pooled with ``island_weights`` "equal" or
+      "evidence" (:func:`pool_islands`); None: one run.
     """
     import deepinv as dinv
+
+    size = n_samples if island_size is None else max(d for d in range(1, min(island_size, n_samples) + 1)
+                                                     if n_samples % d == 0)
+    islands = n_samples // size
+    if islands > 1:             # K independent SMC runs in one batch (item-major copies of y), pooled at the end
+        if reduce == "best":
+            fail("reduce", "'mean' with several islands (the pooled ensemble has no single best particle)",
+                 repr(reduce))
+        kw = dict(generator=generator, n_samples=size, progress=progress, variant=variant,
+                  num_steps=num_steps, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho,
+                  ess_threshold=ess_threshold, resample=resample, cess_target=cess_target, max_levels=max_levels,
+                  corrector_steps=corrector_steps, corrector=corrector, corrector_step=corrector_step,
+                  corrector_substeps=corrector_substeps, integrator=integrator, tempering=tempering,
+                  stability=stability, max_substeps=max_substeps, hutchinson_probes=hutchinson_probes,
+                  hutchinson_eps=hutchinson_eps, sigma_y=sigma_y, cg_iters=cg_iters, chunk=chunk, reduce=reduce,
+                  island_size=None, island_weights=island_weights)
+        out = smc(y.repeat_interleave(islands, 0), physics, prior, **kw)
+        return pool_islands(out, islands, island_weights, n_samples, generator)
 
     ess_threshold = (0.5 if variant == "ode" else 1.0) if ess_threshold is None else ess_threshold
     linear = isinstance(physics, dinv.physics.LinearPhysics)
@@ -515,5 +547,58 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
         "cg_residual_max": max(cg_res) if cg_res else None, "substeps": substeps,
         "prior_mean_var": (float(torch.as_tensor(m0).double().mean()), tau2),
         "log_evidence": log_ev.cpu() if log_ev is not None else None,
+        "log_evidence_ratio": state.log_evidence.cpu(), "islands": 1, "island_size": n_samples,
     }
     return SolverOutput(mean=mean, samples=samples, info=info, std=info["std"].to(mean.dtype))
+
+
+def pool_islands(out: SolverOutput, K: int, how: str, n_samples: int, generator) -> SolverOutput:
+    r"""Pool K independent SMC runs per measurement (the island particle model, Verge, Dubarry, Del Moral &
+    Moulines 2015) into one weighted ensemble: particle weights :math:`\omega_k W^{(k)}_i`, island weights
+    :math:`\omega_k = 1/K` ("equal") or :math:`\propto \hat Z_k` ("evidence", each island's unbiased estimate of
+    :math:`p(y)`, so that :math:`\sum_k \hat Z_k \hat\pi_k / \sum_k \hat Z_k` is consistent in K at fixed N). Both are
+    consistent as the particles per island and the levels grow. The pooled evidence
+    :math:`\log\frac1K\sum_k\hat Z_k` is unbiased in :math:`Z` whatever the pooling.
+
+    ``out`` is the output for the measurements repeated item-major (B K groups of n particles); returns the B
+    measurements' output with ``info["island_weights"]`` (B, K), ``info["island_ess"]`` (B,) = ESS/K of the island
+    weights, ``info["island_log_evidence"]`` (B, K) (None without the closed-form Stage I constant),
+    ``info["log_evidence_se"]`` (B,) the standard error of the pooled log-evidence from the islands' spread,
+    ``ess`` (levels, B) the mean over islands and ``ess_islands`` (levels, B, K); ``n_resample``,
+    ``unique_ancestors``: sums.
+    """
+    info = dict(out.info)
+    P, W = info["particles"], info["weights"].to(F64)        # (n, B K, ...), (n, B K)
+    n, BK = W.shape
+    B = BK // K
+    lr = info["log_evidence_ratio"].to(F64).reshape(B, K)    # log Z_k / Z_I: Z_I is the same for every island
+    omega = torch.softmax(lr, dim=1) if how == "evidence" else torch.full((B, K), 1.0 / K, dtype=F64)
+    # (n, B, K, ...) -> (B, K n, ...) group-major, island-major inside a group
+    x = P.reshape(n, B, K, *P.shape[2:]).permute(1, 2, 0, *range(3, P.dim() + 1)).reshape(B * K * n, *P.shape[2:])
+    w = (W.reshape(n, B, K).permute(1, 2, 0) * omega.to(W.device)[..., None]).reshape(B, K * n)
+    state = ParticleState(x, n_groups=B, log_w=torch.log(w))
+    mean = state.weighted_mean()
+    std = state.weighted_var().sqrt()
+    samples = state.draws(n_samples, generator=generator, method="systematic")
+
+    def per_measurement(t, reduce):
+        return None if t is None else getattr(t.reshape(*t.shape[:-1], B, K), reduce)(-1)
+
+    ev = info.get("log_evidence")
+    ess_k = info["ess"].reshape(-1, B, K)
+    # delta-method standard error of log(mean_k Z_k): sd(Z_k) / (sqrt(K) mean Z), with Z_k / mean Z = K softmax_k
+    r = K * torch.softmax(lr, dim=1)
+    se = (r - 1).pow(2).sum(1).div(K * (K - 1)).sqrt()
+    info.update({
+        "islands": K, "island_size": n, "island_weights_mode": how, "island_weights": omega,
+        "island_ess": 1.0 / omega.pow(2).sum(1) / K,
+        "island_log_evidence": ev.reshape(B, K) if ev is not None else None,
+        "log_evidence": (torch.logsumexp(ev.reshape(B, K).to(F64), 1) - math.log(K)) if ev is not None else None,
+        "log_evidence_ratio": torch.logsumexp(lr, 1) - math.log(K), "log_evidence_se": se,
+        "particles": chains_unbatch(x, K * n), "weights": w.T.contiguous(), "std": std,
+        "ess": ess_k.mean(-1), "ess_islands": ess_k, "resampled": info["resampled"].reshape(-1, B, K).any(-1),
+        "n_resample": per_measurement(info["n_resample"], "sum"),
+        "unique_ancestors": per_measurement(info["unique_ancestors"], "sum"),
+        "acceptance": per_measurement(info["acceptance"].to(F64), "mean") if info["acceptance"] is not None else None,
+    })
+    return SolverOutput(mean=mean, samples=samples, info=info, std=std.to(mean.dtype))
