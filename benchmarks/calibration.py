@@ -35,7 +35,7 @@ map instead and do not have this finite-K offset (beyond the noise of an 8-sampl
 operator and MCGdiff a cheap real SVD: neither runs on 8-view CT or multi-coil MRI (nor DDRM on dense matrices).
 
 Usage: python benchmarks/calibration.py [--samples 8] [--gmm-samples 64] [--images 4] [--out benchmarks/results]
-       [--parts gmm,images] [--write-table] [--threads 1] [--smoke]
+       [--parts gmm,images] [--solvers smc] [--write-table] [--threads 1] [--smoke]
 """
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ Z90 = {1: 1.6448536269514722, 2: math.sqrt(math.log(10.0))}
 GMM_SOLVERS = [("smc", {"num_steps": 200}), ("mcgdiff", {"num_steps": 400}), ("dds", {"num_steps": 50}),
                ("dps", {"num_steps": 500, "weight": 1.0}), ("diffpir", {"num_steps": 100}),
                ("red-diff", {"num_steps": 100}), ("ddrm", {"num_steps": 100})]
-IMAGE_SOLVERS = [("smc", {"num_steps": 100}), ("mcgdiff", {"num_steps": 100}), ("dds", {"num_steps": 50}),
+IMAGE_SOLVERS = [("smc", {"num_steps": 100}), ("smc", {"num_steps": 100, "n_samples": 64}),
+                 ("mcgdiff", {"num_steps": 100}), ("dds", {"num_steps": 50}),
                  ("dps", {"num_steps": 100}), ("diffpir", {"num_steps": 50}), ("red-diff", {"num_steps": 100}),
                  ("ddrm", {"num_steps": 50})]
 
@@ -104,7 +105,7 @@ def _mag(t):
     return t.double().pow(2).sum(1).sqrt() if t.shape[1] == 2 else t.double()[:, 0]
 
 
-def run_images(K: int, n_images: int, rows: list, figs: dict, scales: dict):
+def run_images(K_all: int, n_images: int, rows: list, figs: dict, scales: dict, solvers=None):
     from smc_images import TASKS
     from invdiff.priors import available, load
 
@@ -119,6 +120,10 @@ def run_images(K: int, n_images: int, rows: list, figs: dict, scales: dict):
         C = x.shape[1]
         for solver, opts in IMAGE_SOLVERS:
             # per-task tuned values are the solvers' measured defaults now (invdiff.solvers.defaults)
+            if solvers and solver not in solvers:
+                continue
+            opts = dict(opts)
+            K = opts.pop("n_samples", K_all)
             means, stds, samples, nfe, secs, peak = [], [], [], 0, 0.0, 0.0
             try:
                 for i in range(n_images):      # one image per call: per-image seconds, bounded memory
@@ -153,7 +158,7 @@ def run_images(K: int, n_images: int, rows: list, figs: dict, scales: dict):
                          "seconds": secs / n_images, "peak_mb": peak})
             print({k: rows[-1].get(k) for k in ("task", "solver", "cov90", "zcov90", "scale90", "zcov90_cal")},
                   file=sys.stderr, flush=True)
-            figs.setdefault(tname, []).append((solver, err_m[0], std_m[0]))
+            figs.setdefault(tname, []).append((solver if K == K_all else f"{solver} K={K}", err_m[0], std_m[0]))
             scales.setdefault(prior_name, {})[solver] = {"std_scale": round(scale_all, 4), "task": tname,
                                                          "options": {k: v for k, v in opts.items()}, "K": K,
                                                          "n_images": n_images}
@@ -199,23 +204,35 @@ def main():
     ap.add_argument("--gmm-samples", type=int, default=64)
     ap.add_argument("--parts", default="gmm,images")
     ap.add_argument("--write-table", action="store_true", help="write the fitted scales into the package table")
+    ap.add_argument("--solvers", default="", help="rerun only these image-part solvers (comma-separated); the other "
+                                                  "rows, figure columns and table entries are kept")
     a = start(ap.parse_args())
     if a.smoke:
         a.samples, a.gmm_samples, a.images, a.write_table = 2, 16, 2, False
     rows, figs, scales = [], {}, {}
     parts = a.parts.split(",")
+    only = [v for v in a.solvers.split(",") if v]
+    out = Path(a.out)
+    if only:     # keep every row not rerun (same data and seeds), in the previous order
+        old = json.loads((out / "calibration.json").read_text())["rows"] if (out / "calibration.json").exists() else []
+        rows = [r for r in old if not (r.get("part") == "images" and r.get("solver") in only)]
+        parts = ["images"]
     if "gmm" in parts:
         run_gmm(a.gmm_samples, rows)
     if "images" in parts:
-        run_images(a.samples, a.images, rows, figs, scales)
-    out = Path(a.out)
+        run_images(a.samples, a.images, rows, figs, scales, only)
     write_experiment(a, "calibration", rows, COLS, title="Calibration of every sampler's uncertainty",
                      notes=__doc__, meta={"samples": a.samples, "gmm_samples": a.gmm_samples, "images": a.images,
                                           "parts": parts})
-    if figs:
+    if figs and not only:
         figure(figs, out / "calibration.png")
     if a.write_table and scales:
         table = Path(__file__).resolve().parents[1] / "invdiff" / "priors" / "weights" / "calibration.json"
+        if only:     # merge: the solvers not rerun keep their entries
+            kept = json.loads(table.read_text())["priors"]
+            for p_name, d in scales.items():
+                kept.setdefault(p_name, {}).update(d)
+            scales = kept
         data = {"about": "per-(prior, solver) factor c: c * std gives 90 % Gaussian intervals (|error| <= z90 c std) "
                          "on held-out phantoms; fitted by benchmarks/calibration.py (results: "
                          "benchmarks/results/calibration.md)", "level": 0.9, "priors": scales}

@@ -19,8 +19,10 @@ For each image the weighted ensemble of ``smc`` gives the posterior mean and the
   threshold, per island), unique time-0 ancestors summed over islands (path degeneracy), ``island_ess`` (ESS/K of
   the island weights), NFE per particle, seconds, peak memory growth (1 thread).
 
-Variants (``--variants``, labels of ``VARIANTS``): ``smc`` is the solver's defaults with 16 particles (one run);
-``islands=K`` rows pool K independent runs of 64 / K particles (``island_size``), with the tempering named.
+Variants (``--variants``, labels of ``VARIANTS``): ``one run N=16`` is one SMC run of 16 particles (the default
+before islands); ``default N=64`` is the solver's measured defaults with 64 particles (``invdiff.solvers.defaults``:
+linear tempering and islands of 1 particle on both tasks); ``islands=K`` rows pool K independent runs of 64 / K
+particles (``island_size``), with the tempering named.
 
 Context rows with the same data: ``cg`` (Tikhonov least squares) and ``fbp`` (CT) and ``dds`` (one sample).
 
@@ -62,7 +64,8 @@ TASKS = {"mri4x-mc8": task_mri, "ct8": task_ct}
 
 # label -> (particles, smc options); the solver's measured defaults fill in everything not named
 VARIANTS = {
-    "smc": (16, {}),
+    "one run N=16": (16, {"island_size": 16}),
+    "default N=64": (64, {}),
     "islands=4 linear": (64, {"island_size": 16, "tempering": "linear"}),
     "islands=4 noise": (64, {"island_size": 16, "tempering": "noise"}),
     "islands=16 linear": (64, {"island_size": 4, "tempering": "linear"}),
@@ -135,7 +138,7 @@ def run(args):
             for label in args.variants:
                 n_part, opts = VARIANTS[label]
                 if args.smoke:
-                    n_part = 2 * (64 // opts.get("island_size", 64))
+                    n_part = 4
                 opts = {**opts, "num_steps": args.num_steps, "chunk": args.chunk, "cess_target": args.cess_target}
                 key = f"{tname}-{i}-{label}-{n_part}-{sorted(opts.items())}-{weights_sha(prior_name)}"
                 row = cache.get(key, lambda: smc_row(tname, i, label, n_part, opts, y, op, prior, x))
@@ -164,7 +167,7 @@ def run(args):
 
 if __name__ == "__main__":
     ap = experiment_args(__doc__, images=3)
-    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+    ap.add_argument("--variants", nargs="*", default=["one run N=16", "default N=64"], choices=list(VARIANTS),
                     help="smc settings to run (labels of VARIANTS)")
     ap.add_argument("--cache", default=None, help="row cache folder (rows measured before are reused)")
     ap.add_argument("--num-steps", type=int, default=200)
