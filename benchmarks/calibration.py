@@ -224,8 +224,8 @@ def main():
     write_experiment(a, "calibration", rows, COLS, title="Calibration of every sampler's uncertainty",
                      notes=__doc__, meta={"samples": a.samples, "gmm_samples": a.gmm_samples, "images": a.images,
                                           "parts": parts})
-    if figs and not only:
-        figure(figs, out / "calibration.png")
+    if figs:     # a rerun of some solvers draws their own figure next to the full one
+        figure(figs, out / ("calibration.png" if not only else f"calibration_{'-'.join(only)}.png"))
     if a.write_table and scales:
         table = Path(__file__).resolve().parents[1] / "invdiff" / "priors" / "weights" / "calibration.json"
         if only:     # merge: the solvers not rerun keep their entries

@@ -147,8 +147,7 @@ def solver_grid(counts, scale: float = 1.0, sweep: bool = True):
     rows += [(f"smc 800 levels N={n}", "smc", {"num_steps": 800}, n) for n in ((128, 256) if sweep else (256,))]
     # islands: independent runs of 16 particles pooled with equal / evidence weights (the image setting)
     rows += [("smc islands=4 N=64", "smc", {"island_size": 16}, 64),
-             ("smc islands=4 evidence N=64", "smc", {"island_size": 16, "island_weights": "evidence"}, 64),
-             ("smc 800 levels islands=4 N=64", "smc", {"num_steps": 800, "island_size": 16}, 64)]
+             ("smc islands=4 evidence N=64", "smc", {"island_size": 16, "island_weights": "evidence"}, 64)]
     # adaptive levels (conditional ESS >= 0.9) and the Metropolis-adjusted corrector
     rows += [("smc cess_target=0.9 N=64", "smc", {"cess_target": 0.9}, 64),
              ("smc corrector=mala N=64", "smc", {"corrector": "mala"}, 64)]
@@ -316,7 +315,7 @@ def run(out: str, quick: bool, only: list[str] | None, solvers: list[str] | None
              + "".join(f"\n\nThe same for '{v}':\n" + goals(rows, v) for v in
                        ("smc sigma_min=0.004tau N=64", "smc corrector_steps=3 N=64", "smc 800 levels N=64",
                         "smc 800 levels N=128", "smc 800 levels N=256", "smc islands=4 N=64",
-                        "smc islands=4 evidence N=64", "smc 800 levels islands=4 N=64",
+                        "smc islands=4 evidence N=64",
                         "smc 100 levels x 3 correctors N=64",
                         "smc cess_target=0.9 N=64", "smc corrector=mala N=64"))
              + f"\n\nTotal time {time.perf_counter() - t0:.0f} s"

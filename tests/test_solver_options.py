@@ -226,6 +226,14 @@ def test_rules_that_follow_the_acceleration_and_the_number_of_views():
     shake = TASKS["deblur-motion"].physics(32, 4)                                  # wide band: 2700 at 1000 steps
     assert measured("dps", shake, ct_prior, {})["options"]["weight"] == 2700.0
     assert measured("dps", shake, ct_prior, {"num_steps": 100})["options"]["weight"] == 300.0
+    # SMC: independent chains (islands of one particle) with linear tempering on CT and multi-coil MRI; one weighted
+    # run elsewhere (limited-angle CT, single-coil MRI, blur: no island measurement)
+    assert measured("smc", CT(32, n_views=8, sigma=0.01), ct_prior, {})["options"] == {"tempering": "linear",
+                                                                                      "island_size": 1}
+    assert measured("smc", mc4, mri_prior, {})["options"] == {"tempering": "linear", "island_size": 1}
+    assert measured("smc", mc4, mri_prior, {"island_size": 8})["options"] == {"tempering": "linear"}
+    for op, prior in ((limited, ct_prior), (sc4, mri_prior), (blur, ct_prior)):
+        assert "island_size" not in measured("smc", op, prior, {}).get("options", {})
 
 
 def test_without_a_measured_row_the_solver_defaults_and_output_are_unchanged():
