@@ -149,6 +149,19 @@ def test_tempering_schedules_end_at_the_posterior():
     assert tempering_schedule("noise", sig, s_max=10.0, sigma_y=0.1, lam=2.0)[1] == pytest.approx(0.01 / 2.01)
 
 
+def test_linear_tempering_is_never_negative_at_the_first_level():
+    """Regression: the EDM grid's first level can round a hair above sigma_max, and 1 - sigma / sigma_max was then
+    -2e-16; the CG path of the Gaussian Stage I took its square root (a complex tensor, a TypeError in A^T)."""
+    assert tempering_schedule("linear", [1.0000001, 0.5, 0.0], s_max=1.0, sigma_y=0.1, lam=1.0) == [0.0, 0.5, 1.0]
+    prior = GaussianMixture(torch.ones(1), torch.zeros(1, 64), torch.eye(64)[None], img_shape=(1, 8, 8))
+    op = CircularBlur(gaussian_kernel(5, 1.0), img_size=(1, 8, 8), sigma=0.05)
+    y = op(torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
+    for s_max in (0.3, 0.7, 1.3, 80.0 * 0.7071):
+        rec = invdiff.solve(y, op, prior, solver="smc", n_samples=4, num_steps=5, tempering="linear",
+                            sigma_max=s_max)
+        assert torch.isfinite(rec.mean).all()
+
+
 def test_hutchinson_laplacian_is_unbiased_for_quadratics(gen):
     H = torch.randn(6, 6, generator=gen, dtype=F64)
     H = H @ H.T

@@ -234,6 +234,10 @@ def test_rules_that_follow_the_acceleration_and_the_number_of_views():
     assert measured("smc", mc4, mri_prior, {"island_size": 8})["options"] == {"tempering": "linear"}
     for op, prior in ((limited, ct_prior), (sc4, mri_prior), (blur, ct_prior)):
         assert "island_size" not in measured("smc", op, prior, {}).get("options", {})
+    # ... measured with the shipped neural priors: a prior without their value range (an exact Gaussian mixture)
+    # keeps the solver's own defaults (noise tempering, one run)
+    for op in (CT(32, n_views=8, sigma=0.01), mc4, blur):
+        assert measured("smc", op, Iso(), {}) == {}
 
 
 def test_without_a_measured_row_the_solver_defaults_and_output_are_unchanged():

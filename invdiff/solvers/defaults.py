@@ -223,18 +223,19 @@ TABLE: tuple[Measured, ...] = (
     Measured("smc", ("mri-multicoil",), {"tempering": "linear", "island_size": 1}, _TUNE + ": mri-4x-multicoil, "
              "linear tempering beat the noise schedule by 3.8 dB on the images; island_size: smc_images.md and "
              "smc_islands_pilot.md (mri4x-mc8, 64 particles): islands of 1 / 4 particles 29.64 / 29.59 dB, 90 % "
-             "coverage 0.81 / 0.77 (one run of 16: 28.40 dB, 0.36)", None),
-    Measured("smc", ("blur", "inpainting-holes", "mri-multicoil"), {"tempering": "linear"}, _TUNE + ": "
+             "coverage 0.81 / 0.77 (one run of 16: 28.40 dB, 0.36)", MRI_RANGE),
+    Measured("smc", ("blur", "inpainting-holes"), {"tempering": "linear"}, _TUNE + ": "
              "deblur-gaussian / deblur-motion / inpainting-box / mri-4x-multicoil, linear tempering beat the noise "
              "schedule by 2.2 / 3.9 / 3.6 / 3.8 dB on the images (inpainting-random, mri-8x-singlecoil: the noise "
-             "schedule won on the tuning image)", None),
+             "schedule won on the tuning image)", CT_RANGE),
     Measured("smc", ("ct",), {"tempering": "linear", "island_size": 1}, _TUNE + ": ct-8view / ct-16view / "
              "ct-32view / ct-limited90 with the noise-aware last level, linear tempering beat the noise schedule by "
              "5.2 / 4.8 / 6.7 / 3.9 dB on the images and on the tuning image; island_size: smc_images.md and "
              "smc_islands_pilot.md (ct8, 64 particles): islands of 1 / 4 / 16 particles 35.81 / 35.74 / 34.70 dB, "
-             "90 % coverage 0.96 / 0.95 / 0.89 (one run of 16: 33.08 dB, 0.74)", None),
+             "90 % coverage 0.96 / 0.95 / 0.89 (one run of 16: 33.08 dB, 0.74)", CT_RANGE),
     Measured("smc", ("ct-limited",), {"tempering": "linear"}, _TUNE + ": ct-limited90 with the noise-aware last "
-             "level, linear tempering beat the noise schedule by 3.9 dB on the images and on the tuning image", None),
+             "level, linear tempering beat the noise schedule by 3.9 dB on the images and on the tuning image",
+             CT_RANGE),
     # ---- DDRM: eta ----
     Measured("ddrm", ("inpainting-sparse", "mri-singlecoil"), {"eta": 1.0}, _TUNE + ": inpainting-random, "
              "mri-4x-singlecoil, mri-8x-singlecoil: eta 1 beat the paper's 0.85 by 0.75 / 0.94 / 1.43 dB on the images "

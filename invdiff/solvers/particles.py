@@ -446,7 +446,7 @@ def sample_linear_gaussian(physics, y: torch.Tensor, *, sigma_y: float, alpha: f
             if return_mean:
                 info["mean"] = basis.image(mean.to(x_like.dtype))
             return basis.image(c.to(x_like.dtype)), info
-        if alpha == 0:
+        if alpha <= 0:
             info = {"method": "prior", "cg_residual": None}
             if return_mean:
                 info["mean"] = m0.clone()

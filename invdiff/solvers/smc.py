@@ -206,8 +206,8 @@ def tempering_schedule(kind: str, sigmas: list[float], *, s_max: float, sigma_y:
 
     All reach :math:`\alpha = 1` at :math:`\sigma = 0`, so the final target is the posterior in every case.
     """
-    if kind == "linear":
-        return [1.0 - s / s_max for s in sigmas]
+    if kind == "linear":      # clamped: the grid's first level may round a hair above s_max (alpha -2e-16)
+        return [max(0.0, 1.0 - s / s_max) for s in sigmas]
     if kind == "noise":
         return [sigma_y ** 2 / (sigma_y ** 2 + lam * s ** 2) for s in sigmas]
     return [1.0 for _ in sigmas]
