@@ -113,6 +113,16 @@ discretisation-limited. ``cess_target=0.9`` is between the two (MRI 1.68 / 1.053
 corrector (exact, but its step shrinks with the dimension to keep 57 % acceptance) mixes too little above 256-D
 (MRI SW/floor 7.9, coverage 0.11), so it is the choice for evidence, not for high-dimensional sampling.
 
+Images (64x64, learned priors; ``benchmarks/results/smc_images.md``, ``smc_islands_pilot.md``): one run of 16
+particles ends in one lineage (resampling at about half the levels) and its std map is 3-10x too small. With the
+linear tempering that gives the best mean there, the weights do not measure the posterior: the targets pin
+:math:`Ax_\sigma` to y while :math:`x_\sigma` carries noise :math:`\sigma`, the predictor leaves them and the corrector pulls
+back (log-evidence estimates of -1.7e6 nats at 200 levels, -4.8e5 at 800, on 8-view CT). Pooled independent
+runs (islands) are what calibrates: on CT / multi-coil MRI, islands of 1 particle (no weights) are as good as
+islands of 4 and better than 4 runs of 16, so the measured defaults there (:mod:`invdiff.solvers.defaults`) are
+``island_size=1`` with linear tempering: ``n_samples`` independent tempered predictor-corrector chains, pooled.
+Elsewhere (Gaussian mixtures, operators without a measured row) the default stays one weighted run.
+
 Example:
     >>> import torch, invdiff
     >>> from invdiff.operators import MatrixOperator
