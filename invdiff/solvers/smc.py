@@ -120,8 +120,10 @@ linear tempering that gives the best mean there, the weights do not measure the 
 back (log-evidence estimates of -1.7e6 nats at 200 levels, -4.8e5 at 800, on 8-view CT). Pooled independent
 runs (islands) are what calibrates: on CT / multi-coil MRI, islands of 1 particle (no weights) are as good as
 islands of 4 and better than 4 runs of 16, so the measured defaults there (:mod:`invdiff.solvers.defaults`) are
-``island_size=1`` with linear tempering: ``n_samples`` independent tempered predictor-corrector chains, pooled.
-Elsewhere (Gaussian mixtures, operators without a measured row) the default stays one weighted run.
+``island_size=1`` with linear tempering: ``n_samples`` independent tempered predictor-corrector chains, pooled
+(64 chains, 3 held-out images: 90 % intervals cover 82 % / 85 % of pixels on 8-view CT / 4x 8-coil MRI, posterior
+mean +2.1 / +2.0 dB over one run of 16). Elsewhere (Gaussian mixtures, operators without a measured row) the default
+stays one weighted run.
 
 Example:
     >>> import torch, invdiff
