@@ -147,8 +147,8 @@ from ..schedules import EDMSchedule
 from .base import Option, SolverOutput, chains_batch, chains_unbatch, progress_bar, register
 from .particles import ParticleState, map_chunked, sample_linear_gaussian, spectral_basis
 from .primitives import inner, noise_sigma, op_norm_sq
-from .smc_likelihood import GaussianLikelihood, _flat_y, gram_spectrum, log_gaussian_evidence
 from .smc_islands import pool_islands
+from .smc_likelihood import GaussianLikelihood, _flat_y, gram_spectrum, log_gaussian_evidence
 from .smc_moves import _adaptive_level, _mala, final_level_sigma
 
 F64 = torch.float64
@@ -563,4 +563,3 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
         "log_evidence_ratio": state.log_evidence.cpu(), "islands": 1, "island_size": n_samples,
     }
     return SolverOutput(mean=mean, samples=samples, info=info, std=info["std"].to(mean.dtype))
-

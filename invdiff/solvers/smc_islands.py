@@ -9,6 +9,8 @@ import torch
 
 from .base import SolverOutput, chains_unbatch
 from .particles import F64, ParticleState
+
+
 def pool_islands(out: SolverOutput, K: int, how: str, n_samples: int, generator) -> SolverOutput:
     r"""Pool K independent SMC runs per measurement (the island particle model, Verge, Dubarry, Del Moral &
     Moulines 2015) into one weighted ensemble: particle weights :math:`\omega_k W^{(k)}_i`, island weights
