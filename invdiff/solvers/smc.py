@@ -327,6 +327,7 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
       lowered to the largest divisor of ``n_samples`` not above it), pooled with ``island_weights`` "equal" or
       "evidence" (:func:`pool_islands`); None: one run.
     """
+    given = dict(locals())      # this call's options, for the islands' inner call
     import deepinv as dinv
 
     size = n_samples if island_size is None else max(d for d in range(1, min(island_size, n_samples) + 1)
@@ -336,14 +337,8 @@ def smc(y, physics, prior, *, generator, n_samples, progress, variant, num_steps
         if reduce == "best":
             fail("reduce", "'mean' with several islands (the pooled ensemble has no single best particle)",
                  repr(reduce))
-        kw = dict(generator=generator, n_samples=size, progress=progress, variant=variant,
-                  num_steps=num_steps, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho,
-                  ess_threshold=ess_threshold, resample=resample, cess_target=cess_target, max_levels=max_levels,
-                  corrector_steps=corrector_steps, corrector=corrector, corrector_step=corrector_step,
-                  corrector_substeps=corrector_substeps, integrator=integrator, tempering=tempering,
-                  stability=stability, max_substeps=max_substeps, hutchinson_probes=hutchinson_probes,
-                  hutchinson_eps=hutchinson_eps, sigma_y=sigma_y, cg_iters=cg_iters, chunk=chunk, reduce=reduce,
-                  island_size=None, island_weights=island_weights)
+        kw = {o.name: given[o.name] for o in OPTIONS} | {"island_size": None}
+        kw.update(generator=generator, n_samples=size, progress=progress)
         out = smc(y.repeat_interleave(islands, 0), physics, prior, **kw)
         return pool_islands(out, islands, island_weights, n_samples, generator)
 
